@@ -1,0 +1,72 @@
+"""Queue names, actor names, mail states and backlog reasons: the one place they are spelled."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Queue(enum.StrEnum):
+    """RabbitMQ queues, one per actor; transports get one each so ops can scale them apart."""
+
+    ADMIT = "deskmail.admit"
+    CONTROL = "deskmail.control"
+    SMTP = "deskmail.smtp"
+    EXCHANGE = "deskmail.exchange"
+    EXCHANGE_OAUTH2 = "deskmail.exchange_oauth2"
+    GMAIL_OAUTH2 = "deskmail.gmail_oauth2"
+
+
+class MailService(enum.StrEnum):
+    """The outgoing mail service a project picks, as in the product's SMTP Settings screen."""
+
+    SMTP = "smtp"
+    EXCHANGE = "exchange"
+    EXCHANGE_OAUTH2 = "exchange_oauth2"
+    GMAIL_OAUTH2 = "gmail_oauth2"
+
+    @property
+    def queue(self) -> Queue:
+        """The queue (and actor name) of this service's transport actor."""
+        return Queue(f"deskmail.{self.value}")
+
+
+class Kind(enum.StrEnum):
+    """What produced a mail; record mails go before notifications wherever order is decided."""
+
+    NOTIFICATION = "notification"
+    RECORD = "record"
+
+    @property
+    def priority(self) -> int:
+        """AMQP priority (higher first) and backlog drain precedence."""
+        return 5 if self is Kind.RECORD else 1
+
+
+class State(enum.StrEnum):
+    """Every event ends in exactly one of the final states; nothing is dropped silently."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    BACKLOG = "backlog"
+    SUSPENDED = "suspended"
+    FAILED = "failed"
+    AMBIGUOUS = "ambiguous"
+    REJECTED = "rejected"
+
+
+class Reason(enum.StrEnum):
+    """Why a mail waits in the backlog."""
+
+    DAILY_LIMIT = "daily_limit"
+    GLOBAL_DAILY_LIMIT = "global_daily_limit"
+    TOO_MANY_RECIPIENTS = "too_many_recipients"
+    PROJECT_PAUSED = "project_paused"
+    PROVIDER_QUOTA = "provider_quota"
+
+
+MAX_PRIORITY = 10
+"""x-max-priority of every deskmail queue; publishers must not declare queues with other arguments."""
+
+DEFAULT_PROJECT = "default"
+"""A project without settings of its own uses this project's settings."""

@@ -1,0 +1,27 @@
+"""The exception tree of deskmail: one root, a shallow tree by failure domain."""
+
+from __future__ import annotations
+
+
+class DeskmailError(Exception):
+    """Root of every error deskmail raises on purpose."""
+
+
+class ConfigurationError(DeskmailError):
+    """The process environment or a project's settings are wrong; a person must fix them."""
+
+
+class StoreError(DeskmailError):
+    """PostgreSQL failed or is unreachable (driver errors are translated into this)."""
+
+
+class UnknownProject(DeskmailError):
+    """No settings for the project and no `default` project to fall back on."""
+
+
+class SecretError(DeskmailError):
+    """A stored secret cannot be decrypted with the configured keys, or belongs to another project."""
+
+
+class BrokerError(DeskmailError):
+    """RabbitMQ refused, did not confirm, or could not be reached."""
