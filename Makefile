@@ -1,0 +1,37 @@
+# deskmail: `make demo` runs the whole job end to end, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test unit integration bench services sink-tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+services:
+	bash deploy/local-services.sh
+
+demo: $(STAMP) services
+	$(BIN)/python deploy/demo.py
+
+test: $(STAMP) services
+	$(BIN)/pytest -q -ra
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP) services
+	$(BIN)/pytest -q tests/integration
+
+sink-tools:
+	bash deploy/install-smtp-sink.sh
+
+bench: $(STAMP) services sink-tools
+	$(BIN)/python deploy/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,110 @@
+"""Admin commands on projects: settings (set, show, test) and status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import schemas
+from producers.cli.context import CommandError, Context, emit
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `settings` and `status`."""
+    settings = commands.add_parser("settings", help="a project's mail settings").add_subparsers(
+        dest="sub", required=True)
+    put = settings.add_parser("set", help="validate and save settings from a JSON file (the product's Update)")
+    put.add_argument("project")
+    put.add_argument("--file", type=Path, required=True, help="settings JSON (schemas/project-settings.v1.json)")
+    put.set_defaults(func=settings_set)
+    show = settings.add_parser("show", help="a project's settings, secrets redacted")
+    show.add_argument("project")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=settings_show)
+    register_status(commands)
+
+
+def load_json(path: Path) -> dict:
+    """A JSON object from a file, or a clear error naming the file."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(document, dict):
+        raise CommandError(f"{path}: (root): must be a JSON object")
+    return document
+
+
+def settings_set(ctx: Context, args: argparse.Namespace) -> int:
+    """Validate and save a project's settings."""
+    document = load_json(args.file)
+    try:
+        ctx.runtime.settings.save(args.project, document)
+    except schemas.InvalidPayload as exc:
+        raise CommandError(f"{args.file}: " + "; ".join(map(str, exc.problems))) from exc
+    print(f"saved the {document['mail_service']} settings of project {args.project}")
+    return 0
+
+
+def settings_show(ctx: Context, args: argparse.Namespace) -> int:
+    """Print a project's settings with secrets redacted."""
+    shown = ctx.runtime.settings.shown(args.project)
+    emit(shown, True) if args.json else print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register_status(commands: argparse._SubParsersAction) -> None:
+    """Add `status`."""
+    status = commands.add_parser("status", help="per project: active or paused, today's count, backlog")
+    status.add_argument("--project")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=show_status)
+
+
+def project_status(ctx: Context, project) -> dict:  # noqa: ANN001 - workers.records.Project
+    """One project's status as a dict."""
+    counts = ctx.store.project_counts(project.key)
+    return {
+        "project": project.key, "mail_service": project.mail_service or "(default project's)",
+        "state": f"paused ({project.paused_reason})" if project.paused_reason else "active",
+        "sent_today": ctx.store.sent_today(project.key, project.time_zone),
+        "per_day": project.per_day or None, "recipients_per_mail": project.recipients_per_mail or None,
+        "time_zone": project.time_zone, "auto_resume": project.auto_resume,
+        "backlog": counts.get("backlog", 0), "suspended": counts.get("suspended", 0),
+        "counts": counts, "config_error": project.config_error,
+    }
+
+
+def show_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Print each project's status and the global limits."""
+    projects = [p for p in ctx.store.list_projects() if args.project in (None, p.key)]
+    if args.project and not projects:
+        raise CommandError(f"unknown project {args.project!r}")
+    rows = [project_status(ctx, p) for p in projects]
+    limits = ctx.store.global_limits()
+    glob = {"MAIL_LIMIT_PER_DAY_SMTP": limits.per_day or None,
+            "RECIPIENTS_LIMIT_PER_MAIL_SMTP": limits.recipients_per_mail or None,
+            "sent_today": ctx.store.sent_today("*", limits.time_zone), "time_zone": limits.time_zone}
+    emit({"projects": rows, "global": glob}, args.json, format_status(rows, glob))
+    return 0
+
+
+def format_status(rows: list[dict], glob: dict) -> str:
+    """The status as an aligned table."""
+    head = f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}  AUTO-RESUME  SENT/FAILED/REJECTED"
+    lines = [head]
+    for r in rows:
+        today = f"{r['sent_today']}/{r['per_day'] or '-'}"
+        c = r["counts"]
+        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}  "
+                     f"{'on' if r['auto_resume'] else 'off':<13}"
+                     f"{c.get('sent', 0)}/{c.get('failed', 0)}/{c.get('rejected', 0)}")
+        if r["config_error"]:
+            lines.append(f"  configuration error: {r['config_error']}")
+    lines.append(f"global: {glob['sent_today']}/{glob['MAIL_LIMIT_PER_DAY_SMTP'] or '-'} today "
+                 f"(MAIL_LIMIT_PER_DAY_SMTP), recipients per mail: "
+                 f"{glob['RECIPIENTS_LIMIT_PER_MAIL_SMTP'] or '-'} (RECIPIENTS_LIMIT_PER_MAIL_SMTP)")
+    return "\n".join(lines)

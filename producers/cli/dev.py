@@ -1,0 +1,136 @@
+"""Set-up and developer commands: db, broker, keys, publish, sink, scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from producers.cli.context import CommandError, Context
+from producers.publisher import publish_lines
+from workers.constants import Queue
+from workers.secrets import generate_key
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the set-up commands."""
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="sub", required=True)
+    db.add_parser("migrate", help="create the database if missing and apply migrations (safe to repeat)"
+                  ).set_defaults(func=migrate)
+    broker = commands.add_parser("broker", help="RabbitMQ topology").add_subparsers(dest="sub", required=True)
+    broker.add_parser("declare", help="declare deskmail's queues (as the workers do)").set_defaults(func=declare)
+    keys = commands.add_parser("keys", help="secret keys").add_subparsers(dest="sub", required=True)
+    keys.add_parser("generate", help="print a new key for DESKMAIL_SECRET_KEYS").set_defaults(func=keys_generate)
+    keys.add_parser("rotate", help="re-encrypt every stored secret under the first key of "
+                    "DESKMAIL_SECRET_KEYS").set_defaults(func=keys_rotate)
+    pub = commands.add_parser("publish", help="publish events, one JSON object per line; prints their ids")
+    pub.add_argument("file", nargs="?", default="-", help="file of JSON lines, or - for standard input")
+    pub.set_defaults(func=publish)
+    sink = commands.add_parser("sink", help="run a local SMTP sink writing each mail as an .eml file")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=2525)
+    sink.add_argument("--dir", type=Path, default=Path("var/mail"), help="folder for .eml files")
+    sink.set_defaults(func=run_sink)
+    sched = commands.add_parser("scheduler", help="run the scheduler: retries, recovery, auto resume "
+                                "(interval: DESKMAIL_SCHEDULER_INTERVAL); safe to run twice")
+    sched.add_argument("--once", action="store_true", help="one pass, then exit")
+    sched.set_defaults(func=run_scheduler)
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in url if it does not exist; True if it was created."""
+    params = conninfo_to_dict(url)
+    name = params.get("dbname") or "postgres"
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        try:
+            conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            return False
+        return True
+
+
+def migrate(ctx: Context, args: argparse.Namespace) -> int:
+    """Create the database if needed, apply migrations and the global limits from the environment."""
+    try:
+        if ensure_database(ctx.config.database_url):
+            print("created the database")
+    except psycopg.Error as exc:
+        raise CommandError(f"cannot reach PostgreSQL to create the database: {exc}") from exc
+    applied = ctx.store.migrate()
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+    limits = {k: v for k, v in (("per_day", ctx.config.global_per_day),
+                                ("recipients_per_mail", ctx.config.global_recipients_per_mail)) if v is not None}
+    if limits:
+        ctx.store.set_global_limits(**limits)
+        print(f"global limits from the environment: {limits}")
+    return 0
+
+
+def declare(ctx: Context, args: argparse.Namespace) -> int:
+    """Declare every deskmail queue with the workers' own arguments."""
+    from workers.app import build_broker
+    broker = build_broker(ctx.config)
+    try:
+        for queue in Queue:
+            broker.declare_queue(queue, ensure=True)
+    finally:
+        broker.close()
+    print("declared: " + ", ".join(Queue))
+    return 0
+
+
+def keys_generate(ctx: Context, args: argparse.Namespace) -> int:
+    """Print a new Fernet key."""
+    print(generate_key())
+    return 0
+
+
+def keys_rotate(ctx: Context, args: argparse.Namespace) -> int:
+    """Re-encrypt every project's secrets under the newest key."""
+    box = ctx.runtime.box
+    count = 0
+    for project in ctx.store.list_projects():
+        if project.secrets:
+            ctx.store.replace_secrets(project.key, project.secrets, box.rotate(project.secrets))
+            count += 1
+    print(f"re-encrypted the secrets of {count} project(s) under the first key")
+    return 0
+
+
+def publish(ctx: Context, args: argparse.Namespace) -> int:
+    """Publish JSON lines; print one event id per good line, report bad ones with line and field."""
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    bad = 0
+    with stream:
+        for number, event_id, error in publish_lines(ctx.publisher, stream):
+            if error:
+                bad += 1
+                print(f"line {number}: {error}", file=sys.stderr)
+            else:
+                print(event_id, flush=True)
+    return 1 if bad else 0
+
+
+def run_sink(ctx: Context, args: argparse.Namespace) -> int:
+    """Run the local SMTP sink until interrupted."""
+    from producers import sink
+    sink.run(args.host, args.port, args.dir)
+    return 0
+
+
+def run_scheduler(ctx: Context, args: argparse.Namespace) -> int:
+    """Run scheduler passes until interrupted (or once)."""
+    from workers.scheduler import Scheduler
+    scheduler = Scheduler.for_config(ctx.config, ctx.runtime)
+    if args.once:
+        print(scheduler.tick())
+    else:
+        scheduler.run_forever()
+    return 0

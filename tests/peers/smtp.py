@@ -1,0 +1,294 @@
+"""A scriptable local SMTP server (aiosmtpd) for tests: TLS modes, AUTH, scripted replies."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email
+import email.message
+import email.policy
+import inspect
+import json
+import socket
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Awaitable, Callable, Collection, Literal, Mapping
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.peers.inbox import Inbox
+from tests.peers.net import bound_socket
+from tests.peers.tlsca import CertPair, server_context
+
+Security = Literal["none", "starttls", "tls"]
+DataReply = str | Callable[[Envelope], str | None] | None
+BeforeData = Callable[[Envelope], Any] | Callable[[Envelope], Awaitable[Any]] | None
+
+XOAUTH2_ERROR_CHALLENGE = json.dumps(
+    {"status": "400", "schemes": "Bearer", "scope": "https://mail.google.com/"}
+)
+XOAUTH2_FAILED = "535 5.7.8 Username and Password not accepted"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message the peer accepted (answered 2xx after DATA)."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    auth_user: str | None
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        """The data parsed with the stdlib email package (modern policy)."""
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _parse_xoauth2(blob: bytes) -> tuple[str, str] | None:
+    """Split `user=U\\x01auth=Bearer T\\x01\\x01` into (U, T), or None if malformed."""
+    text = blob.decode("utf-8", errors="replace")
+    if not text.endswith("\x01\x01"):
+        return None
+    fields = dict(part.partition("=")[::2] for part in text[:-2].split("\x01"))
+    user, auth = fields.get("user"), fields.get("auth", "")
+    if not user or not auth.startswith("Bearer "):
+        return None
+    return user, auth.removeprefix("Bearer ")
+
+
+def _is_ok(reply: str) -> bool:
+    """True for a 2xx reply."""
+    return reply.startswith("2")
+
+
+class _Handler:
+    """aiosmtpd handler: scripted replies, XOAUTH2, password check and recording.
+
+    No attribute may start with `auth_` except real mechanisms: aiosmtpd treats
+    every handler member named `auth_*` as an AUTH mechanism.
+    """
+
+    def __init__(self, peer: "SmtpPeer", inbox: Inbox[Received]) -> None:
+        self.peer = peer
+        self.inbox = inbox
+
+    def check_password(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        """aiosmtpd authenticator for PLAIN and LOGIN against the peer's users."""
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = data.login.decode(errors="replace"), data.password.decode(errors="replace")
+        ok = user in self.peer.users and self.peer.users[user] == password
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """AUTH XOAUTH2 the way Gmail answers it, with the JSON error challenge."""
+        blob = await self._initial_response(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parsed = _parse_xoauth2(blob)
+        if parsed is not None and parsed[1] in (self.peer.xoauth2_tokens or ()):
+            return AuthResult(success=True, auth_data=parsed[0])
+        if await server.challenge_auth(XOAUTH2_ERROR_CHALLENGE) is MISSING:
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=XOAUTH2_FAILED)
+
+    @staticmethod
+    async def _initial_response(server: SMTP, args: list[str]) -> bytes | None:
+        """Return the decoded initial response, asking for it if absent; None once answered."""
+        if len(args) == 1:
+            answer = await server.challenge_auth("")
+            return None if answer is MISSING else answer  # type: ignore[return-value]
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except binascii.Error:
+            await server.push("501 5.5.2 Can't decode base64")
+            return None
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Demand AUTH if configured, then accept the sender unless a `mail_from_reply` is scripted."""
+        if self.peer.auth_required and not session.authenticated:
+            return AUTH_REQUIRED
+        reply = self.peer.mail_from_reply or "250 OK"
+        if _is_ok(reply):
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+        return reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Accept the recipient unless `rcpt_replies` scripts another answer for it."""
+        replies = self.peer.rcpt_replies
+        reply = replies.get(address) or replies.get(address.lower()) or "250 OK"
+        if _is_ok(reply):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Run the fault hook, pick the scripted reply and record the message if it is 2xx."""
+        hook = self.peer.before_data_reply
+        if hook is not None and inspect.iscoroutinefunction(hook):
+            await hook(envelope)
+        elif hook is not None:
+            await asyncio.to_thread(hook, envelope)  # keeps the loop serving other clients
+        scripted = self.peer.data_reply
+        reply = scripted(envelope) if callable(scripted) else scripted
+        reply = reply or "250 OK"
+        if _is_ok(reply):
+            self.inbox.add(self._received(session, envelope))
+        return reply
+
+    @staticmethod
+    def _received(session: Session, envelope: Envelope) -> Received:
+        """Build the record of an accepted message."""
+        user = session.auth_data if isinstance(session.auth_data, str) else None
+        return Received(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            auth_user=user,
+        )
+
+
+class _BoundController(Controller):
+    """A Controller serving on a socket bound beforehand (aiosmtpd cannot listen on port 0)."""
+
+    def __init__(self, handler: Any, sock: socket.socket, **kwargs: Any) -> None:
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        super().__init__(handler, hostname=host, port=port, **kwargs)
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        """Listen on the pre-bound socket (aiosmtpd's documented override point)."""
+        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
+
+
+class SmtpPeer:
+    """A local SMTP server on 127.0.0.1 at a free port, as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        security: Security = "none",
+        cert: CertPair | None = None,
+        require_starttls: bool | None = None,
+        auth_require_tls: bool = True,
+        users: Mapping[str, str] | None = None,
+        auth_required: bool | None = None,
+        xoauth2_tokens: Collection[str] | None = None,
+        rcpt_replies: Mapping[str, str] | None = None,
+        mail_from_reply: str | None = None,
+        data_reply: DataReply = None,
+        before_data_reply: BeforeData = None,
+        ready_timeout: float = 5.0,
+    ) -> None:
+        """Configure the peer; nothing listens until `start()` or `with`."""
+        if security != "none" and cert is None:
+            raise ValueError(f"security={security!r} needs cert=CertPair")
+        self.security = security
+        self.cert = cert
+        self.require_starttls = security == "starttls" if require_starttls is None else require_starttls
+        self.auth_require_tls = auth_require_tls
+        self.users: dict[str, str] = dict(users or {})
+        self.xoauth2_tokens = set(xoauth2_tokens) if xoauth2_tokens is not None else None
+        self.auth_required = bool(users or xoauth2_tokens) if auth_required is None else auth_required
+        self.rcpt_replies: dict[str, str] = dict(rcpt_replies or {})
+        self.mail_from_reply = mail_from_reply
+        self.data_reply = data_reply
+        self.before_data_reply = before_data_reply
+        self.ready_timeout = ready_timeout
+        self._inbox: Inbox[Received] = Inbox("SMTP message")
+        self._controller: Controller | None = None
+        self._port: int | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the peer listens on."""
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port; only valid while running."""
+        if self._port is None:
+            raise RuntimeError("SmtpPeer is not running")
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) while running."""
+        return self.host, self.port
+
+    @property
+    def messages(self) -> list[Received]:
+        """A copy of the messages accepted so far, in order."""
+        return self._inbox.snapshot()
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
+        """Block until `count` messages were accepted and return them all."""
+        return self._inbox.wait_for(count, timeout)
+
+    def clear(self) -> None:
+        """Forget the messages accepted so far."""
+        self._inbox.clear()
+
+    def start(self) -> "SmtpPeer":
+        """Start listening on a port bound right here, so no other process can take it meanwhile."""
+        sock = bound_socket(self.host)
+        controller = self._controller_for(sock)
+        try:
+            controller.start()
+        except BaseException:
+            sock.close()
+            raise
+        self._controller, self._port = controller, controller.port
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and drop open connections."""
+        if self._controller is not None:
+            self._controller.stop()
+        self._controller, self._port = None, None
+
+    def __enter__(self) -> "SmtpPeer":
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _controller_for(self, sock: socket.socket) -> Controller:
+        """Build the aiosmtpd Controller for this configuration."""
+        context = server_context(self.cert) if self.cert is not None else None
+        handler = _Handler(self, self._inbox)
+        return _BoundController(
+            handler,
+            sock,
+            ready_timeout=self.ready_timeout,
+            server_hostname="localhost",
+            ssl_context=context if self.security == "tls" else None,
+            tls_context=context if self.security == "starttls" else None,
+            require_starttls=self.require_starttls and self.security == "starttls",
+            # aiosmtpd only counts STARTTLS as TLS; with implicit TLS the session is encrypted anyway.
+            auth_require_tls=self.auth_require_tls and self.security != "tls",
+            # handle_MAIL enforces auth_required: aiosmtpd warns when it is set without auth_require_tls
+            auth_required=False,
+            authenticator=handler.check_password,
+            auth_exclude_mechanism=self._excluded_mechanisms(),
+        )
+
+    def _excluded_mechanisms(self) -> list[str]:
+        """AUTH mechanisms not to advertise for this configuration."""
+        excluded = [] if self.xoauth2_tokens is not None else ["XOAUTH2"]
+        if not self.users and self.xoauth2_tokens is not None:
+            excluded += ["PLAIN", "LOGIN"]
+        return excluded

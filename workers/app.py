@@ -1,0 +1,64 @@
+"""The Dramatiq application: `dramatiq workers.app:setup` builds the broker and declares the actors.
+
+Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from workers.admit import Admitter
+from workers.config import Config
+from workers.constants import MAX_PRIORITY, MailService, Queue
+from workers.delivery import Deliverer
+from workers.logs import configure_logging
+from workers.middleware.redaction import DropTracebacks
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Store or broker outages raise out of an actor: Dramatiq retries with backoff (up to ~1 h).
+ACTOR_OPTIONS = {"max_retries": 30, "min_backoff": 1_000, "max_backoff": 300_000, "time_limit": 3_600_000}
+
+
+def build_broker(config: Config) -> dramatiq.Broker:
+    """A RabbitMQ broker with publisher confirms and priority queues, plus deskmail's middleware."""
+    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=True, max_priority=MAX_PRIORITY)
+    broker.add_middleware(DropTracebacks())
+    return broker
+
+
+def enqueuer(broker: dramatiq.Broker) -> "callable":
+    """A function handing an event id to its transport's queue, with the mail's priority."""
+    def enqueue(service: MailService, event_id: str, priority: int) -> None:
+        queue = service.queue
+        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=queue, args=(str(event_id),), kwargs={},
+                                        options={"broker_priority": priority}))
+    return enqueue
+
+
+def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
+    """Declare the admit actor and one transport actor per mail service on `broker`."""
+    store = runtime.store
+    dramatiq.Actor(Admitter(store, enqueuer(broker)), broker=broker, actor_name=Queue.ADMIT,
+                   queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
+    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
+    for service in MailService:
+        dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
+                       priority=0, options=dict(ACTOR_OPTIONS))
+    from workers.control import declare_control_actor
+    declare_control_actor(broker, runtime)
+
+
+def setup(config: Config | None = None) -> dramatiq.Broker:
+    """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors."""
+    config = config or Config.from_env()
+    configure_logging(config.log_level)
+    broker = build_broker(config)
+    dramatiq.set_broker(broker)
+    declare_actors(broker, Runtime(config))
+    log.info("deskmail worker ready: %s", config.redacted())
+    return broker

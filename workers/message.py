@@ -1,0 +1,112 @@
+"""Builds the RFC 5322 message of a mail: a hot path, so bytes are composed directly.
+
+The stdlib `email` package costs several times the SMTP exchange itself; the message shapes
+deskmail sends are few (text, html, or both as multipart/alternative), so they are written
+out here, with the stdlib's encoders for the parts that need care (encoded words, QP).
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import Header
+from email.utils import format_datetime
+
+MESSAGE_ID_DOMAIN = "deskmail"
+_CRLF = "\r\n"
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who a project's mail comes from."""
+
+    address: str
+    name: str | None = None
+    reply_to: str | None = None
+
+
+def message_id_for(event_id: uuid.UUID | str, domain: str) -> str:
+    """The Message-ID derived from the event id, so a resend carries the same one."""
+    return f"<{event_id}@{domain or MESSAGE_ID_DOMAIN}>"
+
+
+def envelope_recipients(event: dict) -> list[str]:
+    """to + cc + bcc addresses, without duplicates (case-insensitive), in order."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for field in ("to", "cc", "bcc"):
+        for r in event.get(field) or ():
+            address = r["address"] if isinstance(r, dict) else r
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                out.append(address)
+    return out
+
+
+def _is_ascii(text: str) -> bool:
+    return text.isascii()
+
+
+def _word(text: str) -> str:
+    """Header text: plain when short ASCII, else RFC 2047 encoded words, folded."""
+    if _is_ascii(text) and len(text) < 900:
+        return text
+    return Header(text, "utf-8", maxlinelen=76).encode(linesep=_CRLF)
+
+
+def _address(address: str, name: str | None) -> str:
+    if not name:
+        return address
+    if _is_ascii(name) and name.replace(" ", "").replace(".", "").replace("-", "").isalnum():
+        return f"{name} <{address}>"
+    if _is_ascii(name):
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}" <{address}>'
+    return f"{Header(name, 'utf-8').encode()} <{address}>"
+
+
+def _addresses(items: list) -> str:
+    parts = [_address(i["address"], i.get("name")) if isinstance(i, dict) else i for i in items]
+    return ("," + _CRLF + " ").join(parts)
+
+
+def _body(text: str, subtype: str) -> str:
+    """A text part's headers and body: 7bit when it can be, quoted-printable otherwise."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _is_ascii(lines) and max(map(len, lines.split("\n")), default=0) <= 998:
+        return (f"Content-Type: text/{subtype}; charset=\"us-ascii\"{_CRLF}"
+                f"Content-Transfer-Encoding: 7bit{_CRLF}{_CRLF}" + lines.replace("\n", _CRLF))
+    qp = binascii.b2a_qp(lines.encode("utf-8"), istext=True).decode("ascii").replace("\n", _CRLF)
+    return (f"Content-Type: text/{subtype}; charset=\"utf-8\"{_CRLF}"
+            f"Content-Transfer-Encoding: quoted-printable{_CRLF}{_CRLF}" + qp)
+
+
+def _content(event: dict, boundary_seed: str) -> str:
+    text, html = event.get("text"), event.get("html")
+    if text is not None and html is not None:
+        boundary = "=_deskmail_" + hashlib.sha1(boundary_seed.encode()).hexdigest()[:24]
+        return (f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{_CRLF}{_CRLF}"
+                f"--{boundary}{_CRLF}{_body(text, 'plain')}{_CRLF}"
+                f"--{boundary}{_CRLF}{_body(html, 'html')}{_CRLF}--{boundary}--{_CRLF}")
+    return _body(text, "plain") if text is not None else _body(html, "html")
+
+
+def build(event: dict, sender: Sender, message_id: str, date: datetime) -> bytes:
+    """The whole message with CRLF line endings; UTF-8 only where addresses need SMTPUTF8."""
+    head = [f"From: {_address(sender.address, sender.name)}"]
+    for header, field in (("To", "to"), ("Cc", "cc")):
+        if event.get(field):
+            head.append(f"{header}: {_addresses(event[field])}")
+    reply_to = event.get("reply_to") or ([sender.reply_to] if sender.reply_to else [])
+    if reply_to:
+        head.append(f"Reply-To: {_addresses(reply_to)}")
+    head += [f"Subject: {_word(event['subject'])}", f"Date: {format_datetime(date)}",
+             f"Message-ID: {message_id}", "MIME-Version: 1.0",
+             f"X-Deskmail-Event-Id: {event['event_id']}", f"X-Deskmail-Kind: {event['kind']}"]
+    if event.get("record"):
+        head.append(f"X-Deskmail-Record: {_word(event['record']['type'] + '/' + event['record']['id'])}")
+    head += [f"{name}: {_word(value)}" for name, value in (event.get("headers") or {}).items()]
+    return (_CRLF.join(head) + _CRLF + _content(event, message_id)).encode("utf-8")

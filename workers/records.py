@@ -1,0 +1,108 @@
+"""Small frozen records the store returns; actors and the CLI never see cursors."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Mapping
+
+
+class _FromRow:
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]):
+        """Build the record from a dict row, ignoring columns it does not name."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Admission(_FromRow):
+    """What admission decided for one event."""
+
+    state: str
+    reason: str | None
+    detail: str | None
+    mail_service: str | None
+    is_new: bool
+
+
+@dataclass(frozen=True)
+class Claim(_FromRow):
+    """A mail a transport worker has claimed for sending."""
+
+    event_id: uuid.UUID
+    project: str
+    kind: str
+    event: dict
+    message_id: str
+    attempts: int
+    received_at: datetime
+    deferred: list[str] | None
+    settings_key: str
+    settings_version: int
+
+
+@dataclass(frozen=True)
+class Mail(_FromRow):
+    """One ledger entry: an event and what became of it."""
+
+    event_id: uuid.UUID
+    seq: int
+    project: str | None
+    kind: str | None
+    priority: int
+    state: str
+    reason: str | None
+    detail: str | None
+    subject: str | None
+    recipients: int | None
+    mail_service: str | None
+    message_id: str | None
+    attempts: int
+    takeovers: int
+    refused: dict | None
+    next_attempt_at: datetime | None
+    created_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+    claimed_at: datetime | None
+    sent_at: datetime | None
+    event: dict | None = None
+
+
+@dataclass(frozen=True)
+class Project(_FromRow):
+    """A project's row: settings (secrets still encrypted), limits, pause state."""
+
+    key: str
+    mail_service: str | None
+    settings: dict | None
+    secrets: bytes | None
+    settings_version: int
+    time_zone: str
+    per_day: int | None
+    recipients_per_mail: int | None
+    paused_reason: str | None
+    paused_at: datetime | None
+    auto_resume: bool
+    config_error: str | None
+    config_error_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class GlobalLimits(_FromRow):
+    """MAIL_LIMIT_PER_DAY_SMTP and RECIPIENTS_LIMIT_PER_MAIL_SMTP as stored; None or 0: no limit."""
+
+    per_day: int | None
+    recipients_per_mail: int | None
+    time_zone: str
+
+
+@dataclass(frozen=True)
+class Requeue(_FromRow):
+    """A mail the scheduler hands to its transport queue again."""
+
+    event_id: uuid.UUID
+    priority: int
+    mail_service: str | None

@@ -1,0 +1,55 @@
+"""What one worker process holds: configuration, pool, store, settings and transports, built lazily."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+from workers.config import Config
+from workers.constants import MailService
+from workers.secrets import SecretBox
+from workers.settings import SettingsService
+from workers.store import Store, open_pool
+from workers.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Process-wide services; the pool opens on first use, never at import."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store, opening the pool on first use."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = Store(open_pool(self.config.database_url, self.config.db_pool_max))
+        return self._store
+
+    @functools.cached_property
+    def box(self) -> SecretBox:
+        """The secret box over DESKMAIL_SECRET_KEYS."""
+        return SecretBox(self.config.secret_keys)
+
+    @functools.cached_property
+    def settings(self) -> SettingsService:
+        """Project settings, cached by version."""
+        return SettingsService(self.store, lambda: self.box)
+
+    @functools.cached_property
+    def transports(self) -> dict[str, Transport]:
+        """One transport object per mail service."""
+        from workers.transports import registry
+        return registry.build(self.config)
+
+    def close(self) -> None:
+        """Close the pool."""
+        if self._store is not None:
+            self._store.pool.close()

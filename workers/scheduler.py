@@ -1,0 +1,74 @@
+"""The scheduler: timed work that must not wait in the broker (retries, recovery, auto resume).
+
+Every pass is a handful of SKIP LOCKED statements, so two schedulers running at once do no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from workers.config import Config
+from workers.constants import MailService
+from workers.records import Requeue
+from workers.runtime import Runtime
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[MailService, str, int], None]
+Extra = Callable[[], dict[str, int]]
+
+
+@dataclass
+class Scheduler:
+    """One pass hands due retries and lost or stuck mails back to their transport queues."""
+
+    store: Store
+    enqueue: Enqueue
+    config: Config
+    extras: list[Extra] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def for_config(cls, config: Config, runtime: Runtime) -> "Scheduler":
+        """A scheduler publishing through a Dramatiq broker of its own."""
+        from workers.app import build_broker, enqueuer
+        from workers.control import auto_resume_pass
+        broker = build_broker(config)
+        enqueue = enqueuer(broker)
+        return cls(runtime.store, enqueue, config, [auto_resume_pass(runtime.store, enqueue)])
+
+    def _hand_on(self, mails: list[Requeue]) -> int:
+        for mail in mails:
+            if mail.mail_service:
+                self.enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
+        return len(mails)
+
+    def tick(self) -> dict[str, int]:
+        """One pass; returns how many mails each part touched."""
+        done = {
+            "retries": self._hand_on(self.store.take_due_retries()),
+            "stale_queued": self._hand_on(self.store.take_stale_queued(self.config.stale_after)),
+            "recovered": self._hand_on(self.store.recover_stale_sending(self.config.stale_after)),
+        }
+        for extra in self.extras:
+            done.update(extra())
+        if any(done.values()):
+            log.info("scheduler pass: %s", done)
+        return done
+
+    def run_forever(self) -> None:
+        """Pass every DESKMAIL_SCHEDULER_INTERVAL seconds until SIGTERM or SIGINT."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        log.info("scheduler running every %s s", self.config.scheduler_interval)
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a failed pass (database restart) is retried next time
+                log.exception("scheduler pass failed; trying again in %s s", self.config.scheduler_interval)
+            self.stop.wait(self.config.scheduler_interval)

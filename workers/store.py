@@ -1,0 +1,222 @@
+"""All PostgreSQL access of deskmail: one store object over a connection pool."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from datetime import datetime
+from typing import Any, Iterator
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from workers import sql
+from workers.errors import StoreError
+from workers.records import Admission, Claim, GlobalLimits, Mail, Project, Requeue
+
+log = logging.getLogger(__name__)
+MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
+
+
+def open_pool(database_url: str, max_size: int = 10, name: str = "deskmail") -> ConnectionPool:
+    """A connection pool returning dict rows; opened lazily so nothing connects at import."""
+    return ConnectionPool(
+        database_url, min_size=1, max_size=max(2, max_size), name=name, open=True,
+        kwargs={"row_factory": dict_row, "autocommit": True}, timeout=30,
+    )
+
+
+class Store:
+    """deskmail's data access; every method is one short transaction."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.q = sql.queries()
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; driver errors become StoreError here and nowhere else."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {str(exc).strip()}") from exc
+        except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+            raise StoreError(f"PostgreSQL: no connection available: {exc}") from exc
+
+    def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            cur = conn.execute(self.q[name], params or {})
+            return cur.fetchall() if cur.description else []
+
+    def _one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        rows = self._all(name, params)
+        return rows[0] if rows else None
+
+    def _rowcount(self, name: str, params: dict[str, Any]) -> int:
+        with self._conn() as conn:
+            return conn.execute(self.q[name], params).rowcount
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not applied yet, in order, under an advisory lock; return their names."""
+        applied: list[str] = []
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS deskmail_migrations "
+                         "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r["name"] for r in conn.execute("SELECT name FROM deskmail_migrations").fetchall()}
+            for name, text in sql.migrations():
+                if name not in done:
+                    conn.execute(text)
+                    conn.execute("INSERT INTO deskmail_migrations (name) VALUES (%s)", (name,))
+                    applied.append(name)
+        return applied
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def admit(self, event: dict[str, Any], *, priority: int, recipients: int, message_id: str) -> Admission:
+        """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
+        row = self._one("admit", {
+            "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
+            "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
+            "recipients": recipients, "created_at": event.get("created_at"), "message_id": message_id,
+        })
+        assert row is not None
+        return Admission.from_row(row)
+
+    def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
+        """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
+        event = event if isinstance(event, dict) else None
+        project = event.get("project") if event and isinstance(event.get("project"), str) else None
+        kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
+        self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
+                             "detail": detail[:4000], "raw": raw[:65536], "event": Jsonb(event) if event else None})
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def claim(self, event_id: uuid.UUID | str) -> Claim | None:
+        """Move a queued mail to `sending` for this worker, or None if it is not (or no longer) queued."""
+        row = self._one("claim", {"event_id": event_id})
+        return Claim.from_row(row) if row else None
+
+    def mark_sent(self, event_id: uuid.UUID, detail: str, refused: dict[str, str] | None,
+                  message_id: str) -> None:
+        """Record the server's acceptance (and any recipients it refused one by one)."""
+        self._all("mark_sent", {"event_id": event_id, "detail": detail[:2000], "refused": _json(refused),
+                                "message_id": message_id})
+
+    def mark_final(self, event_id: uuid.UUID, state: str, reason: str | None, detail: str,
+                   refused: dict[str, str] | None = None, message_id: str | None = None) -> None:
+        """Record a final outcome other than sent: failed or ambiguous."""
+        self._all("mark_final", {"event_id": event_id, "state": state, "reason": reason,
+                                 "detail": detail[:2000], "refused": _json(refused), "message_id": message_id})
+
+    def mark_retry(self, event_id: uuid.UUID, detail: str, delay: float,
+                   refused: dict[str, str] | None = None, deferred: list[str] | None = None) -> None:
+        """Put a mail back to `queued` with its next attempt time (the scheduler re-enqueues it)."""
+        self._all("mark_retry", {"event_id": event_id, "detail": detail[:2000], "delay": delay,
+                                 "refused": _json(refused), "deferred": deferred})
+
+    def mark_backlog(self, event_id: uuid.UUID, reason: str, detail: str) -> None:
+        """Divert a claimed mail to the backlog (a provider's own quota was hit)."""
+        self._all("mark_backlog", {"event_id": event_id, "reason": reason, "detail": detail[:2000]})
+
+    def pause_project(self, project: str, reason: str) -> None:
+        """Pause a project's sending unless it is paused already."""
+        self._all("pause_project", {"project": project, "reason": reason})
+
+    def record_config_error(self, project: str, detail: str | None) -> None:
+        """Show (or clear, with None) a configuration error on the project's status."""
+        if detail is None:
+            self._all("clear_config_error", {"project": project})
+        else:
+            self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get_mail(self, event_id: uuid.UUID | str) -> Mail | None:
+        """One ledger entry, or None."""
+        row = self._one("get_mail", {"event_id": event_id})
+        return Mail.from_row(row) if row else None
+
+    def get_project(self, key: str) -> Project | None:
+        """A project's row, or None."""
+        row = self._one("get_project", {"key": key})
+        return Project.from_row(row) if row else None
+
+    def list_projects(self) -> list[Project]:
+        """Every project, by key."""
+        return [Project.from_row(r) for r in self._all("list_projects")]
+
+    def save_settings(self, key: str, service: str, settings: dict, secrets: bytes | None, time_zone: str,
+                      limits: dict[str, int | None] | None) -> None:
+        """Save a project's settings (secrets already encrypted); bumps its settings version."""
+        limits = limits or {}
+        self._all("save_settings", {
+            "key": key, "mail_service": service, "settings": Jsonb(settings), "secrets": secrets,
+            "time_zone": time_zone, "has_limits": bool(limits), "per_day": limits.get("per_day"),
+            "recipients_per_mail": limits.get("recipients_per_mail"),
+        })
+
+    def replace_secrets(self, key: str, old: bytes, new: bytes) -> bool:
+        """Swap a project's sealed secrets if they are still `old` (key rotation)."""
+        return self._rowcount("replace_secrets", {"key": key, "old": old, "new": new}) == 1
+
+    def global_limits(self) -> GlobalLimits:
+        """The global limits row."""
+        return GlobalLimits.from_row(self._one("get_global_limits") or {})
+
+    def set_global_limits(self, **limits: int | None) -> None:
+        """Set MAIL_LIMIT_PER_DAY_SMTP (per_day) and/or RECIPIENTS_LIMIT_PER_MAIL_SMTP (recipients_per_mail)."""
+        self._all("set_global_limits", {
+            "set_per_day": "per_day" in limits, "per_day": limits.get("per_day"),
+            "set_recipients": "recipients_per_mail" in limits,
+            "recipients_per_mail": limits.get("recipients_per_mail"),
+        })
+
+    def project_counts(self, project: str) -> dict[str, int]:
+        """How many mails of a project are in each state."""
+        return {r["state"]: r["n"] for r in self._all("project_counts", {"project": project})}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{project: {state: n}} over the whole ledger."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self._all("count_by_project_state"):
+            out.setdefault(r["project"] or "(none)", {})[r["state"]] = r["n"]
+        return out
+
+    def sent_today(self, scope: str, time_zone: str) -> int:
+        """Quota units taken today in a scope (a project key, or '*' for global)."""
+        row = self._one("sent_today", {"scope": scope, "time_zone": time_zone})
+        return int(row["sent"]) if row else 0
+
+    # -- scheduler ----------------------------------------------------------------------------
+
+    def take_due_retries(self, limit: int = 500) -> list[Requeue]:
+        """Queued mails whose retry time has come, made claimable now."""
+        return [Requeue.from_row(r) for r in self._all("take_due_retries", {"limit": limit})]
+
+    def take_stale_queued(self, stale_after: float, limit: int = 500) -> list[Requeue]:
+        """Queued mails nobody has taken for a long time (a lost broker message)."""
+        return [Requeue.from_row(r) for r in
+                self._all("take_stale_queued", {"stale_after": stale_after, "limit": limit})]
+
+    def recover_stale_sending(self, stale_after: float, limit: int = 500) -> list[Requeue]:
+        """Mails stuck in `sending` (a worker died): queue once more, ambiguous the second time."""
+        rows = self._all("recover_stale_sending", {"stale_after": stale_after, "limit": limit})
+        return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+
+def _json(value: Any) -> Jsonb | None:
+    return Jsonb(value) if value else None
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    from datetime import timezone
+    return datetime.now(timezone.utc)

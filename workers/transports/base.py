@@ -1,0 +1,85 @@
+"""What every transport shares: outcomes, the failure type, envelopes and the interface."""
+
+from __future__ import annotations
+
+import abc
+import enum
+import uuid
+from dataclasses import dataclass, field
+
+from workers.constants import MailService
+from workers.errors import DeskmailError
+from workers.settings import ProjectSettings
+
+
+class Outcome(enum.StrEnum):
+    """The one error model of all four mail services."""
+
+    TRANSIENT = "transient"          # retry with backoff
+    PERMANENT = "permanent"          # failed, with the server's words
+    CONFIGURATION = "configuration"  # failed; the project's settings need a fix
+    AMBIGUOUS = "ambiguous"          # no reply after the end of DATA: maybe delivered
+    QUOTA = "quota"                  # the provider's own limit: pause the project
+
+
+class TransportFailure(DeskmailError):
+    """A send that did not (or may not have) gone through, classified; the text holds no secret."""
+
+    def __init__(self, outcome: Outcome, detail: str, *, refused: dict[str, str] | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+        self.refused = refused or {}
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A built message and who it goes to."""
+
+    event_id: uuid.UUID
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The server took the message; `refused` lists recipients it turned down one by one."""
+
+    detail: str
+    refused: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the Test action: what was tried, how it went, and what to change if it failed."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str | None = None
+
+
+class Transport(abc.ABC):
+    """One mail service. Implementations live one per module under workers/transports/."""
+
+    service: MailService
+
+    @abc.abstractmethod
+    def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
+        """Deliver one message, or raise TransportFailure."""
+
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope) -> list[Step]:
+        """The Test action: send `envelope` step by step, stopping at the first failure."""
+        try:
+            delivered = self.send(settings, envelope)
+        except TransportFailure as exc:
+            return [Step("send", False, exc.detail)]
+        return [Step("send", True, delivered.detail)]
+
+    def close(self) -> None:
+        """Close the connections this transport keeps open in the calling thread."""

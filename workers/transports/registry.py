@@ -1,0 +1,17 @@
+"""The mail services deskmail can send through, by name."""
+
+from __future__ import annotations
+
+from workers.config import Config
+from workers.constants import MailService
+from workers.transports.base import Transport
+
+
+def build(config: Config) -> dict[str, Transport]:
+    """A transport object for every mail service available in this process."""
+    from workers.transports.smtp import SmtpTransport
+
+    transports: dict[str, Transport] = {
+        MailService.SMTP: SmtpTransport(config.outbound_allow, config.smtp_final_reply_timeout),
+    }
+    return transports

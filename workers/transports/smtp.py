@@ -1,0 +1,88 @@
+"""Plain SMTP with STARTTLS or implicit TLS, AUTH PLAIN/LOGIN, over reused connections."""
+
+from __future__ import annotations
+
+import smtplib
+from typing import Iterable
+
+from workers.constants import MailService
+from workers.settings import ProjectSettings
+from workers.transports import smtp_session
+from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
+from workers.transports.sessions import SessionCache
+
+
+def endpoint_of(block: dict, final_reply_timeout: float) -> smtp_session.Endpoint:
+    """The SMTP endpoint described by a settings block."""
+    return smtp_session.Endpoint(
+        host=block["host"], port=int(block["port"]), security=block.get("security", "starttls"),
+        verify=block.get("verify_certificate", True), ca_file=block.get("ca_file"),
+        timeout=float(block.get("timeout_seconds", 30)), final_reply_timeout=final_reply_timeout)
+
+
+def authenticator_of(block: dict) -> smtp_session.Authenticator | None:
+    """PLAIN or LOGIN with the block's username and password, or None for `auth: none`."""
+    mechanism = block.get("auth", "plain")
+    if mechanism == "none" or not block.get("username"):
+        return None
+    return smtp_session.PasswordAuth(mechanism, block["username"], block.get("password", ""))
+
+
+class SmtpSender:
+    """Sends envelopes over cached sessions; shared by every SMTP-speaking transport."""
+
+    def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
+        self.allow = tuple(allow)
+        self.final_reply_timeout = final_reply_timeout
+        self.sessions: SessionCache[smtplib.SMTP] = SessionCache(smtp_session.quit_quietly)
+
+    def send(self, key: tuple, endpoint: smtp_session.Endpoint,
+             auth: smtp_session.Authenticator | None, envelope: Envelope) -> Delivered:
+        """Send over the cached session for key; a stale reused session is replaced once."""
+        opener = lambda: smtp_session.open_session(endpoint, auth, self.allow)  # noqa: E731
+        smtp, reused = self.sessions.get(key, opener)
+        try:
+            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
+        except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError, OSError) as exc:
+            self.sessions.discard(key)
+            if reused and not isinstance(exc, TimeoutError):
+                smtp, _ = self.sessions.get(key, opener)
+                return self._once(key, smtp, envelope, endpoint)
+            raise TransportFailure(Outcome.TRANSIENT, f"connection lost before the end of DATA: {exc}") from exc
+        except TransportFailure as exc:
+            if exc.outcome is not Outcome.PERMANENT:
+                self.sessions.discard(key)
+            raise
+        except smtplib.SMTPException as exc:
+            self.sessions.discard(key)
+            raise TransportFailure(Outcome.TRANSIENT, f"SMTP error before the end of DATA: {exc}") from exc
+
+    def _once(self, key: tuple, smtp: smtplib.SMTP, envelope: Envelope,
+              endpoint: smtp_session.Endpoint) -> Delivered:
+        try:
+            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
+        except TransportFailure:
+            self.sessions.discard(key)
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            self.sessions.discard(key)
+            raise TransportFailure(Outcome.TRANSIENT, f"connection lost before the end of DATA: {exc}") from exc
+
+
+class SmtpTransport(Transport):
+    """The `smtp` mail service."""
+
+    service = MailService.SMTP
+
+    def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
+        self.sender = SmtpSender(allow, final_reply_timeout)
+
+    def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
+        """Deliver over the project's SMTP server."""
+        block = settings.block()
+        endpoint = endpoint_of(block, self.sender.final_reply_timeout)
+        return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(block), envelope)
+
+    def close(self) -> None:
+        """Close this thread's sessions."""
+        self.sender.sessions.clear()

@@ -1,0 +1,297 @@
+"""The SMTP client shared by the SMTP, Gmail and Exchange-over-SMTP transports.
+
+Each phase of the exchange is explicit so that a failure is classified by where it happened:
+before the end of DATA nothing was delivered (retry is safe), after it the mail is ambiguous.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+from workers.transports import netpolicy
+from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+
+log = logging.getLogger(__name__)
+
+QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
+                 "sending limit exceeded", "quota exceeded")
+CONFIG_CODES = {530, 534, 535, 538}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach an SMTP server."""
+
+    host: str
+    port: int
+    security: str  # none | starttls | tls
+    verify: bool = True
+    ca_file: str | None = None
+    timeout: float = 30.0
+    final_reply_timeout: float = 600.0
+
+
+class Authenticator(Protocol):
+    """Logs an open SMTP session in (PLAIN/LOGIN with a password, XOAUTH2 with a token)."""
+
+    def login(self, smtp: smtplib.SMTP) -> None: ...
+
+    def forget(self) -> None: ...
+
+
+def words(code: int, text: bytes | str) -> str:
+    """A server reply as one line of text for the ledger."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {' '.join(text.split())}"
+
+
+def classify(code: int, text: str) -> Outcome:
+    """The outcome class of an SMTP reply that is not a success."""
+    lowered = text.lower()
+    if any(marker in lowered for marker in QUOTA_MARKERS):
+        return Outcome.QUOTA
+    if code in CONFIG_CODES or "5.7.30" in lowered or "5.7.8" in lowered or "5.7.57" in lowered:
+        return Outcome.CONFIGURATION
+    return Outcome.TRANSIENT if 400 <= code < 500 else Outcome.PERMANENT
+
+
+def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
+    """Verification against the system store or the configured CA, unless turned off."""
+    context = ssl.create_default_context(cafile=endpoint.ca_file)
+    if not endpoint.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Checked:
+    """Mixin: smtplib connects to an address the outbound policy checked, not to what DNS says later."""
+
+    allow: tuple = ()
+
+    def _get_socket(self, host, port, timeout):  # noqa: ANN001 - smtplib's signature
+        sock = netpolicy.connect(host, port, self.allow, timeout)
+        if isinstance(self, smtplib.SMTP_SSL):
+            return self.context.wrap_socket(sock, server_hostname=host)
+        return sock
+
+
+class _SMTP(_Checked, smtplib.SMTP):
+    pass
+
+
+class _SMTPS(_Checked, smtplib.SMTP_SSL):
+    pass
+
+
+def _tls_failure(endpoint: Endpoint, exc: ssl.SSLError | ssl.CertificateError) -> TransportFailure:
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    hint = ""
+    if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
+        hint = f"; the server at port {endpoint.port} does not speak TLS at once: use security `starttls`"
+    return TransportFailure(Outcome.CONFIGURATION, f"TLS with {endpoint.host}:{endpoint.port} failed: {reason}{hint}")
+
+
+def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable = ()) -> smtplib.SMTP:
+    """Connect, greet, secure (TLS required when configured) and log in."""
+    cls = _SMTPS if endpoint.security == "tls" else _SMTP
+    kwargs = {"context": tls_context(endpoint)} if endpoint.security == "tls" else {}
+    smtp = cls(timeout=endpoint.timeout, **kwargs)
+    smtp.allow = tuple(allow)
+    try:
+        code, text = smtp.connect(endpoint.host, endpoint.port)
+        if code != 220:
+            raise TransportFailure(classify(code, words(code, text)), f"greeting: {words(code, text)}")
+        _ehlo(smtp)
+        if endpoint.security == "starttls":
+            _starttls(smtp, endpoint)
+        if auth is not None:
+            auth.login(smtp)
+        return smtp
+    except TransportFailure:
+        _quietly_close(smtp)
+        raise
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        _quietly_close(smtp)
+        raise _tls_failure(endpoint, exc) from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        _quietly_close(smtp)
+        raise _connection_failure(endpoint, exc) from exc
+
+
+def _connection_failure(endpoint: Endpoint, exc: BaseException) -> TransportFailure:
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        hint = " (port 465 expects implicit TLS: use security `tls`)" if endpoint.port == 465 and \
+            endpoint.security != "tls" else ""
+        return TransportFailure(Outcome.TRANSIENT, f"{endpoint.host}:{endpoint.port} did not answer in time{hint}")
+    return TransportFailure(Outcome.TRANSIENT, f"connection to {endpoint.host}:{endpoint.port} lost: "
+                                               f"{type(exc).__name__}: {exc}")
+
+
+def _ehlo(smtp: smtplib.SMTP) -> None:
+    code, text = smtp.ehlo()
+    if code != 250:
+        code, text = smtp.helo()
+        if code != 250:
+            raise TransportFailure(classify(code, words(code, text)), f"EHLO/HELO refused: {words(code, text)}")
+
+
+def _starttls(smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
+    if not smtp.has_extn("starttls"):
+        raise TransportFailure(Outcome.CONFIGURATION,
+                               f"{endpoint.host}:{endpoint.port} does not offer STARTTLS, which the settings "
+                               "require; fix the server or choose another port or security")
+    code, text = smtp.starttls(context=tls_context(endpoint))
+    if code != 220:
+        raise TransportFailure(Outcome.CONFIGURATION, f"STARTTLS refused: {words(code, text)}")
+    _ehlo(smtp)
+
+
+class PasswordAuth:
+    """AUTH PLAIN or LOGIN with a username and password."""
+
+    def __init__(self, mechanism: str, username: str, password: str) -> None:
+        self.mechanism, self.username, self.password = mechanism.upper(), username, password
+
+    def login(self, smtp: smtplib.SMTP) -> None:
+        """Authenticate, translating refusals without ever echoing the password."""
+        smtp.user, smtp.password = self.username, self.password
+        method = smtp.auth_plain if self.mechanism == "PLAIN" else smtp.auth_login
+        try:
+            smtp.auth(self.mechanism, method, initial_response_ok=True)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TransportFailure(Outcome.CONFIGURATION,
+                                   f"authentication as {self.username!r} refused: {words(exc.smtp_code, exc.smtp_error)}") \
+                from None
+        except smtplib.SMTPNotSupportedError:
+            raise TransportFailure(Outcome.CONFIGURATION,
+                                   "the server does not offer AUTH here (is TLS required first?)") from None
+        finally:
+            smtp.password = ""
+
+    def forget(self) -> None:
+        """Nothing cached."""
+
+
+class XOAuth2:
+    """AUTH XOAUTH2 with a bearer token from a token source; a refusal drops the token once."""
+
+    def __init__(self, user: str, token: Callable[[], str], drop: Callable[[], None]) -> None:
+        self.user, self._token, self._drop = user, token, drop
+
+    def login(self, smtp: smtplib.SMTP) -> None:
+        """Authenticate with the cached token, and with a fresh one if the server refuses it."""
+        for attempt in (1, 2):
+            code, text = self._try(smtp, self._token())
+            if code == 235:
+                return
+            self._drop()
+            if attempt == 2 or code not in (535, 334, 454):
+                raise TransportFailure(Outcome.CONFIGURATION,
+                                       f"XOAUTH2 as {self.user!r} refused: {words(code, text)}")
+
+    def _try(self, smtp: smtplib.SMTP, token: str) -> tuple[int, bytes]:
+        blob = base64.b64encode(f"user={self.user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+        code, text = smtp.docmd("AUTH", "XOAUTH2 " + blob)
+        if code == 334:  # the JSON error challenge: answer empty, the server then says 535
+            code, text = smtp.docmd("")
+        return code, text
+
+    def forget(self) -> None:
+        """Drop the cached token."""
+        self._drop()
+
+
+def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
+    """MAIL, RCPT each, DATA: classified by phase; only a lost final reply is ambiguous."""
+    options = ["SMTPUTF8"] if not envelope.data.isascii() and smtp.has_extn("smtputf8") else []
+    code, text = smtp.mail(envelope.sender, options)
+    if code != 250:
+        smtp.rset()
+        outcome = classify(code, words(code, text))
+        if outcome is Outcome.PERMANENT:
+            outcome = Outcome.CONFIGURATION  # a refused sender is the project's settings, not the mail
+        raise TransportFailure(outcome, f"sender {envelope.sender} refused: {words(code, text)}")
+    refused, deferred = _recipients(smtp, envelope.recipients)
+    if len(refused) + len(deferred) == len(envelope.recipients):
+        smtp.rset()
+        return _all_refused(refused, deferred)
+    return Delivered(_data(smtp, envelope.data, final_reply_timeout), refused, deferred)
+
+
+def _recipients(smtp: smtplib.SMTP, recipients: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    refused: dict[str, str] = {}
+    deferred: dict[str, str] = {}
+    for address in recipients:
+        code, text = smtp.rcpt(address)
+        if code not in (250, 251):
+            (deferred if 400 <= code < 500 else refused)[address] = words(code, text)
+    return refused, deferred
+
+
+def _all_refused(refused: dict[str, str], deferred: dict[str, str]) -> Delivered:
+    replies = {**refused, **deferred}
+    summary = "; ".join(f"{a}: {r}" for a, r in list(replies.items())[:5])
+    if any(classify(int(r[:3]), r) is Outcome.QUOTA for r in replies.values()):
+        raise TransportFailure(Outcome.QUOTA, f"every recipient refused: {summary}", refused=refused)
+    outcome = Outcome.TRANSIENT if deferred else Outcome.PERMANENT
+    raise TransportFailure(outcome, f"every recipient refused: {summary}", refused=refused)
+
+
+def _data(smtp: smtplib.SMTP, data: bytes, final_reply_timeout: float) -> str:
+    code, text = smtp.docmd("DATA")
+    if code != 354:
+        smtp.rset()
+        raise TransportFailure(classify(code, words(code, text)), f"DATA refused: {words(code, text)}")
+    payload = smtplib._quote_periods(smtplib._fix_eols(data))  # type: ignore[attr-defined]
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    try:
+        smtp.send(payload + b".\r\n")
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        raise TransportFailure(Outcome.TRANSIENT, f"connection lost while sending the message: {exc}") from exc
+    return _final_reply(smtp, final_reply_timeout)
+
+
+def _final_reply(smtp: smtplib.SMTP, final_reply_timeout: float) -> str:
+    sock = smtp.sock
+    previous = sock.gettimeout() if sock else None
+    started = time.monotonic()
+    try:
+        if sock:
+            sock.settimeout(final_reply_timeout)
+        code, text = smtp.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        waited = time.monotonic() - started
+        raise TransportFailure(Outcome.AMBIGUOUS,
+                               f"no reply after the end of DATA ({type(exc).__name__} after {waited:.0f} s); "
+                               "the server may or may not have taken the mail") from exc
+    finally:
+        if sock and smtp.sock is sock:
+            sock.settimeout(previous)
+    if code != 250:
+        raise TransportFailure(classify(code, words(code, text)), f"message refused: {words(code, text)}")
+    return words(code, text)
+
+
+def _quietly_close(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+        pass
+
+
+def quit_quietly(smtp: smtplib.SMTP) -> None:
+    """QUIT if the connection still answers, close in any case."""
+    try:
+        smtp.quit()
+    except Exception:  # noqa: BLE001
+        _quietly_close(smtp)
