@@ -71,7 +71,7 @@ class Publisher:
                                  priority=priority, content_type="application/json", content_encoding="utf-8",
                                  message_id=message_id, timeout=self.timeout, confirm_timeout=self.timeout,
                                  retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                           "interval_step": 0.5, "timeout": self.timeout})
+                                                           "interval_step": 0.5})
         except (kombu.exceptions.KombuError, OSError, TimeoutError) as exc:
             raise BrokerError(f"RabbitMQ did not confirm the message ({type(exc).__name__}: {exc}); "
                               "it may or may not have been queued, publishing it again is safe") from exc

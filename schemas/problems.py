@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 ROOT = "(root)"
 _MAX_SEGMENT = 64
-_NUMBERS = re.compile(r"(\d+)")
+_NUMBERS = re.compile(r"([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -49,4 +49,5 @@ def _segment(name: str) -> str:
 
 def sort_key(problem: Problem) -> list[str | int]:
     """Orders paths naturally, so `to[2]` comes before `to[10]` and `(root)` first."""
-    return [int(part) if part.isdigit() else part for part in _NUMBERS.split(problem.path)]
+    parts = _NUMBERS.split(problem.path)
+    return [int(part) if index % 2 else part for index, part in enumerate(parts)]

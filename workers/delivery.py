@@ -62,6 +62,10 @@ class Deliverer:
         except TransportFailure as failure:
             self._failed(claim, envelope, failure)
             return
+        except Exception as exc:  # noqa: BLE001 - an unforeseen error is retried, never left in `sending`
+            log.exception("mail %s: unexpected error in the %s transport", event_id, settings.service)
+            self._failed(claim, envelope, TransportFailure(Outcome.TRANSIENT, f"internal error: {type(exc).__name__}"))
+            return
         self._delivered(claim, envelope, delivered)
 
     def _pending(self, claim: Claim) -> list[str] | None:

@@ -44,7 +44,7 @@ def test_event_travels_to_the_smtp_server_over_starttls_with_auth(runtime, store
     assert received.auth_user == "desk"
     assert received.mail_from == "desk@example.org"
     assert sorted(received.rcpt_tos) == ["a@example.com", "b@example.com", "c@example.com"]
-    message = received.message()
+    message = received.message
     assert message["Subject"] == "Ticket #7 closed"
     assert message["Message-ID"] == f"<{event_id}@example.org>" == mail.message_id
     assert "c@example.com" not in received.data.decode()  # Bcc never in the headers
@@ -61,7 +61,7 @@ def test_republished_event_is_sent_once(runtime, store, worker, publisher, peer,
     second = event()
     publisher.publish(second)
     wait_state(store, second["event_id"], "sent")
-    ids = [m.message()["Message-ID"] for m in peer.wait_for(2)]
+    ids = [m.message["Message-ID"] for m in peer.wait_for(2)]
     assert ids.count(f"<{ev['event_id']}@example.org>") == 1 and len(ids) == 2
 
 
@@ -72,6 +72,7 @@ def test_publisher_refuses_a_header_that_is_not_x_and_names_the_field(publisher)
 
 
 def test_invalid_event_from_a_foreign_publisher_is_kept_as_rejected(runtime, store, worker, publisher):
+    worker()
     bad = event(subject="hi\r\nBcc: evil@example.net")
     publisher.publish_raw(envelope(bad), bad["event_id"], 1, Queue.ADMIT)
     mail = wait_state(store, bad["event_id"], "rejected")
@@ -79,6 +80,7 @@ def test_invalid_event_from_a_foreign_publisher_is_kept_as_rejected(runtime, sto
 
 
 def test_garbage_arguments_are_rejected_not_lost(runtime, store, worker, publisher):
+    worker()
     body = json.dumps({"queue_name": Queue.ADMIT, "actor_name": Queue.ADMIT, "args": ["not an event", 3],
                        "kwargs": {}, "options": {}, "message_id": str(uuid.uuid4()),
                        "message_timestamp": 0}).encode()
@@ -87,6 +89,7 @@ def test_garbage_arguments_are_rejected_not_lost(runtime, store, worker, publish
 
 
 def test_unknown_project_is_rejected_with_the_reason(store, worker, publisher):
+    worker()
     ev = event(project="nowhere")
     publisher.publish(ev)
     mail = wait_state(store, ev["event_id"], "rejected")
@@ -106,7 +109,7 @@ def test_mail_over_daily_limit_goes_to_backlog_intact(runtime, store, worker, pu
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path, per_day=2))
     worker()
     ids = [publisher.publish(event(subject=f"n{i}")) for i in range(4)]
-    wait_until(lambda: sorted(state_of(store, i) for i in ids) == ["backlog", "backlog", "sent", "sent"])
+    wait_until(lambda: sorted(str(state_of(store, i)) for i in ids) == ["backlog", "backlog", "sent", "sent"])
     backlog = [store.get_mail(i) for i in ids if state_of(store, i) == "backlog"]
     assert {m.reason for m in backlog} <= {"daily_limit", "project_paused"}
     assert all(m.event["subject"].startswith("n") for m in backlog)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
                  "sending limit exceeded", "quota exceeded")
 CONFIG_CODES = {530, 534, 535, 538}
+_EOL = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+_DOT = re.compile(rb"(?m)^\.")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable
     kwargs = {"context": tls_context(endpoint)} if endpoint.security == "tls" else {}
     smtp = cls(timeout=endpoint.timeout, **kwargs)
     smtp.allow = tuple(allow)
+    smtp._host = endpoint.host  # smtplib verifies the certificate against _host, set only by __init__
     try:
         code, text = smtp.connect(endpoint.host, endpoint.port)
         if code != 220:
@@ -251,7 +255,7 @@ def _data(smtp: smtplib.SMTP, data: bytes, final_reply_timeout: float) -> str:
     if code != 354:
         smtp.rset()
         raise TransportFailure(classify(code, words(code, text)), f"DATA refused: {words(code, text)}")
-    payload = smtplib._quote_periods(smtplib._fix_eols(data))  # type: ignore[attr-defined]
+    payload = _DOT.sub(b"..", _EOL.sub(b"\r\n", data))
     if not payload.endswith(b"\r\n"):
         payload += b"\r\n"
     try:

@@ -1,0 +1,67 @@
+"""Validate payloads against deskmail's schemas, reporting every problem with its field path."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from schemas.compiled import CONTROL, EVENT, SCHEMA_NAMES, SETTINGS, load_schema, schema, validator
+from schemas.messages import problems_from
+from schemas.problems import InvalidPayload, Problem, sort_key
+from schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
+from schemas.semantics import semantic_problems
+
+__all__ = [
+    "CONTROL", "EVENT", "SCHEMA_NAMES", "SETTINGS", "InvalidPayload", "Problem", "load_schema",
+    "normalize_event", "secret_paths", "unique_recipients", "validate",
+]
+
+
+def validate(name: str, payload: Any) -> list[Problem]:
+    """Every problem of `payload` against schema `name`, sorted by path; empty when valid."""
+    problems = [problem for error in validator(name).iter_errors(payload)
+                for problem in problems_from(error)]
+    problems += semantic_problems(name, payload)
+    return sorted(problems, key=sort_key)
+
+
+def normalize_event(payload: dict[str, Any]) -> dict[str, Any]:
+    """A validated copy of an event whose recipients are {"address": normalised, "name": ...} objects."""
+    problems = validate(EVENT, payload)
+    if problems:
+        raise InvalidPayload(problems)
+    event = copy.deepcopy(payload)
+    for field in RECIPIENT_FIELDS:
+        if field in event:
+            event[field] = [normalized_recipient(recipient) for recipient in event[field]]
+    return event
+
+
+@lru_cache(maxsize=None)
+def secret_paths(name: str = SETTINGS) -> tuple[tuple[str, ...], ...]:
+    """Paths of every property marked `x-secret` in schema `name`, e.g. ("smtp", "password")."""
+    document = schema(name)
+    return tuple(_secret_paths(document, document, ()))
+
+
+def _secret_paths(root: dict[str, Any], node: dict[str, Any], path: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Walks `properties` (following local `$ref`s); a secret's insides are not walked."""
+    found = []
+    for key, child in _resolved(root, node).get("properties", {}).items():
+        if child.get("x-secret"):
+            found.append((*path, key))
+        else:
+            found += _secret_paths(root, child, (*path, key))
+    return found
+
+
+def _resolved(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The schema a local `$ref` (`#/$defs/...`) points at, or the node itself."""
+    ref = node.get("$ref", "")
+    if not ref.startswith("#/"):
+        return node
+    target = root
+    for part in ref[2:].split("/"):
+        target = target[part]
+    return target
