@@ -58,7 +58,7 @@ class Admitter:
         admission = self.store.admit(event, priority=kind.priority, recipients=recipients, message_id=None)
         if admission.state == State.QUEUED:
             self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
-        log.info("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
+        log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
                  f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
 
     def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:

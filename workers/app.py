@@ -25,8 +25,13 @@ ACTOR_OPTIONS = {"max_retries": 30, "min_backoff": 1_000, "max_backoff": 300_000
 
 
 def build_broker(config: Config) -> dramatiq.Broker:
-    """A RabbitMQ broker with publisher confirms and priority queues, plus deskmail's middleware."""
-    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=True, max_priority=MAX_PRIORITY)
+    """A RabbitMQ broker with priority queues, plus deskmail's middleware.
+
+    Workers publish without confirms: the ledger row in PostgreSQL is the truth and a transport
+    message is only a wake-up; one lost in a broker crash is re-sent by the scheduler after
+    DESKMAIL_STALE_AFTER. Publishers of events do use confirms (producers/publisher.py).
+    """
+    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=False, max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
     return broker
 

@@ -81,7 +81,7 @@ class Deliverer:
             self._retry(claim, failure, deferred=list(delivered.deferred))
             return
         self.store.mark_sent(claim.event_id, delivered.detail, delivered.refused or None, envelope.message_id)
-        log.info("mail %s sent", claim.event_id)
+        log.debug("mail %s sent", claim.event_id)
 
     def _failed(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> None:
         log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)

@@ -1,0 +1,180 @@
+"""`make bench`: end-to-end throughput and latency of deskmail against a plain smtplib baseline.
+
+Both send to the same local Postfix `smtp-sink` in the same run; figures are reported as a
+ratio because these machines are shared and noisy. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "deploy"))
+from demo import Demo, free_port, purge_queues  # noqa: E402
+
+
+def smtp_sink_binary() -> str:
+    found = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None)
+    if not found:
+        raise SystemExit("smtp-sink not found: run `bash deploy/install-smtp-sink.sh`")
+    return found
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    user = ["-u", "postfix"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([smtp_sink_binary(), *user, f"127.0.0.1:{port}", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("smtp-sink did not start")
+
+
+def sample(i: int) -> dict:
+    return {"event_id": str(uuid.uuid4()), "project": "bench", "kind": "notification",
+            "to": [f"user{i}@customer.example"], "cc": ["agent@desk.example"],
+            "subject": f"[#{i}] Ticket updated", "text": f"Hello,\n\nticket #{i} has changed.\n\n-- desk\n"}
+
+
+def baseline(port: int, n: int) -> float:
+    """Mails/s of a single-process loop: stdlib EmailMessage built and sent over one connection."""
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    started = time.perf_counter()
+    for i in range(n):
+        ev = sample(i)
+        msg = EmailMessage()
+        msg["From"] = "Bench Desk <bench@desk.example>"
+        msg["To"] = ", ".join(ev["to"])
+        msg["Cc"] = ", ".join(ev["cc"])
+        msg["Subject"] = ev["subject"]
+        msg["Message-ID"] = f"<{ev['event_id']}@desk.example>"
+        msg.set_content(ev["text"])
+        smtp.send_message(msg)
+    elapsed = time.perf_counter() - started
+    smtp.quit()
+    return n / elapsed
+
+
+def publish_all(publisher_factory, events: list[dict], threads: int = 4) -> None:
+    chunks = [events[i::threads] for i in range(threads)]
+
+    def run(chunk: list[dict]) -> None:
+        with publisher_factory() as pub:
+            for ev in chunk:
+                pub.publish(ev)
+
+    workers = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def wait_sent(store, ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with store.pool.connection() as conn:
+        while time.monotonic() < deadline:
+            n = conn.execute("SELECT count(*) AS n FROM mail WHERE state = 'sent' AND event_id = ANY(%s)",
+                             (ids,)).fetchone()["n"]
+            if n == len(ids):
+                return
+            time.sleep(0.2)
+    raise SystemExit(f"only {n} of {len(ids)} mails were sent within {timeout} s")
+
+
+def sent_times(store, ids: list[str]) -> list[tuple[float, float]]:
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT created_at, sent_at FROM mail WHERE event_id = ANY(%s)", (ids,)).fetchall()
+    return [(r["created_at"].timestamp(), r["sent_at"].timestamp()) for r in rows]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=20_000, help="events in the throughput run")
+    parser.add_argument("--latency-events", type=int, default=400)
+    parser.add_argument("--latency-rate", type=float, default=50.0, help="events/s in the latency run")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    args = parser.parse_args()
+
+    demo = Demo()
+    demo.env["DESKMAIL_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/deskmail_bench"
+    demo.reset()
+    sink_port = free_port()
+    sink = start_sink(sink_port)
+    demo.sink_port = sink_port
+    from workers.config import Config
+    from workers.store import Store, open_pool
+    from producers.publisher import Publisher
+    config = Config.from_env(demo.env)
+    store = Store(open_pool(config.database_url, 4))
+    try:
+        base = baseline(sink_port, min(args.n, 5000))
+        print(f"baseline: stdlib EmailMessage + smtplib, one process, one connection: {base:.0f} mails/s")
+        doc = {"mail_service": "smtp", "from_address": "bench@desk.example", "from_name": "Bench Desk",
+               "smtp": {"host": "127.0.0.1", "port": sink_port, "security": "none", "auth": "none"}}
+        (demo_dir := ROOT / "var" / "demo").mkdir(parents=True, exist_ok=True)
+        (demo_dir / "bench.json").write_text(json.dumps(doc))
+        demo.cli("settings", "set", "bench", "--file", str(demo_dir / "bench.json"))
+        demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
+                   "--threads", str(args.threads))
+        time.sleep(3)
+        factory = lambda: Publisher(config.amqp_url, config.publish_timeout)  # noqa: E731
+        warm = [sample(i) for i in range(200)]
+        publish_all(factory, warm)
+        wait_sent(store, [e["event_id"] for e in warm], 120)
+
+        events = [sample(i) for i in range(args.n)]
+        started = time.time()
+        publish_all(factory, events)
+        published = time.time()
+        ids = [e["event_id"] for e in events]
+        wait_sent(store, ids, 1800)
+        last = max(s for _, s in sent_times(store, ids))
+        throughput = args.n / (last - started)
+        print(f"deskmail end to end: {args.n} mails in {last - started:.1f} s = {throughput:.0f} mails/s "
+              f"(publishing took {published - started:.1f} s)")
+
+        light = [sample(i) for i in range(args.latency_events)]
+        with factory() as pub:
+            for ev in light:
+                ev["created_at"] = datetime.now(timezone.utc).isoformat()
+                pub.publish(ev)
+                time.sleep(1 / args.latency_rate)
+        wait_sent(store, [e["event_id"] for e in light], 120)
+        lat = sorted((s - c) * 1000 for c, s in sent_times(store, [e["event_id"] for e in light]))
+        p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+        print(f"latency publish -> accepted at {args.latency_rate:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        ratio = throughput / base
+        print(f"ratio end-to-end / baseline: {ratio:.2f}")
+        print(json.dumps({"n": args.n, "baseline_mails_per_s": round(base, 1),
+                          "deskmail_mails_per_s": round(throughput, 1), "ratio": round(ratio, 3),
+                          "latency_p50_ms": round(p50, 1), "latency_p99_ms": round(p99, 1),
+                          "worker_processes": 2, "threads_per_process": args.threads}))
+    finally:
+        demo.stop_all()
+        os.killpg(sink.pid, signal.SIGTERM)
+        store.pool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
