@@ -36,7 +36,6 @@ def demo_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DESKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/deskmail_demo")
     env.setdefault("DESKMAIL_SECRET_KEYS", Fernet.generate_key().decode())
-    env.setdefault("DESKMAIL_CONTROL_KEY", uuid.uuid4().hex)
     env["DESKMAIL_OUTBOUND_ALLOW"] = "127.0.0.0/8"  # the sink runs on loopback
     env["DESKMAIL_SCHEDULER_INTERVAL"] = "1"
     env["DESKMAIL_LOG_LEVEL"] = env.get("DESKMAIL_LOG_LEVEL", "WARNING")

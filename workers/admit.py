@@ -61,6 +61,12 @@ class Admitter:
         log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
                  f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
 
+    def reject_raw(self, raw: str, detail: str) -> None:
+        """Keep a message that is not even an envelope as `rejected`, with its raw text."""
+        event_id = uuid.uuid5(REJECTED_NAMESPACE, raw)
+        self.store.reject(event_id, detail, raw)
+        log.warning("message %s rejected: %s", event_id, detail)
+
     def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
         raw = raw_text(args, kwargs)
         body = args[0] if len(args) == 1 else None

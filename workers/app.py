@@ -54,8 +54,6 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     for service in MailService:
         dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
                        priority=0, options=dict(ACTOR_OPTIONS))
-    from workers.control import declare_control_actor
-    declare_control_actor(broker, runtime)
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:

@@ -25,11 +25,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ URL for workers and publishers."),
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
-        Setting("DESKMAIL_CONTROL_KEY", "",
-                "Shared HMAC key for control messages; when set, unsigned or mis-signed ones are refused."),
         Setting("DESKMAIL_DB_POOL_MAX", "10", "Most PostgreSQL connections one process opens."),
         Setting("DESKMAIL_PUBLISH_TIMEOUT", "10", "Seconds a publish waits for the broker's confirm."),
-        Setting("DESKMAIL_CONTROL_TIMEOUT", "15", "Seconds an admin command waits for a control worker's answer."),
         Setting("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT", "600",
                 "Seconds to wait for the reply to the end of DATA (RFC 5321 says 10 minutes); after it, `ambiguous`."),
         Setting("DESKMAIL_RETRY_BASE", "30", "Seconds before the first retry of a transient failure; doubles each time."),
@@ -60,10 +57,8 @@ class Config:
     database_url: str
     amqp_url: str
     secret_keys: tuple[str, ...] = ()
-    control_key: str = ""
     db_pool_max: int = 10
     publish_timeout: float = 10.0
-    control_timeout: float = 15.0
     smtp_final_reply_timeout: float = 600.0
     retry_base: float = 30.0
     retry_cap: float = 3600.0
@@ -84,10 +79,8 @@ class Config:
             database_url=get("DESKMAIL_DATABASE_URL"),
             amqp_url=get("DESKMAIL_AMQP_URL"),
             secret_keys=tuple(k.strip() for k in get("DESKMAIL_SECRET_KEYS").split(",") if k.strip()),
-            control_key=get("DESKMAIL_CONTROL_KEY"),
             db_pool_max=int(get("DESKMAIL_DB_POOL_MAX")),
             publish_timeout=float(get("DESKMAIL_PUBLISH_TIMEOUT")),
-            control_timeout=float(get("DESKMAIL_CONTROL_TIMEOUT")),
             smtp_final_reply_timeout=float(get("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT")),
             retry_base=float(get("DESKMAIL_RETRY_BASE")),
             retry_cap=float(get("DESKMAIL_RETRY_CAP")),
@@ -107,7 +100,7 @@ class Config:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("secret_keys", "control_key"):
+            if f.name == "secret_keys":
                 value = "<set>" if value else "<unset>"
             elif f.name.endswith("_url"):
                 value = redact_url(value)

@@ -36,11 +36,12 @@ class Scheduler:
     @classmethod
     def for_config(cls, config: Config, runtime: Runtime) -> "Scheduler":
         """A scheduler publishing through a Dramatiq broker of its own."""
+        from workers.admit import Admitter
         from workers.app import build_broker, enqueuer
-        from workers.control import auto_resume_pass
+        from workers.deadletters import drain_step
         broker = build_broker(config)
         enqueue = enqueuer(broker)
-        return cls(runtime.store, enqueue, config, [auto_resume_pass(runtime.store, enqueue)])
+        return cls(runtime.store, enqueue, config, [drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def _hand_on(self, mails: list[Requeue]) -> int:
         for mail in mails:

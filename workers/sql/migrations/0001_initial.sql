@@ -1,5 +1,5 @@
 -- deskmail schema v1: projects and their settings, global limits, quota counters,
--- the mail ledger (which is also the backlog and the suspended list), audit, control requests.
+-- the mail ledger (which is also the backlog and the suspended list).
 
 CREATE TABLE projects (
     key                 text PRIMARY KEY,
@@ -70,25 +70,6 @@ CREATE INDEX mail_suspended_list ON mail (project, seq) WHERE state = 'suspended
 CREATE INDEX mail_queued_due ON mail (next_attempt_at, updated_at) WHERE state = 'queued';
 CREATE INDEX mail_sending_claimed ON mail (claimed_at) WHERE state = 'sending';
 CREATE INDEX mail_project_state ON mail (project, state);
-
-CREATE TABLE audit (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at         timestamptz NOT NULL DEFAULT now(),
-    actor      text NOT NULL,
-    action     text NOT NULL,
-    project    text,
-    params     jsonb NOT NULL DEFAULT '{}',
-    touched    integer NOT NULL DEFAULT 0,
-    result     jsonb NOT NULL DEFAULT '{}'
-);
-CREATE INDEX audit_project ON audit (project, id);
-
-CREATE TABLE control_requests (
-    request_id  uuid PRIMARY KEY,
-    action      text NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    answer      jsonb NOT NULL
-);
 
 -- Takes one unit of quota for a scope's day unless that would pass the limit (NULL or 0: no limit).
 -- Atomic under any concurrency: the conditional upsert holds the row lock; no row means "over".
