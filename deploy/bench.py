@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "deploy"))
-from demo import Demo, free_port, purge_queues  # noqa: E402
+from demo import Demo, free_port  # noqa: E402
 
 
 def smtp_sink_binary() -> str:

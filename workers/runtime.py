@@ -7,7 +7,6 @@ import logging
 import threading
 
 from workers.config import Config
-from workers.constants import MailService
 from workers.secrets import SecretBox
 from workers.settings import SettingsService
 from workers.store import Store, open_pool

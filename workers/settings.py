@@ -88,14 +88,6 @@ class SettingsService:
         public = dict(project.settings)
         return redact(public, public.pop("secret_names", []))
 
-    def effective_key(self, key: str) -> str:
-        """The project whose settings apply: its own, else `default`'s."""
-        for candidate in (key, "default"):
-            project = self.store.get_project(candidate)
-            if project is not None and project.settings is not None:
-                return candidate
-        raise UnknownProject(f"project {key!r} has no settings and there is no `default` project")
-
     def load(self, key: str, version: int | None = None) -> ProjectSettings:
         """The full settings of a project row, from cache when the version matches."""
         if version is not None and (key, version) in self._cache:

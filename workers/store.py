@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from datetime import datetime
 from typing import Any, Iterator
 
 import psycopg
@@ -215,8 +214,3 @@ class Store:
 def _json(value: Any) -> Jsonb | None:
     return Jsonb(value) if value else None
 
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware (UTC)."""
-    from datetime import timezone
-    return datetime.now(timezone.utc)

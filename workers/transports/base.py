@@ -54,16 +54,6 @@ class Delivered:
     deferred: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of the Test action: what was tried, how it went, and what to change if it failed."""
-
-    name: str
-    ok: bool
-    detail: str
-    hint: str | None = None
-
-
 class Transport(abc.ABC):
     """One mail service. Implementations live one per module under workers/transports/."""
 
@@ -72,14 +62,6 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver one message, or raise TransportFailure."""
-
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope) -> list[Step]:
-        """The Test action: send `envelope` step by step, stopping at the first failure."""
-        try:
-            delivered = self.send(settings, envelope)
-        except TransportFailure as exc:
-            return [Step("send", False, exc.detail)]
-        return [Step("send", True, delivered.detail)]
 
     def close(self) -> None:
         """Close the connections this transport keeps open in the calling thread."""
