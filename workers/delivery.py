@@ -73,7 +73,6 @@ class Deliverer:
         return list(claim.deferred) if claim.deferred else None
 
     def _delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> None:
-        self.store.record_config_error(claim.project, None)
         if delivered.deferred:
             failure = TransportFailure(Outcome.TRANSIENT, "some recipients deferred: " +
                                        "; ".join(f"{a}: {r}" for a, r in delivered.deferred.items()),

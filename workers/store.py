@@ -105,7 +105,7 @@ class Store:
 
     def mark_sent(self, event_id: uuid.UUID, detail: str, refused: dict[str, str] | None,
                   message_id: str) -> None:
-        """Record the server's acceptance (and any recipients it refused one by one)."""
+        """Record the server's acceptance (and recipients refused one by one); clears a config error."""
         self._all("mark_sent", {"event_id": event_id, "detail": detail[:2000], "refused": _json(refused),
                                 "message_id": message_id})
 
@@ -129,12 +129,9 @@ class Store:
         """Pause a project's sending unless it is paused already."""
         self._all("pause_project", {"project": project, "reason": reason})
 
-    def record_config_error(self, project: str, detail: str | None) -> None:
-        """Show (or clear, with None) a configuration error on the project's status."""
-        if detail is None:
-            self._all("clear_config_error", {"project": project})
-        else:
-            self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+    def record_config_error(self, project: str, detail: str) -> None:
+        """Show a configuration error on the project's status (the next successful send clears it)."""
+        self._all("record_config_error", {"project": project, "detail": detail[:2000]})
 
     # -- reading ------------------------------------------------------------------------------
 

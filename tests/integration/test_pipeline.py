@@ -193,3 +193,16 @@ def test_many_worker_threads_racing_one_daily_limit_send_exactly_the_limit(runti
     assert states.count("sent") == 25 and states.count("backlog") == 135
     assert len(peer.wait_for(25)) == 25
     assert store.sent_today("alpha", "UTC") == 25
+
+
+def test_a_successful_send_clears_the_projects_configuration_error(runtime, store, worker, publisher, peer, tls_ca):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path, password="wrong-Secret-99"))
+    worker()
+    first = publisher.publish(event())
+    wait_state(store, first, "failed")
+    assert store.get_project("alpha").config_error
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    store.record_config_error("alpha", "535 still shown until a send works")
+    second = publisher.publish(event())
+    wait_state(store, second, "sent")
+    assert store.get_project("alpha").config_error is None

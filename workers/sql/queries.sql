@@ -23,10 +23,15 @@ RETURNING m.event_id, m.project, m.kind, m.event, m.message_id, m.attempts, m.re
           s.key AS settings_key, s.settings_version;
 
 -- name: mark_sent
-UPDATE mail SET state = 'sent', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
-       message_id = %(message_id)s, deferred = NULL, sent_at = now(),
-       updated_at = now(), next_attempt_at = NULL
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- Also clears the project's configuration error: a send that works proves the settings right.
+WITH sent AS (
+    UPDATE mail SET state = 'sent', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
+           message_id = %(message_id)s, deferred = NULL, sent_at = now(), updated_at = now(),
+           next_attempt_at = NULL
+     WHERE event_id = %(event_id)s AND state = 'sending'
+    RETURNING project)
+UPDATE projects SET config_error = NULL, config_error_at = NULL
+ WHERE key = (SELECT project FROM sent) AND config_error IS NOT NULL;
 
 -- name: mark_final
 UPDATE mail SET state = %(state)s, reason = %(reason)s, detail = %(detail)s,
@@ -52,10 +57,6 @@ UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = 
 -- name: record_config_error
 UPDATE projects SET config_error = %(detail)s, config_error_at = now()
  WHERE key = %(project)s;
-
--- name: clear_config_error
-UPDATE projects SET config_error = NULL, config_error_at = NULL
- WHERE key = %(project)s AND config_error IS NOT NULL;
 
 -- name: get_mail
 SELECT event_id, seq, project, kind, priority, state, reason, detail, subject, recipients, mail_service,
