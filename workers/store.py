@@ -175,6 +175,12 @@ class Store:
             "recipients_per_mail": limits.get("recipients_per_mail"),
         })
 
+    def list_state(self, state: str, *, project: str | None = None, reason: str | None = None,
+                   after: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """One page of backlog or suspended mails in arrival order, after seq `after`."""
+        return self._all("list_state", {"state": state, "project": project, "reason": reason,
+                                        "after": after, "limit": limit})
+
     def project_counts(self, project: str) -> dict[str, int]:
         """How many mails of a project are in each state."""
         return {r["state"]: r["n"] for r in self._all("project_counts", {"project": project})}

@@ -59,3 +59,18 @@ def test_publish_reports_bad_lines_by_number_and_still_sends_the_good_ones(confi
 def test_migrate_is_safe_to_run_again(config):
     done = deskmail(config, "db", "migrate")
     assert done.returncode == 0 and "schema is up to date" in done.stdout
+
+
+def test_backlog_list_shows_waiting_mails_in_arrival_order_and_pages(config, runtime, store):
+    with SmtpPeer() as peer:
+        runtime.settings.save("alpha", smtp_settings(peer, per_day=1))
+    ids = []
+    for i in range(4):
+        ev = event(subject=f"waiting {i}") | {"to": [{"address": "u@example.com"}]}
+        store.admit(ev, priority=1, recipients=1, message_id=None)
+        ids.append(ev["event_id"])
+    first = json.loads(deskmail(config, "backlog", "list", "--project", "alpha", "--limit", "2", "--json").stdout)
+    assert [r["event_id"] for r in first] == ids[1:3]
+    assert first[0]["reason"] == "daily_limit" and first[1]["reason"] == "project_paused"
+    rest = deskmail(config, "backlog", "list", "--after", str(first[-1]["seq"]))
+    assert ids[3] in rest.stdout and ids[1] not in rest.stdout and "waiting 3" in rest.stdout

@@ -136,3 +136,12 @@ RETURNING event_id, state, priority, mail_service;
 
 -- name: replace_secrets
 UPDATE projects SET secrets = %(new)s WHERE key = %(key)s AND secrets = %(old)s;
+
+-- name: list_state
+-- Backlog or suspended mails in arrival order, paged by seq (keyset), on partial indexes.
+SELECT seq, event_id, project, kind, recipients, subject, reason, detail, received_at
+  FROM mail
+ WHERE state = %(state)s AND seq > %(after)s
+   AND (%(project)s::text IS NULL OR project = %(project)s)
+   AND (%(reason)s::text IS NULL OR reason = %(reason)s)
+ ORDER BY seq LIMIT %(limit)s;

@@ -66,6 +66,7 @@ CREATE TABLE mail (
 );
 CREATE INDEX mail_backlog_drain ON mail (project, priority DESC, seq) WHERE state = 'backlog';
 CREATE INDEX mail_backlog_list ON mail (seq) WHERE state = 'backlog';
+CREATE INDEX mail_backlog_project_list ON mail (project, seq) WHERE state = 'backlog';
 CREATE INDEX mail_suspended_list ON mail (project, seq) WHERE state = 'suspended';
 CREATE INDEX mail_queued_due ON mail (next_attempt_at, updated_at) WHERE state = 'queued';
 CREATE INDEX mail_sending_claimed ON mail (claimed_at) WHERE state = 'sending';

@@ -1,0 +1,35 @@
+"""`deskmail backlog list`: the mails waiting because a limit was hit, in arrival order."""
+
+from __future__ import annotations
+
+import argparse
+
+from producers.cli.context import Context, emit
+from workers.constants import Reason, State
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `backlog list`."""
+    backlog = commands.add_parser("backlog", help="mails waiting over a limit").add_subparsers(
+        dest="sub", required=True)
+    listing = backlog.add_parser("list", help="backlog mails in arrival order (paged with --after)")
+    listing.add_argument("--project")
+    listing.add_argument("--reason", choices=[r.value for r in Reason])
+    listing.add_argument("--limit", type=int, default=50, help="rows per page (default 50)")
+    listing.add_argument("--after", type=int, default=0, help="show rows after this sequence number")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=list_backlog)
+
+
+def list_backlog(ctx: Context, args: argparse.Namespace) -> int:
+    """Print one page of the backlog."""
+    rows = ctx.store.list_state(State.BACKLOG, project=args.project, reason=args.reason, after=args.after,
+                                limit=max(1, min(args.limit, 10_000)))
+    lines = [f"{'SEQ':>8}  {'EVENT ID':<36}  {'PROJECT':<12} {'KIND':<12} {'RCPT':>4}  {'ARRIVED':<19}  "
+             f"{'REASON':<20} SUBJECT"]
+    lines += [f"{r['seq']:>8}  {r['event_id']!s:<36}  {r['project']:<12} {r['kind']:<12} {r['recipients']:>4}  "
+              f"{r['received_at']:%Y-%m-%d %H:%M:%S}  {r['reason']:<20} {r['subject']}" for r in rows]
+    if rows and len(rows) == args.limit:
+        lines.append(f"(more: --after {rows[-1]['seq']})")
+    emit(rows, args.json, "\n".join(lines))
+    return 0
