@@ -13,10 +13,12 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from workers.admit import Admitter
 from workers.config import Config
 from workers.constants import MAX_PRIORITY, MailService, Queue
+from workers.control import declare_control_actor
 from workers.delivery import Deliverer
 from workers.logs import configure_logging
 from workers.middleware.redaction import DropTracebacks
 from workers.runtime import Runtime
+from workers.scheduler import hand_on_due
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     for service in MailService:
         dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
                        priority=0, options=dict(ACTOR_OPTIONS))
+    enqueue = enqueuer(broker)
+    declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:

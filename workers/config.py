@@ -25,6 +25,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ URL for workers and publishers."),
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
+        Setting("DESKMAIL_CONTROL_KEY", "",
+                "Shared HMAC key for control messages; when set, unsigned or mis-signed ones are refused."),
+        Setting("DESKMAIL_CONTROL_TIMEOUT", "15", "Seconds an admin command waits for a control worker's answer."),
+        Setting("DESKMAIL_CONTROL_MAX_AGE", "600",
+                "Seconds after which a control message not yet applied expires (no surprise late resumes)."),
         Setting("DESKMAIL_DB_POOL_MAX", "10", "Most PostgreSQL connections one process opens."),
         Setting("DESKMAIL_PUBLISH_TIMEOUT", "10", "Seconds a publish waits for the broker's confirm."),
         Setting("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT", "600",
@@ -57,6 +62,9 @@ class Config:
     database_url: str
     amqp_url: str
     secret_keys: tuple[str, ...] = ()
+    control_key: str = ""
+    control_timeout: float = 15.0
+    control_max_age: float = 600.0
     db_pool_max: int = 10
     publish_timeout: float = 10.0
     smtp_final_reply_timeout: float = 600.0
@@ -79,6 +87,9 @@ class Config:
             database_url=get("DESKMAIL_DATABASE_URL"),
             amqp_url=get("DESKMAIL_AMQP_URL"),
             secret_keys=tuple(k.strip() for k in get("DESKMAIL_SECRET_KEYS").split(",") if k.strip()),
+            control_key=get("DESKMAIL_CONTROL_KEY"),
+            control_timeout=float(get("DESKMAIL_CONTROL_TIMEOUT")),
+            control_max_age=float(get("DESKMAIL_CONTROL_MAX_AGE")),
             db_pool_max=int(get("DESKMAIL_DB_POOL_MAX")),
             publish_timeout=float(get("DESKMAIL_PUBLISH_TIMEOUT")),
             smtp_final_reply_timeout=float(get("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT")),
@@ -100,7 +111,7 @@ class Config:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "secret_keys":
+            if f.name in ("secret_keys", "control_key"):
                 value = "<set>" if value else "<unset>"
             elif f.name.endswith("_url"):
                 value = redact_url(value)

@@ -9,6 +9,7 @@ class Queue(enum.StrEnum):
     """RabbitMQ queues, one per actor; transports get one each so ops can scale them apart."""
 
     ADMIT = "deskmail.admit"
+    CONTROL = "deskmail.control"
     SMTP = "deskmail.smtp"
     EXCHANGE = "deskmail.exchange"
     EXCHANGE_OAUTH2 = "deskmail.exchange_oauth2"

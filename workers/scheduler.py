@@ -23,6 +23,19 @@ Enqueue = Callable[[MailService, str, int], None]
 Extra = Callable[[], dict[str, int]]
 
 
+def hand_on(store: Store, enqueue: Enqueue, mails: list[Requeue]) -> int:
+    """Give mails to their transport queues; returns how many."""
+    for mail in mails:
+        if mail.mail_service:
+            enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
+    return len(mails)
+
+
+def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
+    """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
+    return hand_on(store, enqueue, store.take_due_retries(limit))
+
+
 @dataclass
 class Scheduler:
     """One pass hands due retries and lost or stuck mails back to their transport queues."""
@@ -44,15 +57,12 @@ class Scheduler:
         return cls(runtime.store, enqueue, config, [drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def _hand_on(self, mails: list[Requeue]) -> int:
-        for mail in mails:
-            if mail.mail_service:
-                self.enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
-        return len(mails)
+        return hand_on(self.store, self.enqueue, mails)
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each part touched."""
         done = {
-            "retries": self._hand_on(self.store.take_due_retries()),
+            "due": hand_on_due(self.store, self.enqueue),
             "stale_queued": self._hand_on(self.store.take_stale_queued(self.config.stale_after)),
             "recovered": self._hand_on(self.store.recover_stale_sending(self.config.stale_after)),
         }

@@ -181,6 +181,73 @@ class Store:
         return self._all("list_state", {"state": state, "project": project, "reason": reason,
                                         "after": after, "limit": limit})
 
+    # -- admin control ------------------------------------------------------------------------
+
+    def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
+             detail: str) -> dict[str, str]:
+        """Resume (to `queued`) or suspend selected mails in one transaction; an answer per id.
+
+        `ids=None` selects every mail in from_state (of the project, if given) and unpauses.
+        Resumed mails count in their day's totals (an admin override of the limit) and become due.
+        """
+        with self._conn() as conn, conn.transaction():
+            rows = self._lock(conn, ids, project, from_state)
+            outcomes = _outcomes(rows, ids, project, from_state, "resumed" if to_state == "queued" else to_state)
+            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v in ("resumed", to_state)]
+            if chosen and to_state == "queued":
+                self._count_resumed(conn, chosen)
+                conn.execute(self.q["requeue_resumed"], {"ids": chosen, "detail": detail})
+            elif chosen:
+                conn.execute(self.q["suspend_selected"], {"ids": chosen, "detail": detail})
+            if ids is None and to_state == "queued":
+                conn.execute(self.q["unpause_project"] if project else self.q["unpause_all"], {"project": project})
+            return outcomes
+
+    def _lock(self, conn: psycopg.Connection, ids: list[str] | None, project: str | None,
+              state: str) -> list[dict[str, Any]]:
+        if ids is None:
+            return conn.execute(self.q["lock_all_in_state"], {"state": state, "project": project}).fetchall()
+        return conn.execute(self.q["lock_selected"], {"ids": [uuid.UUID(str(i)) for i in ids]}).fetchall()
+
+    def _count_resumed(self, conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
+        for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
+            conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
+        day = conn.execute(self.q["global_day"]).fetchone()["day"]
+        conn.execute(self.q["add_quota"], {"scope": "*", "day": day, "n": len(ids)})
+
+    def set_pause(self, project: str, reason: str | None) -> bool:
+        """Pause (reason) or unpause (None) a project; False if nothing changed."""
+        if reason is None:
+            return self._rowcount("unpause_project", {"project": project}) == 1
+        return self._rowcount("pause_project", {"project": project, "reason": reason}) == 1
+
+    def set_project_limits(self, project: str, **limits: int | None) -> bool:
+        """Set a project's per_day and/or recipients_per_mail; False for an unknown project."""
+        return self._rowcount("set_project_limits", {
+            "project": project, "set_per_day": "per_day" in limits, "per_day": limits.get("per_day"),
+            "set_recipients": "recipients_per_mail" in limits,
+            "recipients_per_mail": limits.get("recipients_per_mail")}) == 1
+
+    def control_answer(self, request_id: str) -> dict | None:
+        """The recorded answer to a control request, or None."""
+        row = self._one("control_answer", {"request_id": request_id})
+        return row["answer"] if row else None
+
+    def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Record the answer to a control request and its audit entry."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["record_control"], {"request_id": message["request_id"],
+                                                    "action": message["action"], "answer": Jsonb(answer)})
+            params = {k: v for k, v in message.items() if k not in ("signature", "requested_by")}
+            conn.execute(self.q["record_audit"], {
+                "actor": message.get("requested_by", "?"), "action": message["action"],
+                "project": message.get("project"), "params": Jsonb(params),
+                "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+
+    def audit(self, project: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit entries."""
+        return self._all("list_audit", {"project": project, "limit": limit})
+
     def project_counts(self, project: str) -> dict[str, int]:
         """How many mails of a project are in each state."""
         return {r["state"]: r["n"] for r in self._all("project_counts", {"project": project})}
@@ -212,6 +279,24 @@ class Store:
         """Mails stuck in `sending` (a worker died): queue once more, ambiguous the second time."""
         rows = self._all("recover_stale_sending", {"stale_after": stale_after, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+
+def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,
+              done: str) -> dict[str, str]:
+    """What happens to each selected id: `done`, or why not."""
+    found = {str(r["event_id"]): r for r in rows}
+    out: dict[str, str] = {}
+    for key in ([str(r["event_id"]) for r in rows] if ids is None else [str(i) for i in ids]):
+        row = found.get(key)
+        if row is None:
+            out[key] = "unknown id"
+        elif project and row["project"] != project:
+            out[key] = f"belongs to project {row['project']}"
+        elif row["state"] != state:
+            out[key] = f"not {state} (it is {row['state']})"
+        else:
+            out[key] = done
+    return out
 
 
 def _json(value: Any) -> Jsonb | None:

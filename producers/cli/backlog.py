@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from producers.cli.context import Context, emit
+from producers.cli.controls import add_backlog_actions
 from workers.constants import Reason, State
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add `backlog list`."""
+    """Add `backlog list`, `backlog resume` and `backlog suspend`."""
     backlog = commands.add_parser("backlog", help="mails waiting over a limit").add_subparsers(
         dest="sub", required=True)
     listing = backlog.add_parser("list", help="backlog mails in arrival order (paged with --after)")
@@ -19,6 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--after", type=int, default=0, help="show rows after this sequence number")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=list_backlog)
+    add_backlog_actions(backlog)
 
 
 def list_backlog(ctx: Context, args: argparse.Namespace) -> int:

@@ -111,7 +111,7 @@ SELECT coalesce((SELECT sent FROM quota_counters
 UPDATE mail SET next_attempt_at = NULL, updated_at = now()
  WHERE event_id IN (SELECT event_id FROM mail
                      WHERE state = 'queued' AND next_attempt_at <= now()
-                     ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+                     ORDER BY next_attempt_at, priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING event_id, priority, mail_service;
 
 -- name: take_stale_queued
@@ -145,3 +145,67 @@ SELECT seq, event_id, project, kind, recipients, subject, reason, detail, receiv
    AND (%(project)s::text IS NULL OR project = %(project)s)
    AND (%(reason)s::text IS NULL OR reason = %(reason)s)
  ORDER BY seq LIMIT %(limit)s;
+
+-- name: lock_selected
+SELECT m.event_id, m.project, m.state FROM mail m
+ WHERE m.event_id = ANY(%(ids)s)
+ ORDER BY m.priority DESC, m.seq FOR UPDATE;
+
+-- name: lock_all_in_state
+SELECT m.event_id, m.project, m.state FROM mail m
+ WHERE m.state = %(state)s AND (%(project)s::text IS NULL OR m.project = %(project)s)
+ ORDER BY m.priority DESC, m.seq FOR UPDATE;
+
+-- name: requeue_resumed
+-- Resumed mails become due now; the scheduler and the control actor hand them to the broker
+-- in bounded batches, so a large backlog interleaves with fresh mail instead of starving it.
+UPDATE mail SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(),
+       updated_at = now()
+ WHERE event_id = ANY(%(ids)s);
+
+-- name: count_resumed_quota
+SELECT m.project, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day, count(*)::int AS n
+  FROM mail m LEFT JOIN projects p ON p.key = m.project
+ WHERE m.event_id = ANY(%(ids)s) GROUP BY m.project, p.time_zone;
+
+-- name: add_quota
+SELECT deskmail_add_quota(%(scope)s, %(day)s, %(n)s);
+
+-- name: global_day
+SELECT (now() AT TIME ZONE time_zone)::date AS day FROM global_limits;
+
+-- name: suspend_selected
+UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()
+ WHERE event_id = ANY(%(ids)s);
+
+-- name: unpause_project
+UPDATE projects SET paused_reason = NULL, paused_at = NULL, updated_at = now()
+ WHERE key = %(project)s AND paused_reason IS NOT NULL;
+
+-- name: unpause_all
+UPDATE projects SET paused_reason = NULL, paused_at = NULL, updated_at = now()
+ WHERE paused_reason IS NOT NULL;
+
+-- name: control_answer
+SELECT answer FROM control_requests WHERE request_id = %(request_id)s;
+
+-- name: record_control
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, %(answer)s)
+ON CONFLICT (request_id) DO NOTHING;
+
+-- name: record_audit
+INSERT INTO audit (actor, action, project, params, touched, result)
+VALUES (%(actor)s, %(action)s, %(project)s, %(params)s, %(touched)s, %(result)s);
+
+-- name: list_audit
+SELECT id, at, actor, action, project, params, touched, result FROM audit
+ WHERE (%(project)s::text IS NULL OR project = %(project)s)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: set_project_limits
+UPDATE projects
+   SET per_day = CASE WHEN %(set_per_day)s THEN %(per_day)s ELSE per_day END,
+       recipients_per_mail = CASE WHEN %(set_recipients)s THEN %(recipients_per_mail)s
+                                  ELSE recipients_per_mail END,
+       updated_at = now()
+ WHERE key = %(project)s;
