@@ -56,7 +56,7 @@ class Controller:
             return  # applied before: a redelivery or a replay
         answer = self._apply(message)
         self.store.record_control(message, answer)
-        if answer.get("touched") and message["action"].endswith(".resume"):
+        if answer.get("touched") and message["action"] != "backlog.suspend":
             self.hand_on()
 
     def _refusal(self, message: dict[str, Any]) -> str | None:
@@ -109,7 +109,15 @@ class Controller:
             self.store.set_global_limits(**limits)
         elif not self.store.set_project_limits(message["project"], **limits):
             return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
-        return {"ok": True, "touched": 0, "limits": limits}
+        resumed = self.store.auto_resume(self.clock(), None if message.get("global") else message["project"])
+        return {"ok": True, "touched": sum(resumed.values()), "limits": limits, "auto_resumed": resumed}
+
+    def _auto_resume_set(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.store.set_auto_resume(message["project"], message["enabled"]):
+            return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
+        resumed = self.store.auto_resume(self.clock(), message["project"]) if message["enabled"] else {}
+        return {"ok": True, "touched": sum(resumed.values()), "auto_resume": message["enabled"],
+                "auto_resumed": resumed}
 
     def _project_pause(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.store.get_project(message["project"]) is None:

@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 from workers.config import Config
@@ -36,6 +37,11 @@ def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
     return hand_on(store, enqueue, store.take_due_retries(limit))
 
 
+def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Extra:
+    """The scheduler's auto-resume step: at rollover, after a limit change, whenever quota frees up."""
+    return lambda: {"auto_resumed": sum(store.auto_resume(clock()).values())}
+
+
 @dataclass
 class Scheduler:
     """One pass hands due retries and lost or stuck mails back to their transport queues."""
@@ -54,20 +60,22 @@ class Scheduler:
         from workers.deadletters import drain_step
         broker = build_broker(config)
         enqueue = enqueuer(broker)
-        return cls(runtime.store, enqueue, config, [drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
+        return cls(runtime.store, enqueue, config,
+                   [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def _hand_on(self, mails: list[Requeue]) -> int:
         return hand_on(self.store, self.enqueue, mails)
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each part touched."""
-        done = {
+        done: dict[str, int] = {}
+        for extra in self.extras:
+            done.update(extra())
+        done |= {
             "due": hand_on_due(self.store, self.enqueue),
             "stale_queued": self._hand_on(self.store.take_stale_queued(self.config.stale_after)),
             "recovered": self._hand_on(self.store.recover_stale_sending(self.config.stale_after)),
         }
-        for extra in self.extras:
-            done.update(extra())
         if any(done.values()):
             log.info("scheduler pass: %s", done)
         return done

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from datetime import datetime
 from typing import Any, Iterator
 
 import psycopg
@@ -227,6 +228,17 @@ class Store:
             "project": project, "set_per_day": "per_day" in limits, "per_day": limits.get("per_day"),
             "set_recipients": "recipients_per_mail" in limits,
             "recipients_per_mail": limits.get("recipients_per_mail")}) == 1
+
+    def auto_resume(self, now: datetime, project: str | None = None, batch: int = 1000) -> dict[str, int]:
+        """Drain the backlog of auto-resume projects within the limits; {project: mails made due}."""
+        out: dict[str, int] = {}
+        for row in self._all("auto_resume_candidates", {"project": project}):
+            out[row["key"]] = self._one("auto_resume", {"project": row["key"], "now": now, "max": batch})["resumed"]
+        return out
+
+    def set_auto_resume(self, project: str, enabled: bool) -> bool:
+        """Turn a project's auto resume on or off; False for an unknown project."""
+        return self._rowcount("set_auto_resume", {"project": project, "enabled": enabled}) == 1
 
     def control_answer(self, request_id: str) -> dict | None:
         """The recorded answer to a control request, or None."""

@@ -32,6 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     _selection(resume, allow_all=False)
     resume.set_defaults(func=run_control, action="suspended.resume")
     _limits(commands)
+    auto = commands.add_parser("auto-resume", help="let the backlog drain by itself once quota is available")
+    auto.add_argument("state", choices=["on", "off"])
+    auto.add_argument("--project", required=True)
+    auto.add_argument("--json", action="store_true")
+    auto.set_defaults(func=set_auto_resume)
     audit = commands.add_parser("audit", help="who changed what, when, and with what result")
     audit.add_argument("--project")
     audit.add_argument("--limit", type=int, default=50)
@@ -97,6 +102,12 @@ def set_limits(ctx: Context, args: argparse.Namespace) -> int:
     fields = {"per_day": args.per_day, "recipients_per_mail": args.recipients_per_mail}
     return _print_answer(_send(ctx, "limits.set", project=args.project, **{"global": args.glob or None},
                                **fields), args.json)
+
+
+def set_auto_resume(ctx: Context, args: argparse.Namespace) -> int:
+    """Send an auto_resume.set command."""
+    return _print_answer(_send(ctx, "auto_resume.set", project=args.project, enabled=args.state == "on"),
+                         args.json)
 
 
 def show_limits(ctx: Context, args: argparse.Namespace) -> int:

@@ -209,3 +209,15 @@ UPDATE projects
                                   ELSE recipients_per_mail END,
        updated_at = now()
  WHERE key = %(project)s;
+
+-- name: auto_resume
+SELECT deskmail_auto_resume(%(project)s, %(now)s, %(max)s) AS resumed;
+
+-- name: auto_resume_candidates
+SELECT p.key FROM projects p
+ WHERE p.auto_resume AND (%(project)s::text IS NULL OR p.key = %(project)s)
+   AND EXISTS (SELECT 1 FROM mail m WHERE m.project = p.key AND m.state = 'backlog')
+ ORDER BY p.key;
+
+-- name: set_auto_resume
+UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
