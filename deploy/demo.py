@@ -159,6 +159,7 @@ def main() -> int:
         states = demo.wait_final(ids)
         elapsed = time.monotonic() - started
         summary(demo, ids, states, elapsed)
+        admin_steps(demo, ids)
     finally:
         demo.stop_all()
     print("all demo processes stopped.")
@@ -172,6 +173,31 @@ def summary(demo: Demo, ids: list[str], states: dict[str, str], elapsed: float) 
     print(f"the sink received {len(eml)} mails, written as .eml files under {demo.mail_dir}")
     if eml:
         print(f"e.g. {eml[0]}")
+
+
+def admin_steps(demo: Demo, ids: list[str]) -> None:
+    """Show the backlog controls: list, resume two, suspend one, then auto resume after a raise."""
+    def run(*args: str) -> str:
+        print(f"$ deskmail {' '.join(args)}")
+        out = demo.cli(*args).rstrip()
+        print("\n".join("  " + line for line in out.splitlines()))
+        return out
+
+    listing = json.loads(demo.cli("backlog", "list", "--project", "facilities", "--limit", "3", "--json"))
+    run("backlog", "list", "--project", "facilities", "--limit", "3")
+    first, second, third = (str(r["event_id"]) for r in listing)
+    run("backlog", "resume", first, second, "--project", "facilities")
+    run("backlog", "suspend", third, "--project", "facilities")
+    run("auto-resume", "on", "--project", "facilities")
+    run("limits", "set", "--project", "facilities", "--per-day", "120")
+    demo.wait_final(ids)
+    deadline = time.monotonic() + 60
+    while "facilities    active" not in demo.cli("status") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run("status")
+    run("suspended", "list", "--project", "facilities")
+    run("audit", "--limit", "5")
+    print(f"the sink now holds {len(list(demo.mail_dir.glob('*.eml')))} mails")
 
 
 if __name__ == "__main__":
