@@ -108,3 +108,40 @@ def test_a_command_while_no_worker_runs_says_so(config, store, publisher):
     message = control.control_message("project.pause", config.control_key, project="alpha")
     with pytest.raises(control.NoAnswer, match="no control worker answered"):
         control.send(publisher, store, message, timeout=1)
+
+
+def test_global_daily_limit_holds_across_two_projects(config, runtime, store, worker, publisher, peer, tls_ca):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    runtime.settings.save("beta", smtp_settings(peer, tls_ca.ca_path))
+    store.set_global_limits(per_day=3)
+    worker()
+    ids = [publisher.publish(event(project)) for project in ("alpha", "beta") * 3]
+    wait_until(lambda: all(store.get_mail(i) and store.get_mail(i).state in ("sent", "backlog") for i in ids))
+    mails = [store.get_mail(i) for i in ids]
+    assert sum(m.state == "sent" for m in mails) == 3 and store.sent_today("*", "UTC") == 3
+    assert {m.reason for m in mails if m.state == "backlog"} <= {"global_daily_limit", "project_paused"}
+    assert len(peer.wait_for(3)) == 3
+
+
+def test_too_many_recipients_waits_alone_and_does_not_pause(config, runtime, store, worker, publisher, peer,
+                                                           tls_ca):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path, recipients=2))
+    worker()
+    big = publisher.publish(event(to=["a@example.com", "b@example.com", "A@example.com", "c@example.com"]))
+    small = publisher.publish(event(to=["a@example.com", "A@example.com"]))  # one recipient after de-duplication
+    wait_until(lambda: store.get_mail(small) and store.get_mail(small).state == "sent")
+    mail = store.get_mail(big)
+    assert mail.state == "backlog" and mail.reason == "too_many_recipients" and "3 > 2" in mail.detail
+    assert store.get_project("alpha").paused_reason is None
+
+
+def test_suspended_mail_survives_resume_all_and_auto_resume(config, runtime, store, worker, publisher, peer,
+                                                           tls_ca):
+    worker()
+    backlog = over_limit(runtime, store, publisher, peer, tls_ca)
+    command(config, store, publisher, "backlog.suspend", ids=[backlog[0]])
+    command(config, store, publisher, "backlog.resume", all=True, project="alpha")
+    command(config, store, publisher, "auto_resume.set", project="alpha", enabled=True)
+    command(config, store, publisher, "limits.set", project="alpha", per_day=100)
+    wait_until(lambda: all(store.get_mail(i).state == "sent" for i in backlog[1:]))
+    assert store.get_mail(backlog[0]).state == "suspended"
