@@ -1,0 +1,61 @@
+"""Gmail OAuth2 end to end: google-auth against a local token endpoint, XOAUTH2 over STARTTLS."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.integration.helpers import event
+from tests.peers.google_token import GoogleTokenPeer, service_account_key
+from tests.peers.smtp import SmtpPeer
+
+SENDER = "desk@example.org"
+
+
+def gmail_settings(smtp: SmtpPeer, token: GoogleTokenPeer, ca_path, **credentials) -> dict:
+    block = {"sender": SENDER, "token_uri": token.url, "smtp_host": smtp.host, "smtp_port": smtp.port,
+             "ca_file": str(ca_path), "timeout_seconds": 5, **credentials}
+    return {"mail_service": "gmail_oauth2", "from_address": SENDER, "gmail_oauth2": block}
+
+
+@pytest.fixture
+def smtp(tls_ca):
+    with SmtpPeer(security="starttls", cert=tls_ca.issue(), xoauth2_tokens={"ya29.test-token"}) as peer:
+        yield peer
+
+
+def test_service_account_mail_is_delivered_with_a_signed_jwt_for_the_sender(runtime, store, worker, publisher,
+                                                                            smtp, tls_ca):
+    key, public = service_account_key()
+    with GoogleTokenPeer(public_key=public) as token:
+        runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, service_account_key=key))
+        worker()
+        event_id = publisher.publish(event(subject="Via Gmail"))
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "sent")
+        [claims] = token.requests.wait_for(1, timeout=5)
+    assert claims["sub"] == SENDER and claims["scope"] == "https://mail.google.com/"
+    [received] = smtp.wait_for(1)
+    assert received.auth_user == SENDER and received.message["Subject"] == "Via Gmail"
+    assert received.message["Message-ID"] == f"<{event_id}@example.org>"
+
+
+def test_an_expired_refresh_token_fails_as_a_configuration_error_named_by_google(runtime, store, worker,
+                                                                                publisher, smtp, tls_ca):
+    with GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
+        runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
+                                                      client_secret="csecret", refresh_token="1//revoked"))
+        worker()
+        event_id = publisher.publish(event())
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "failed")
+    mail = store.get_mail(event_id)
+    assert mail.reason == "configuration" and "invalid_grant" in mail.detail and "1//revoked" not in mail.detail
+
+
+def test_a_good_refresh_token_delivers(runtime, store, worker, publisher, smtp, tls_ca):
+    with GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
+        runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
+                                                      client_secret="csecret", refresh_token="1//good"))
+        worker()
+        event_id = publisher.publish(event())
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "sent")
+    assert smtp.wait_for(1)[0].auth_user == SENDER

@@ -1,0 +1,38 @@
+"""Google Workspace / Gmail: SMTP with XOAUTH2 to smtp.gmail.com:587 (STARTTLS), tokens from google-auth."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from workers.constants import MailService
+from workers.settings import ProjectSettings
+from workers.transports import smtp_session
+from workers.transports.base import Delivered, Envelope, Transport
+from workers.transports.google_tokens import GoogleTokens
+from workers.transports.smtp import SmtpSender
+
+
+class GmailOAuth2Transport(Transport):
+    """The `gmail_oauth2` mail service."""
+
+    service = MailService.GMAIL_OAUTH2
+
+    def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
+        self.sender = SmtpSender(allow, final_reply_timeout)
+        self.tokens = GoogleTokens()
+
+    def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
+        """Deliver over Gmail's SMTP with a bearer token for the sender."""
+        block = settings.block()
+        key = (settings.key, settings.version)
+        endpoint = smtp_session.Endpoint(
+            host=block.get("smtp_host", "smtp.gmail.com"), port=int(block.get("smtp_port", 587)),
+            security="starttls", ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
+            final_reply_timeout=self.sender.final_reply_timeout)
+        auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),
+                                    lambda: self.tokens.drop(key))
+        return self.sender.send(key, endpoint, auth, envelope)
+
+    def close(self) -> None:
+        """Close this thread's sessions."""
+        self.sender.sessions.clear()

@@ -1,0 +1,85 @@
+"""Google OAuth2 access tokens for Gmail SMTP (XOAUTH2): built lazily, cached per process, refreshed early."""
+
+from __future__ import annotations
+
+import threading
+from typing import Hashable
+
+import google.auth.exceptions
+import google.auth.transport.requests
+import requests
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
+
+from workers.transports.base import Outcome, TransportFailure
+
+SCOPES = ["https://mail.google.com/"]
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+GOOGLE_ERRORS = {
+    "invalid_grant": "the refresh token expired or was revoked, or the service account may not act for the "
+                     "sender (domain-wide delegation for https://mail.google.com/)",
+    "unauthorized_client": "the client may not use this grant: for a service account, enable domain-wide "
+                           "delegation for scope https://mail.google.com/ in the Workspace admin console",
+    "invalid_client": "the client id or client secret is wrong",
+    "access_denied": "the account refused access for this client",
+}
+
+
+class _TimedRequest(google.auth.transport.requests.Request):
+    """google-auth's request adapter with our timeout on every token call."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(requests.Session())
+        self.timeout = timeout
+
+    def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):  # noqa: ANN001
+        return super().__call__(url, method, body, headers, timeout=timeout or self.timeout, **kwargs)
+
+
+def credentials_for(block: dict):  # noqa: ANN201 - a google.auth credentials object
+    """Service-account (domain-wide delegation, subject = sender) or OAuth client + refresh token credentials."""
+    token_uri = block.get("token_uri") or DEFAULT_TOKEN_URI
+    key = block.get("service_account_key")
+    if key:
+        info = {**key, "token_uri": token_uri}
+        return service_account.Credentials.from_service_account_info(info, scopes=SCOPES).with_subject(
+            block["sender"])
+    return user_credentials.Credentials(None, refresh_token=block["refresh_token"], token_uri=token_uri,
+                                        client_id=block["client_id"], client_secret=block["client_secret"],
+                                        scopes=SCOPES)
+
+
+def _refresh_failure(exc: google.auth.exceptions.GoogleAuthError) -> TransportFailure:
+    text = str(exc)
+    code = next((c for c in GOOGLE_ERRORS if c in text), None)
+    if code:
+        return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint: {code}: {GOOGLE_ERRORS[code]}")
+    if getattr(exc, "retryable", False) or isinstance(exc, google.auth.exceptions.TransportError):
+        return TransportFailure(Outcome.TRANSIENT, f"Google token endpoint unavailable: {text[:300]}")
+    return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint refused: {text[:300]}")
+
+
+class GoogleTokens:
+    """One credentials object per sending account; google-auth counts a token stale ~4 min early."""
+
+    def __init__(self) -> None:
+        self._creds: dict[Hashable, object] = {}
+        self._lock = threading.Lock()
+
+    def token(self, key: Hashable, block: dict) -> str:
+        """A valid access token for the account, refreshing it when needed."""
+        with self._lock:
+            creds = self._creds.get(key)
+            if creds is None:
+                creds = self._creds[key] = credentials_for(block)
+            if not creds.valid:
+                try:
+                    creds.refresh(_TimedRequest(float(block.get("timeout_seconds", 30))))
+                except google.auth.exceptions.GoogleAuthError as exc:
+                    raise _refresh_failure(exc) from None
+            return creds.token
+
+    def drop(self, key: Hashable) -> None:
+        """Forget the account's token (the server refused it)."""
+        with self._lock:
+            self._creds.pop(key, None)
