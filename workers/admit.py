@@ -55,7 +55,7 @@ class Admitter:
             return
         kind = Kind(event["kind"])
         recipients = len(schemas.unique_recipients(event))
-        admission = self.store.admit(event, priority=kind.priority, recipients=recipients, message_id=None)
+        admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
         if admission.state == State.QUEUED:
             self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
         log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,

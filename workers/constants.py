@@ -67,6 +67,3 @@ class Reason(enum.StrEnum):
 
 MAX_PRIORITY = 10
 """x-max-priority of every deskmail queue; publishers must not declare queues with other arguments."""
-
-DEFAULT_PROJECT = "default"
-"""A project without settings of its own uses this project's settings."""

@@ -120,17 +120,15 @@ class Controller:
                 "auto_resumed": resumed}
 
     def _project_pause(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.store.get_project(message["project"]) is None:
-            return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
-        changed = self.store.set_pause(message["project"], "admin")
-        return {"ok": True, "touched": 0, "changed": changed}
+        return self._set_pause(message["project"], "admin")
 
     def _project_unpause(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.store.get_project(message["project"]) is None:
-            return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
-        changed = self.store.set_pause(message["project"], None)
-        return {"ok": True, "touched": 0, "changed": changed}
+        return self._set_pause(message["project"], None)
 
+    def _set_pause(self, project: str, reason: str | None) -> dict[str, Any]:
+        if self.store.get_project(project) is None:
+            return {"ok": False, "error": f"project: unknown project {project!r}", "touched": 0}
+        return {"ok": True, "touched": 0, "changed": self.store.set_pause(project, reason)}
 
 def declare_control_actor(broker, runtime, hand_on: HandOn) -> None:  # noqa: ANN001 - dramatiq, Runtime
     """Declare the `deskmail.control` actor on broker."""

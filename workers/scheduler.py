@@ -24,7 +24,7 @@ Enqueue = Callable[[MailService, str, int], None]
 Extra = Callable[[], dict[str, int]]
 
 
-def hand_on(store: Store, enqueue: Enqueue, mails: list[Requeue]) -> int:
+def hand_on(enqueue: Enqueue, mails: list[Requeue]) -> int:
     """Give mails to their transport queues; returns how many."""
     for mail in mails:
         if mail.mail_service:
@@ -34,7 +34,7 @@ def hand_on(store: Store, enqueue: Enqueue, mails: list[Requeue]) -> int:
 
 def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
     """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
-    return hand_on(store, enqueue, store.take_due_retries(limit))
+    return hand_on(enqueue, store.take_due_retries(limit))
 
 
 def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Extra:
@@ -64,7 +64,7 @@ class Scheduler:
                    [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def _hand_on(self, mails: list[Requeue]) -> int:
-        return hand_on(self.store, self.enqueue, mails)
+        return hand_on(self.enqueue, mails)
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each part touched."""

@@ -79,12 +79,12 @@ class Store:
 
     # -- admission ----------------------------------------------------------------------------
 
-    def admit(self, event: dict[str, Any], *, priority: int, recipients: int, message_id: str) -> Admission:
+    def admit(self, event: dict[str, Any], *, priority: int, recipients: int) -> Admission:
         """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
         row = self._one("admit", {
             "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
             "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-            "recipients": recipients, "created_at": event.get("created_at"), "message_id": message_id,
+            "recipients": recipients, "created_at": event.get("created_at"),
         })
         assert row is not None
         return Admission.from_row(row)

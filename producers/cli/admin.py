@@ -51,8 +51,7 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
 
 def settings_show(ctx: Context, args: argparse.Namespace) -> int:
     """Print a project's settings with secrets redacted."""
-    shown = ctx.runtime.settings.shown(args.project)
-    emit(shown, True) if args.json else print(json.dumps(shown, indent=2, ensure_ascii=False))
+    emit(ctx.runtime.settings.shown(args.project), True)  # JSON is also the readable form here
     return 0
 
 

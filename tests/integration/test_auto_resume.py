@@ -26,7 +26,7 @@ def admit_many(store, n: int, project: str = "alpha") -> list[str]:
     ids = []
     for i in range(n):
         ev = event(project, subject=f"m{i}") | {"to": [{"address": "u@example.com"}]}
-        store.admit(ev, priority=1, recipients=1, message_id=None)
+        store.admit(ev, priority=1, recipients=1)
         ids.append(ev["event_id"])
     return ids
 

@@ -67,7 +67,7 @@ def test_backlog_list_shows_waiting_mails_in_arrival_order_and_pages(config, run
     ids = []
     for i in range(4):
         ev = event(subject=f"waiting {i}") | {"to": [{"address": "u@example.com"}]}
-        store.admit(ev, priority=1, recipients=1, message_id=None)
+        store.admit(ev, priority=1, recipients=1)
         ids.append(ev["event_id"])
     first = json.loads(deskmail(config, "backlog", "list", "--project", "alpha", "--limit", "2", "--json").stdout)
     assert [r["event_id"] for r in first] == ids[1:3]

@@ -39,23 +39,23 @@ def test_service_account_mail_is_delivered_with_a_signed_jwt_for_the_sender(runt
     assert received.message["Message-ID"] == f"<{event_id}@example.org>"
 
 
-def test_an_expired_refresh_token_fails_as_a_configuration_error_named_by_google(runtime, store, worker,
-                                                                                publisher, smtp, tls_ca):
+def send_with_refresh_token(runtime, store, worker, publisher, smtp, tls_ca, refresh_token: str, state: str):
+    """Publish one mail for a project using an OAuth client + refresh token; return it once in `state`."""
     with GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
         runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
-                                                      client_secret="csecret", refresh_token="1//revoked"))
+                                                      client_secret="csecret", refresh_token=refresh_token))
         worker()
         event_id = publisher.publish(event())
-        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "failed")
-    mail = store.get_mail(event_id)
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == state)
+    return store.get_mail(event_id)
+
+
+def test_an_expired_refresh_token_fails_as_a_configuration_error_named_by_google(runtime, store, worker,
+                                                                                publisher, smtp, tls_ca):
+    mail = send_with_refresh_token(runtime, store, worker, publisher, smtp, tls_ca, "1//revoked", "failed")
     assert mail.reason == "configuration" and "invalid_grant" in mail.detail and "1//revoked" not in mail.detail
 
 
 def test_a_good_refresh_token_delivers(runtime, store, worker, publisher, smtp, tls_ca):
-    with GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
-        runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
-                                                      client_secret="csecret", refresh_token="1//good"))
-        worker()
-        event_id = publisher.publish(event())
-        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "sent")
+    send_with_refresh_token(runtime, store, worker, publisher, smtp, tls_ca, "1//good", "sent")
     assert smtp.wait_for(1)[0].auth_user == SENDER

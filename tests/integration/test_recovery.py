@@ -35,8 +35,7 @@ def test_mail_left_in_sending_by_a_dead_worker_is_sent_again_once_then_ambiguous
                                                                                  publisher, peer, tls_ca):
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = event()
-    admission = store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1,
-                            message_id=None)
+    admission = store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1)
     assert admission.state == "queued"
     assert store.claim(ev["event_id"]) is not None  # a worker claimed it, then died
     broker = worker()
@@ -47,7 +46,7 @@ def test_mail_left_in_sending_by_a_dead_worker_is_sent_again_once_then_ambiguous
     assert mail.takeovers == 1 and len(peer.wait_for(1)) == 1
 
     second = event()
-    store.admit(second | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1, message_id=None)
+    store.admit(second | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1)
     with store.pool.connection() as conn:  # it died in `sending` twice
         conn.execute("UPDATE mail SET state = 'sending', takeovers = 1, claimed_at = now() - interval '1 hour' "
                      "WHERE event_id = %s", (second["event_id"],))

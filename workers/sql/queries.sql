@@ -3,7 +3,7 @@
 -- name: admit
 SELECT state, reason, detail, mail_service, is_new
   FROM deskmail_admit(%(event_id)s, %(project)s, %(kind)s, %(priority)s, %(event)s,
-                      %(subject)s, %(recipients)s, %(created_at)s, %(message_id)s);
+                      %(subject)s, %(recipients)s, %(created_at)s);
 
 -- name: reject
 INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)

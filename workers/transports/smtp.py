@@ -38,35 +38,22 @@ class SmtpSender:
 
     def send(self, key: tuple, endpoint: smtp_session.Endpoint,
              auth: smtp_session.Authenticator | None, envelope: Envelope) -> Delivered:
-        """Send over the cached session for key; a stale reused session is replaced once."""
+        """Send over the cached session for key; a reused session found dead is replaced once."""
         opener = lambda: smtp_session.open_session(endpoint, auth, self.allow)  # noqa: E731
-        smtp, reused = self.sessions.get(key, opener)
-        try:
-            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
-        except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError, OSError) as exc:
-            self.sessions.discard(key)
-            if reused and not isinstance(exc, TimeoutError):
-                smtp, _ = self.sessions.get(key, opener)
-                return self._once(key, smtp, envelope, endpoint)
-            raise TransportFailure(Outcome.TRANSIENT, f"connection lost before the end of DATA: {exc}") from exc
-        except TransportFailure as exc:
-            if exc.outcome is not Outcome.PERMANENT:
+        for attempt in (1, 2):
+            smtp, reused = self.sessions.get(key, opener)
+            try:
+                return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
+            except TransportFailure as exc:
+                if exc.outcome is not Outcome.PERMANENT:
+                    self.sessions.discard(key)
+                raise
+            except OSError as exc:  # smtplib's own errors are OSErrors too
                 self.sessions.discard(key)
-            raise
-        except smtplib.SMTPException as exc:
-            self.sessions.discard(key)
-            raise TransportFailure(Outcome.TRANSIENT, f"SMTP error before the end of DATA: {exc}") from exc
-
-    def _once(self, key: tuple, smtp: smtplib.SMTP, envelope: Envelope,
-              endpoint: smtp_session.Endpoint) -> Delivered:
-        try:
-            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
-        except TransportFailure:
-            self.sessions.discard(key)
-            raise
-        except (smtplib.SMTPException, OSError) as exc:
-            self.sessions.discard(key)
-            raise TransportFailure(Outcome.TRANSIENT, f"connection lost before the end of DATA: {exc}") from exc
+                if not reused or attempt == 2 or isinstance(exc, TimeoutError):
+                    raise TransportFailure(Outcome.TRANSIENT,
+                                           f"connection lost before the end of DATA: {exc}") from exc
+        raise AssertionError("unreachable")
 
 
 class SmtpTransport(Transport):

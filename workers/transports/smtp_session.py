@@ -46,8 +46,6 @@ class Authenticator(Protocol):
 
     def login(self, smtp: smtplib.SMTP) -> None: ...
 
-    def forget(self) -> None: ...
-
 
 def words(code: int, text: bytes | str) -> str:
     """A server reply as one line of text for the ledger."""
@@ -181,9 +179,6 @@ class PasswordAuth:
         finally:
             smtp.password = ""
 
-    def forget(self) -> None:
-        """Nothing cached."""
-
 
 class XOAuth2:
     """AUTH XOAUTH2 with a bearer token from a token source; a refusal drops the token once."""
@@ -208,10 +203,6 @@ class XOAuth2:
         if code == 334:  # the JSON error challenge: answer empty, the server then says 535
             code, text = smtp.docmd("")
         return code, text
-
-    def forget(self) -> None:
-        """Drop the cached token."""
-        self._drop()
 
 
 def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:

@@ -74,10 +74,10 @@ CREATE INDEX mail_project_state ON mail (project, state);
 
 -- Takes one unit of quota for a scope's day unless that would pass the limit (NULL or 0: no limit).
 -- Atomic under any concurrency: the conditional upsert holds the row lock; no row means "over".
-CREATE FUNCTION deskmail_take_quota(p_scope text, p_day date, p_limit integer, p_force boolean)
+CREATE FUNCTION deskmail_take_quota(p_scope text, p_day date, p_limit integer)
 RETURNS boolean LANGUAGE sql AS $$
     INSERT INTO quota_counters AS q (scope, day, sent) VALUES (p_scope, p_day, 1)
     ON CONFLICT (scope, day) DO UPDATE SET sent = q.sent + 1
-        WHERE p_force OR coalesce(p_limit, 0) = 0 OR q.sent + 1 <= p_limit
+        WHERE coalesce(p_limit, 0) = 0 OR q.sent + 1 <= p_limit
     RETURNING true
 $$;

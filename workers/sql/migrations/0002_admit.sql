@@ -2,7 +2,7 @@
 -- queued or backlog against pause, recipients and both daily quotas, in one transaction.
 CREATE FUNCTION deskmail_admit(
     p_event_id uuid, p_project text, p_kind text, p_priority smallint, p_event jsonb,
-    p_subject text, p_recipients integer, p_created_at timestamptz, p_message_id text
+    p_subject text, p_recipients integer, p_created_at timestamptz
 ) RETURNS TABLE (state text, reason text, detail text, mail_service text, is_new boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -14,8 +14,8 @@ DECLARE
     v_reason text;
     v_detail text;
 BEGIN
-    INSERT INTO mail (event_id, project, kind, priority, state, event, subject, recipients, created_at, message_id)
-    VALUES (p_event_id, p_project, p_kind, p_priority, 'queued', p_event, p_subject, p_recipients, p_created_at, p_message_id)
+    INSERT INTO mail (event_id, project, kind, priority, state, event, subject, recipients, created_at)
+    VALUES (p_event_id, p_project, p_kind, p_priority, 'queued', p_event, p_subject, p_recipients, p_created_at)
     ON CONFLICT (event_id) DO NOTHING;
     IF NOT FOUND THEN
         RETURN QUERY SELECT m.state, m.reason, m.detail, m.mail_service, false FROM mail m WHERE m.event_id = p_event_id;
@@ -49,10 +49,10 @@ BEGIN
     ELSIF proj.paused_reason IS NOT NULL THEN
         v_state := 'backlog'; v_reason := 'project_paused';
         v_detail := format('project paused (%s)', proj.paused_reason);
-    ELSIF deskmail_take_quota(p_project, (now() AT TIME ZONE proj.time_zone)::date, proj.per_day, false) IS NULL THEN
+    ELSIF deskmail_take_quota(p_project, (now() AT TIME ZONE proj.time_zone)::date, proj.per_day) IS NULL THEN
         v_state := 'backlog'; v_reason := 'daily_limit';
         v_detail := format('daily limit of %s reached', proj.per_day);
-    ELSIF deskmail_take_quota('*', (now() AT TIME ZONE glob.time_zone)::date, glob.per_day, false) IS NULL THEN
+    ELSIF deskmail_take_quota('*', (now() AT TIME ZONE glob.time_zone)::date, glob.per_day) IS NULL THEN
         UPDATE quota_counters SET sent = sent - 1
          WHERE scope = p_project AND day = (now() AT TIME ZONE proj.time_zone)::date;
         v_state := 'backlog'; v_reason := 'global_daily_limit';

@@ -19,8 +19,8 @@ BEGIN
               WHERE project = p_project AND state = 'backlog' AND (rlim IS NULL OR recipients <= rlim)
               ORDER BY priority DESC, seq LIMIT p_max FOR UPDATE SKIP LOCKED
     LOOP
-        EXIT WHEN deskmail_take_quota(p_project, pday, proj.per_day, false) IS NULL;
-        IF deskmail_take_quota('*', (p_now AT TIME ZONE glob.time_zone)::date, glob.per_day, false) IS NULL THEN
+        EXIT WHEN deskmail_take_quota(p_project, pday, proj.per_day) IS NULL;
+        IF deskmail_take_quota('*', (p_now AT TIME ZONE glob.time_zone)::date, glob.per_day) IS NULL THEN
             UPDATE quota_counters SET sent = sent - 1 WHERE scope = p_project AND day = pday;
             EXIT;
         END IF;
