@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 
 import schemas
+from schemas.addresses import normalized_address
 from producers.cli.context import CommandError, Context, emit
+from workers.diagnosis import Checkup, Status
+from workers.selftest import self_test
+DEFAULT_PROJECT = "default"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -17,7 +21,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     put = settings.add_parser("set", help="validate and save settings from a JSON file (the product's Update)")
     put.add_argument("project")
     put.add_argument("--file", type=Path, required=True, help="settings JSON (schemas/project-settings.v1.json)")
+    put.add_argument("--test", action="store_true", help="send the self-test mail first; save only if it is accepted")
+    put.add_argument("--to", help="with --test: the test mail's recipient (default: the from address)")
     put.set_defaults(func=settings_set)
+    check = settings.add_parser("test", help="send a test mail through the project's mail service and diagnose "
+                                             "each step (exit 0 only when the mail was accepted)")
+    check.add_argument("project")
+    check.add_argument("--to", help="recipient of the test mail (default: the project's from address)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=settings_test)
     show = settings.add_parser("show", help="a project's settings, secrets redacted")
     show.add_argument("project")
     show.add_argument("--json", action="store_true")
@@ -41,12 +53,61 @@ def load_json(path: Path) -> dict:
 def settings_set(ctx: Context, args: argparse.Namespace) -> int:
     """Validate and save a project's settings."""
     document = load_json(args.file)
-    try:
-        ctx.runtime.settings.save(args.project, document)
-    except schemas.InvalidPayload as exc:
-        raise CommandError(f"{args.file}: " + "; ".join(map(str, exc.problems))) from exc
+    problems = schemas.validate(schemas.SETTINGS, document)
+    if problems:
+        raise CommandError(f"{args.file}: " + "; ".join(map(str, problems)))
+    if args.test:
+        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document)
+        print(format_checkup(args.project, document["mail_service"], checkup))
+        if not checkup.accepted:
+            raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
+    ctx.runtime.settings.save(args.project, document)
     print(f"saved the {document['mail_service']} settings of project {args.project}")
     return 0
+
+
+def recipient(address: str | None) -> str | None:
+    """The --to address, checked and normalised."""
+    if address is None:
+        return None
+    try:
+        return normalized_address(address)
+    except ValueError as exc:
+        raise CommandError(f"--to: {exc}", 2) from exc
+
+
+def settings_test(ctx: Context, args: argparse.Namespace) -> int:
+    """Send the self-test mail with a project's saved settings, printing each step."""
+    to = recipient(args.to)
+    project = ctx.store.get_project(args.project)
+    key = args.project
+    if project is None or project.settings is None:
+        fallback = ctx.store.get_project(DEFAULT_PROJECT)
+        if fallback is None or fallback.settings is None:
+            raise CommandError(f"project {args.project!r} has no mail settings, and there is no default project")
+        key = DEFAULT_PROJECT
+        if not args.json:
+            print(f"project {args.project} has no settings of its own; its mail uses the {DEFAULT_PROJECT} "
+                  "project's, which are tested here")
+    checkup = self_test(ctx.runtime, key, to)
+    service = ctx.runtime.settings.load(key).service
+    emit({"project": key, "mail_service": service, **checkup.as_dict()}, args.json,
+         format_checkup(key, service, checkup))
+    return 0 if checkup.accepted else 1
+
+
+def format_checkup(project: str, service: str, checkup: Checkup) -> str:
+    """The steps of a Test action, one per line, with what to change under a failed one."""
+    lines = [f"Test of project {project} ({service}):"]
+    for step in checkup.steps:
+        mark = "ok    " if step.status is Status.PASSED else "FAILED"
+        lines.append(f"  {mark} {step.name:<16} {step.detail}")
+        if step.advice:
+            lines.append(f"         {'':<16} what to change: {step.advice}")
+    last = checkup.steps[-1] if checkup.steps else None
+    lines.append("Result: the test mail was accepted" if checkup.accepted else
+                 f"Result: FAILED at {last.name if last else 'the start'}")
+    return "\n".join(lines)
 
 
 def settings_show(ctx: Context, args: argparse.Namespace) -> int:

@@ -25,3 +25,13 @@ def event(project: str = "alpha", *, to=("user@example.com",), kind: str = "noti
     """A valid notification event."""
     return {"event_id": str(uuid.uuid4()), "project": project, "kind": kind, "to": list(to),
             "subject": extra.pop("subject", "Ticket #42 updated"), "text": extra.pop("text", "Hello.\n"), **extra}
+
+
+SENDER = "desk@example.org"
+
+
+def gmail_settings(smtp, token, ca_path, **credentials: Any) -> dict:
+    """Project settings for Gmail OAuth2 against a local SMTP peer and token endpoint."""
+    block = {"sender": SENDER, "token_uri": token.url, "smtp_host": smtp.host, "smtp_port": smtp.port,
+             "ca_file": str(ca_path), "timeout_seconds": 5, **credentials}
+    return {"mail_service": "gmail_oauth2", "from_address": SENDER, "gmail_oauth2": block}

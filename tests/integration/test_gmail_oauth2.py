@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import event
+from tests.integration.helpers import SENDER, event, gmail_settings
 from tests.peers.google_token import GoogleTokenPeer, service_account_key
 from tests.peers.smtp import SmtpPeer
-
-SENDER = "desk@example.org"
-
-
-def gmail_settings(smtp: SmtpPeer, token: GoogleTokenPeer, ca_path, **credentials) -> dict:
-    block = {"sender": SENDER, "token_uri": token.url, "smtp_host": smtp.host, "smtp_port": smtp.port,
-             "ca_file": str(ca_path), "timeout_seconds": 5, **credentials}
-    return {"mail_service": "gmail_oauth2", "from_address": SENDER, "gmail_oauth2": block}
-
 
 @pytest.fixture
 def smtp(tls_ca):

@@ -6,10 +6,14 @@ import abc
 import enum
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from workers.constants import MailService
 from workers.errors import DeskmailError
 from workers.settings import ProjectSettings
+
+if TYPE_CHECKING:
+    from workers.diagnosis import Checkup
 
 
 class Outcome(enum.StrEnum):
@@ -62,6 +66,11 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver one message, or raise TransportFailure."""
+
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: "Checkup") -> None:
+        """The Test action: send envelope step by step on fresh connections and tokens, recording each step
+        in checkup (workers.diagnosis); a failed step raises diagnosis.Stop."""
+        raise NotImplementedError(f"the {self.service} transport has no Test action")
 
     def close(self) -> None:
         """Close the connections this transport keeps open in the calling thread."""

@@ -6,9 +6,10 @@ from typing import Iterable
 
 from workers.constants import MailService
 from workers.settings import ProjectSettings
-from workers.transports import smtp_session
+from workers.diagnosis import TOKEN, Checkup
+from workers.transports import smtp_checkup, smtp_session
 from workers.transports.base import Delivered, Envelope, Transport
-from workers.transports.google_tokens import GoogleTokens
+from workers.transports.google_tokens import DEFAULT_TOKEN_URI, GoogleTokens, token_advice
 from workers.transports.smtp import SmtpSender
 
 
@@ -19,19 +20,31 @@ class GmailOAuth2Transport(Transport):
 
     def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
         self.sender = SmtpSender(allow, final_reply_timeout)
-        self.tokens = GoogleTokens()
+        self.tokens = GoogleTokens(self.sender.allow)
 
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over Gmail's SMTP with a bearer token for the sender."""
         block = settings.block()
         key = (settings.key, settings.version)
-        endpoint = smtp_session.Endpoint(
+        auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),
+                                    lambda: self.tokens.drop(key))
+        return self.sender.send(key, self._endpoint(block), auth, envelope)
+
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+        """The Test action: a fresh token from Google, then the SMTP steps on a connection of its own."""
+        block = settings.block()
+        tokens, key = GoogleTokens(self.sender.allow), (settings.key, "test")
+        with checkup.step(TOKEN, token_advice) as note:
+            tokens.token(key, block)
+            note.detail = f"access token for {block['sender']} from {block.get('token_uri') or DEFAULT_TOKEN_URI}"
+        auth = smtp_session.XOAuth2(block["sender"], lambda: tokens.token(key, block), lambda: None)
+        smtp_checkup.diagnose(checkup, self._endpoint(block), auth, envelope, self.sender.allow)
+
+    def _endpoint(self, block: dict) -> smtp_session.Endpoint:
+        return smtp_session.Endpoint(
             host=block.get("smtp_host", "smtp.gmail.com"), port=int(block.get("smtp_port", 587)),
             security="starttls", ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
             final_reply_timeout=self.sender.final_reply_timeout)
-        auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),
-                                    lambda: self.tokens.drop(key))
-        return self.sender.send(key, endpoint, auth, envelope)
 
     def close(self) -> None:
         """Close this thread's sessions."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Hashable
+import urllib.parse
+from typing import Hashable, Iterable
 
 import google.auth.exceptions
 import google.auth.transport.requests
@@ -11,6 +12,7 @@ import requests
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
+from workers.transports import netpolicy
 from workers.transports.base import Outcome, TransportFailure
 
 SCOPES = ["https://mail.google.com/"]
@@ -23,6 +25,26 @@ GOOGLE_ERRORS = {
     "invalid_client": "the client id or client secret is wrong",
     "access_denied": "the account refused access for this client",
 }
+
+
+TOKEN_ADVICE = {
+    "invalid_grant": "make a new refresh token for the sender (or, for a service account, allow its client id "
+                     "the scope https://mail.google.com/ under domain-wide delegation) and save it with "
+                     "`deskmail settings set`",
+    "unauthorized_client": "enable domain-wide delegation for the service account's client id with scope "
+                           "https://mail.google.com/ in the Google Workspace admin console",
+    "invalid_client": "copy the OAuth client id and secret again from the Google Cloud console",
+    "access_denied": "sign in as the sender and grant the client access to Gmail again",
+}
+
+
+def token_advice(failure: TransportFailure) -> str:
+    """What to change after a failed token request, by Google's error code."""
+    code = next((c for c in TOKEN_ADVICE if c in failure.detail), None)
+    if code:
+        return TOKEN_ADVICE[code]
+    return "Google's token endpoint is failing for now; try again later" if failure.outcome is Outcome.TRANSIENT \
+        else "check the OAuth credentials and the token_uri in the settings"
 
 
 class _TimedRequest(google.auth.transport.requests.Request):
@@ -59,10 +81,19 @@ def _refresh_failure(exc: google.auth.exceptions.GoogleAuthError) -> TransportFa
     return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint refused: {text[:300]}")
 
 
+def _check_endpoint(url: str, allow: Iterable, timeout: float) -> None:
+    """The token URI is admin-configured: it must not reach addresses the outbound policy forbids."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        raise TransportFailure(Outcome.CONFIGURATION, f"token_uri {url!r} has no host")
+    netpolicy.resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow, timeout)
+
+
 class GoogleTokens:
     """One credentials object per sending account; google-auth counts a token stale ~4 min early."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow: Iterable = ()) -> None:
+        self.allow = tuple(allow)
         self._creds: dict[Hashable, object] = {}
         self._lock = threading.Lock()
 
@@ -73,6 +104,8 @@ class GoogleTokens:
             if creds is None:
                 creds = self._creds[key] = credentials_for(block)
             if not creds.valid:
+                _check_endpoint(block.get("token_uri") or DEFAULT_TOKEN_URI, self.allow,
+                                float(block.get("timeout_seconds", 30)))
                 try:
                     creds.refresh(_TimedRequest(float(block.get("timeout_seconds", 30))))
                 except google.auth.exceptions.GoogleAuthError as exc:

@@ -48,8 +48,13 @@ def resolve(host: str, port: int, allow: Iterable[Network], timeout: float) -> l
 
 def connect(host: str, port: int, allow: Iterable[Network], timeout: float) -> socket.socket:
     """A TCP connection to the first checked address of host that answers."""
+    return connect_to(resolve(host, port, allow, timeout), host, port, timeout)
+
+
+def connect_to(infos: list[tuple], host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the first of the checked addresses `infos` (from resolve) that answers."""
     last: OSError | None = None
-    for family, kind, proto, _, address in resolve(host, port, allow, timeout):
+    for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         sock.settimeout(timeout)
         try:

@@ -7,7 +7,8 @@ from typing import Iterable
 
 from workers.constants import MailService
 from workers.settings import ProjectSettings
-from workers.transports import smtp_session
+from workers.diagnosis import Checkup
+from workers.transports import smtp_checkup, smtp_session
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.sessions import SessionCache
 
@@ -69,6 +70,12 @@ class SmtpTransport(Transport):
         block = settings.block()
         endpoint = endpoint_of(block, self.sender.final_reply_timeout)
         return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(block), envelope)
+
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+        """The Test action over the project's SMTP server, on a connection of its own."""
+        block = settings.block()
+        smtp_checkup.diagnose(checkup, endpoint_of(block, self.sender.final_reply_timeout),
+                              authenticator_of(block), envelope, self.sender.allow)
 
     def close(self) -> None:
         """Close this thread's sessions."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-from workers.transports import netpolicy
+from workers.transports import netpolicy, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,8 @@ def classify(code: int, text: str) -> Outcome:
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """Verification against the system store or the configured CA, unless turned off."""
-    context = ssl.create_default_context(cafile=endpoint.ca_file)
-    if not endpoint.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    """The endpoint's verifying (or, if configured so, non-verifying) TLS context."""
+    return tls.context(endpoint.ca_file, endpoint.verify)
 
 
 class _Checked:
@@ -94,11 +90,8 @@ class _SMTPS(_Checked, smtplib.SMTP_SSL):
 
 
 def _tls_failure(endpoint: Endpoint, exc: ssl.SSLError | ssl.CertificateError) -> TransportFailure:
-    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
-    hint = ""
-    if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
-        hint = f"; the server at port {endpoint.port} does not speak TLS at once: use security `starttls`"
-    return TransportFailure(Outcome.CONFIGURATION, f"TLS with {endpoint.host}:{endpoint.port} failed: {reason}{hint}")
+    what, change = tls.problem(endpoint.host, endpoint.port, exc)
+    return TransportFailure(Outcome.CONFIGURATION, f"{what}; {change}")
 
 
 def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable = ()) -> smtplib.SMTP:
@@ -112,7 +105,7 @@ def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable
         code, text = smtp.connect(endpoint.host, endpoint.port)
         if code != 220:
             raise TransportFailure(classify(code, words(code, text)), f"greeting: {words(code, text)}")
-        _ehlo(smtp)
+        ehlo(smtp)
         if endpoint.security == "starttls":
             _starttls(smtp, endpoint)
         if auth is not None:
@@ -138,7 +131,8 @@ def _connection_failure(endpoint: Endpoint, exc: BaseException) -> TransportFail
                                                f"{type(exc).__name__}: {exc}")
 
 
-def _ehlo(smtp: smtplib.SMTP) -> None:
+def ehlo(smtp: smtplib.SMTP) -> None:
+    """EHLO, falling back to HELO."""
     code, text = smtp.ehlo()
     if code != 250:
         code, text = smtp.helo()
@@ -154,7 +148,7 @@ def _starttls(smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
     code, text = smtp.starttls(context=tls_context(endpoint))
     if code != 220:
         raise TransportFailure(Outcome.CONFIGURATION, f"STARTTLS refused: {words(code, text)}")
-    _ehlo(smtp)
+    ehlo(smtp)
 
 
 class PasswordAuth:
@@ -207,14 +201,25 @@ class XOAuth2:
 
 def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
     """MAIL, RCPT each, DATA: classified by phase; only a lost final reply is ambiguous."""
+    mail_from(smtp, envelope)
+    return deliver(smtp, envelope, final_reply_timeout)
+
+
+def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
+    """MAIL FROM; a refused sender is the project's settings, not the mail."""
     options = ["SMTPUTF8"] if not envelope.data.isascii() and smtp.has_extn("smtputf8") else []
     code, text = smtp.mail(envelope.sender, options)
     if code != 250:
         smtp.rset()
         outcome = classify(code, words(code, text))
         if outcome is Outcome.PERMANENT:
-            outcome = Outcome.CONFIGURATION  # a refused sender is the project's settings, not the mail
+            outcome = Outcome.CONFIGURATION
         raise TransportFailure(outcome, f"sender {envelope.sender} refused: {words(code, text)}")
+    return words(code, text)
+
+
+def deliver(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
+    """RCPT for each recipient, then DATA, after a MAIL FROM the server took."""
     refused, deferred = _recipients(smtp, envelope.recipients)
     if len(refused) + len(deferred) == len(envelope.recipients):
         smtp.rset()

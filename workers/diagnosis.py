@@ -1,0 +1,135 @@
+"""The Test action's record: named steps with their outcome, stopping at the first failure.
+
+Every transport diagnoses its own route with the same vocabulary of steps, so an admin reads one
+shape of report whatever the mail service: name resolution, TCP connect, TLS, capabilities, token,
+authentication, sender, send.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import ssl
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator, NoReturn
+
+from workers.transports import netpolicy, tls
+from workers.transports.base import Outcome, TransportFailure
+
+RESOLVE, CONNECT, TLS, CAPABILITIES = "name resolution", "TCP connect", "TLS", "capabilities"
+TOKEN, AUTHENTICATION, SENDER, SEND = "token", "authentication", "sender", "send"
+
+ADVICE = {
+    Outcome.TRANSIENT: "the server or network is failing for now; try again later, or check that nothing "
+                       "between here and the server blocks the connection",
+    Outcome.PERMANENT: "the server refused the mail; its words above say why",
+    Outcome.CONFIGURATION: "fix the project's mail settings",
+    Outcome.AMBIGUOUS: "the server did not answer after the message was sent; look in the recipient's mailbox "
+                       "before trying again",
+    Outcome.QUOTA: "the provider's sending quota for this account is used up; wait until it resets",
+}
+
+
+class Status(enum.StrEnum):
+    """How a step ended."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a Test action; detail and advice never hold a secret."""
+
+    name: str
+    status: Status
+    detail: str
+    advice: str = ""
+
+
+class Stop(Exception):
+    """A step failed: the checkup ends here."""
+
+
+@dataclass
+class Note:
+    """What a step's body tells about it when it passes."""
+
+    detail: str = ""
+
+
+@dataclass
+class Checkup:
+    """The steps of one Test action, in order."""
+
+    steps: list[Step] = field(default_factory=list)
+
+    def passed(self, name: str, detail: str) -> None:
+        """Record a passed step."""
+        self.steps.append(Step(name, Status.PASSED, detail))
+
+    def failed(self, name: str, detail: str, advice: str) -> NoReturn:
+        """Record a failed step and end the checkup."""
+        self.steps.append(Step(name, Status.FAILED, detail, advice))
+        raise Stop(name)
+
+    @contextmanager
+    def step(self, name: str, advice: str | Callable[[TransportFailure], str] = "") -> Iterator[Note]:
+        """Run a step's body: a TransportFailure fails the step with the given (or the outcome's) advice."""
+        note = Note()
+        try:
+            yield note
+        except TransportFailure as failure:
+            text = advice(failure) if callable(advice) else advice
+            self.failed(name, failure.detail, text or ADVICE[failure.outcome])
+        self.passed(name, note.detail)
+
+    @property
+    def accepted(self) -> bool:
+        """True only when the last step is a passed send."""
+        return bool(self.steps) and self.steps[-1].name == SEND and self.steps[-1].status is Status.PASSED
+
+    def as_dict(self) -> dict:
+        """The steps, machine-readably."""
+        return {"accepted": self.accepted, "steps": [asdict(step) for step in self.steps]}
+
+
+def connect(checkup: Checkup, host: str, port: int, *, allow: Iterable = (), timeout: float = 30.0) -> socket.socket:
+    """The name resolution and TCP connect steps; the caller owns (and closes) the socket."""
+    with checkup.step(RESOLVE, "check the host name in the settings, and this host's DNS") as note:
+        infos = netpolicy.resolve(host, port, allow, timeout)
+        note.detail = f"{host} is {', '.join(sorted({info[4][0] for info in infos}))}"
+    with checkup.step(CONNECT, f"check the port ({port}) and that a firewall lets this host reach "
+                               f"{host}:{port}") as note:
+        sock = netpolicy.connect_to(infos, host, port, timeout)
+        note.detail = f"connected to {host}:{port}"
+    return sock
+
+
+def secure(checkup: Checkup, sock: socket.socket, host: str, port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+    """The TLS step: a verified handshake on a connected socket."""
+    try:
+        secured = context.wrap_socket(sock, server_hostname=host)
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        sock.close()
+        checkup.failed(TLS, *tls.problem(host, port, exc))
+    except OSError as exc:
+        sock.close()
+        checkup.failed(TLS, f"{host}:{port} closed or stalled the connection during the TLS handshake ({exc})",
+                       "check that this port speaks TLS at once (an HTTPS or implicit-TLS port)")
+    checkup.passed(TLS, f"{secured.version()}, certificate of {host} verified"
+                   if context.verify_mode != ssl.CERT_NONE else f"{secured.version()}, certificate NOT verified")
+    return secured
+
+
+def https_endpoint(checkup: Checkup, url: str, *, ca_file: str | None = None, verify: bool = True,
+                   allow: Iterable = (), timeout: float = 30.0) -> None:
+    """Name resolution, TCP connect and TLS for an https URL (token authority, Graph, EWS)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        checkup.failed(RESOLVE, f"{url!r} is not an https URL", "give the endpoint as https://host/path")
+    port = parts.port or 443
+    sock = connect(checkup, parts.hostname, port, allow=allow, timeout=timeout)
+    secure(checkup, sock, parts.hostname, port, tls.context(ca_file, verify)).close()
