@@ -144,6 +144,7 @@ def main() -> int:
     try:
         demo.settings("helpdesk", None)
         demo.settings("facilities", 50)
+        test_actions(demo)
         events = sample_events(200, 100)
         bad = ['{"project": "helpdesk", "kind": "notification", "to": ["not-an-address"], "subject": "x", "text": "y"}',
                '{"project": "helpdesk", "kind": "notification", "to": ["a@b.example"], "subject": "x", '
@@ -175,13 +176,35 @@ def summary(demo: Demo, ids: list[str], states: dict[str, str], elapsed: float) 
         print(f"e.g. {eml[0]}")
 
 
+def shown(demo: Demo, *args: str, check: bool = True) -> str:
+    """Run a deskmail command, printing it and its output as an admin would see them."""
+    print(f"$ deskmail {' '.join(args)}")
+    done = subprocess.run([str(BIN / "deskmail"), *args], capture_output=True, text=True, env=demo.env,
+                          timeout=120)
+    out = (done.stdout + done.stderr).rstrip()
+    print("\n".join("  " + line for line in out.splitlines()))
+    if check and done.returncode != 0:
+        raise SystemExit(f"deskmail {' '.join(args)} failed ({done.returncode})")
+    print(f"  (exit status {done.returncode})")
+    return done.stdout
+
+
+def test_actions(demo: Demo) -> None:
+    """The Test action: a self-test mail through a good configuration, and a diagnosis of a broken one."""
+    print("\n== the Test action ==")
+    shown(demo, "settings", "test", "helpdesk")
+    broken = {"mail_service": "smtp", "from_address": "broken@desk.example",
+              "smtp": {"host": "127.0.0.1", "port": free_port(), "security": "starttls", "auth": "plain",
+                       "username": "broken", "password": "not-shown-anywhere", "timeout_seconds": 5}}
+    path = VAR / "broken.json"
+    path.write_text(json.dumps(broken))
+    shown(demo, "settings", "set", "broken", "--file", str(path), "--test", check=False)
+
+
 def admin_steps(demo: Demo, ids: list[str]) -> None:
     """Show the backlog controls: list, resume two, suspend one, then auto resume after a raise."""
     def run(*args: str) -> str:
-        print(f"$ deskmail {' '.join(args)}")
-        out = demo.cli(*args).rstrip()
-        print("\n".join("  " + line for line in out.splitlines()))
-        return out
+        return shown(demo, *args)
 
     listing = json.loads(demo.cli("backlog", "list", "--project", "facilities", "--limit", "3", "--json"))
     run("backlog", "list", "--project", "facilities", "--limit", "3")
