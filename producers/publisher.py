@@ -6,9 +6,12 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+import amqp
+import amqp.exceptions
 import kombu
 import kombu.exceptions
 
@@ -39,6 +42,24 @@ def complete(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A validated event, ready to publish."""
+
+    event_id: str
+    body: bytes
+    priority: int
+
+
+def prepare(event: dict[str, Any]) -> Prepared:
+    """Complete and validate an event and build its envelope (InvalidEvent when it breaks the contract)."""
+    event = complete(event)
+    problems = schemas.validate(EVENT_SCHEMA, event)
+    if problems:
+        raise InvalidEvent(tuple(problems))
+    return Prepared(event["event_id"], envelope(event), Kind(event["kind"]).priority)
+
+
 class Publisher:
     """Thread-safe event publisher over a kombu connection pool with publisher confirms."""
 
@@ -51,12 +72,61 @@ class Publisher:
 
     def publish(self, event: dict[str, Any]) -> str:
         """Validate and publish one event; return its event id once the broker has confirmed it."""
-        event = complete(event)
-        problems = schemas.validate(EVENT_SCHEMA, event)
-        if problems:
-            raise InvalidEvent(tuple(problems))
-        self._send(envelope(event), event["event_id"], Kind(event["kind"]).priority, Queue.ADMIT)
-        return event["event_id"]
+        item = prepare(event)
+        self._send(item.body, item.event_id, item.priority, Queue.ADMIT)
+        return item.event_id
+
+    def publish_many(self, events: Iterable[dict[str, Any]], window: int = 1000) -> list[str]:
+        """Validate every event, then publish them all with pipelined confirms; return their event ids.
+
+        Nothing is published when an event is invalid (InvalidEvent names it by index).
+        """
+        batch = []
+        for index, event in enumerate(events):
+            try:
+                batch.append(prepare(event))
+            except InvalidEvent as exc:
+                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}].{p.path}", p.message)
+                                         for p in exc.problems)) from None
+        self.publish_prepared(batch, window)
+        return [item.event_id for item in batch]
+
+    def publish_prepared(self, batch: list["Prepared"], window: int = 1000) -> None:
+        """Publish prepared events with at most `window` confirms outstanding.
+
+        A BrokerError lists in `event_ids` the events RabbitMQ did not confirm or returned;
+        the others are queued.
+        """
+        if batch:
+            self._send_pipelined(batch, Queue.ADMIT, window)
+
+    def _send_pipelined(self, batch: list["Prepared"], queue: str, window: int) -> None:
+        # A connection of its own without kombu's per-message confirm wait; confirms are counted here.
+        confirms = _Confirms()
+        try:
+            with self._connection.clone(transport_options={}) as conn:
+                channel = conn.connection.channel()
+                confirms.listen(channel)
+                channel.confirm_select()
+                for item in batch:
+                    channel.basic_publish(amqp.Message(
+                        item.body, delivery_mode=2, priority=item.priority, content_type="application/json",
+                        content_encoding="utf-8", message_id=item.event_id), exchange="", routing_key=queue,
+                        mandatory=True)
+                    confirms.sent(item.event_id)
+                    while confirms.waiting() >= window:
+                        conn.connection.drain_events(timeout=self.timeout)
+                while confirms.waiting():
+                    conn.connection.drain_events(timeout=self.timeout)
+                channel.close()
+        except (kombu.exceptions.KombuError, amqp.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            raise BrokerError(f"RabbitMQ did not confirm {len(confirms.unconfirmed(batch))} of {len(batch)} "
+                              f"events ({type(exc).__name__}: {exc}); publishing them again is safe",
+                              confirms.unconfirmed(batch)) from exc
+        if confirms.failed:
+            raise BrokerError(f"RabbitMQ did not take {len(confirms.failed)} of {len(batch)} events "
+                              f"({next(iter(confirms.failed.values()))}); publishing them again is safe",
+                              list(confirms.failed))
 
     def publish_raw(self, body: bytes, message_id: str, priority: int, queue: str) -> None:
         """Publish a prebuilt Dramatiq envelope (used for control messages)."""
@@ -94,8 +164,60 @@ class Publisher:
         self.close()
 
 
-def publish_lines(publisher: Publisher, lines: Iterable[str]) -> Iterable[tuple[int, str | None, str | None]]:
-    """(line number, event id, error) for each non-blank JSON line; bad lines do not stop the good ones."""
+class _Confirms:
+    """Publisher confirms of one channel, by delivery tag (1, 2, ... in publishing order)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, str] = {}
+        self._tag = 0
+        self.confirmed: set[str] = set()
+        self.failed: dict[str, str] = {}
+
+    def listen(self, channel: amqp.Channel) -> None:
+        """Receive the channel's acks, nacks and returns."""
+        channel.events["basic_ack"].add(self._ack)
+        channel.events["basic_nack"].add(self._nack)
+        channel.events["basic_return"].add(self._returned)
+
+    def sent(self, message_id: str) -> None:
+        """A message was published on the channel."""
+        self._tag += 1
+        self._pending[self._tag] = message_id
+
+    def waiting(self) -> int:
+        """How many messages still wait for their confirm."""
+        return len(self._pending)
+
+    def unconfirmed(self, batch: list[Prepared]) -> list[str]:
+        """The ids in batch that were not confirmed (published or not)."""
+        return [item.event_id for item in batch if item.event_id not in self.confirmed]
+
+    def _settled(self, tag: int, multiple: bool) -> list[str]:
+        tags = [t for t in self._pending if t <= tag] if multiple else [tag]
+        return [self._pending.pop(t) for t in tags if t in self._pending]
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        for message_id in self._settled(tag, multiple):
+            if message_id not in self.failed:  # a returned message is acked too
+                self.confirmed.add(message_id)
+
+    def _nack(self, tag: int, multiple: bool) -> None:
+        for message_id in self._settled(tag, multiple):
+            self.failed[message_id] = "nacked by the broker"
+
+    def _returned(self, exc: Exception, exchange: str, routing_key: str, message: amqp.Message) -> None:
+        message_id = message.properties.get("message_id", "")
+        self.failed[message_id] = f"returned, no queue {routing_key!r}: {exc}"
+
+
+def publish_lines(publisher: Publisher, lines: Iterable[str],
+                  batch_size: int = 500) -> Iterable[tuple[int, str | None, str | None]]:
+    """(line number, event id, error) for each non-blank JSON line; bad lines do not stop the good ones.
+
+    Good lines are published in batches with pipelined confirms. If RabbitMQ fails, the lines it
+    confirmed are still reported before the BrokerError propagates.
+    """
+    batch: list[tuple[int, Prepared]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -108,6 +230,20 @@ def publish_lines(publisher: Publisher, lines: Iterable[str]) -> Iterable[tuple[
             yield number, None, "(root): an event must be a JSON object"
             continue
         try:
-            yield number, publisher.publish(event), None
+            batch.append((number, prepare(event)))
         except InvalidEvent as exc:
             yield number, None, str(exc)
+        if len(batch) >= batch_size:
+            yield from _flush(publisher, batch)
+            batch = []
+    yield from _flush(publisher, batch)
+
+
+def _flush(publisher: Publisher, batch: list[tuple[int, Prepared]]) -> Iterable[tuple[int, str, None]]:
+    try:
+        publisher.publish_prepared([item for _, item in batch])
+    except BrokerError as exc:
+        missing = set(exc.event_ids)
+        yield from ((number, item.event_id, None) for number, item in batch if item.event_id not in missing)
+        raise
+    yield from ((number, item.event_id, None) for number, item in batch)

@@ -24,4 +24,8 @@ class SecretError(DeskmailError):
 
 
 class BrokerError(DeskmailError):
-    """RabbitMQ refused, did not confirm, or could not be reached."""
+    """RabbitMQ refused, did not confirm, or could not be reached; `event_ids` lists the events concerned."""
+
+    def __init__(self, message: str, event_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.event_ids = event_ids or []
