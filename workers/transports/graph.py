@@ -1,0 +1,170 @@
+"""Microsoft Graph sendMail with our own RFC 5322 message (base64 MIME), so our Message-ID is kept.
+
+Graph takes the recipients of a MIME message from its To, Cc and Bcc headers; the message builder
+writes no Bcc, so the envelope's other recipients are added as a Bcc header (Exchange strips it).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import requests
+
+from workers.diagnosis import AUTHENTICATION, SEND, SENDER
+from workers.transports import https, tls
+from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+from workers.transports.https import PolicySession, root_cause
+
+GRAPH_URL = "https://graph.microsoft.com"
+QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
+BUSY = {429, 503, 504}
+_FOLD = re.compile(r"\r?\n[ \t]")
+
+
+class GraphFailure(TransportFailure):
+    """A refusal from Graph: what was wrong and what to change (kept apart for the Test action), and the step
+    of the Test action it fails."""
+
+    def __init__(self, outcome: Outcome, problem: str, advice: str = "", *, step: str = SEND,
+                 retry_after: float | None = None) -> None:
+        super().__init__(outcome, f"{problem}; {advice}" if advice else problem, retry_after=retry_after)
+        self.problem, self.advice, self.step = problem, advice, step
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """Where Graph sends from, and how to reach it."""
+
+    graph_url: str
+    sender: str
+    ca_file: str | None = None
+    timeout: float = 30.0
+    final_reply_timeout: float = 600.0
+
+    @property
+    def send_url(self) -> str:
+        """The sendMail URL of the sender's mailbox."""
+        return f"{self.graph_url.rstrip('/')}/v1.0/users/{urllib.parse.quote(self.sender, safe='@')}/sendMail"
+
+
+def with_bcc(envelope: Envelope) -> bytes:
+    """The message with a Bcc header naming the envelope recipients that To and Cc do not show."""
+    head = _FOLD.sub(" ", envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"))
+    shown_in = [line.split(":", 1)[1] for line in head.split("\r\n") if line[:3].lower() in ("to:", "cc:")]
+    shown = {address.lower() for _, address in email.utils.getaddresses(shown_in)}
+    hidden = [address for address in envelope.recipients if address.lower() not in shown]
+    if not hidden:
+        return envelope.data
+    return ("Bcc: " + ",\r\n ".join(hidden) + "\r\n").encode("utf-8") + envelope.data
+
+
+def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
+         drop: Callable[[], None]) -> Delivered:
+    """POST the message to sendMail; a refused token is dropped and a fresh one tried once."""
+    body = base64.b64encode(with_bcc(envelope))
+    for attempt in (1, 2):
+        response = _post(session, mailbox, body, token())
+        if response.status_code == 401 and attempt == 1:
+            drop()
+            continue
+        return _outcome(response, mailbox, envelope)
+    raise AssertionError("unreachable")
+
+
+def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) -> requests.Response:
+    """One sendMail request; errors classified by whether Graph may have taken the message."""
+    try:
+        return session.post(mailbox.send_url, data=body, allow_redirects=False,
+                            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+                            timeout=(mailbox.timeout, mailbox.final_reply_timeout), verify=mailbox.ca_file or True)
+    except requests.exceptions.SSLError as exc:
+        parts = urllib.parse.urlsplit(mailbox.graph_url)
+        detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
+        raise TransportFailure(Outcome.CONFIGURATION, detail) from None
+    except requests.exceptions.ConnectTimeout:
+        raise TransportFailure(Outcome.TRANSIENT, f"{mailbox.graph_url} did not answer in time") from None
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+        # The policy adapter raises TransportFailure for failed connects: this is after the request went out.
+        raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
+                                                  f"({type(root_cause(exc)).__name__}); it may or may not "
+                                                  "have been taken") from None
+
+
+def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) -> Delivered:
+    """Delivered for a 2xx, else the classified failure."""
+    status = response.status_code
+    request_id = response.headers.get("request-id", "")
+    if 200 <= status < 300:
+        return Delivered(f"{status} accepted by Microsoft Graph for {mailbox.sender}"
+                         + (f" (request-id {request_id})" if request_id else ""))
+    code, message = _error_of(response)
+    words = f"{status} {code}: {message}"[:500]
+    wait = https.retry_after(response.headers.get("Retry-After"))
+    if any(marker in f"{code} {message}".lower() for marker in QUOTA_MARKERS):
+        raise GraphFailure(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: {words}",
+                           retry_after=wait)
+    if status in BUSY or status >= 500:
+        raise GraphFailure(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", retry_after=wait)
+    if status in (401, 403, 404):
+        raise _refused(status, words, mailbox, envelope)
+    raise GraphFailure(Outcome.PERMANENT, f"Graph refused the message: {words}")
+
+
+def _refused(status: int, words: str, mailbox: Mailbox, envelope: Envelope) -> GraphFailure:
+    """The configuration failure for a refused token (401), sender (403) or mailbox (404)."""
+    if status == 401:
+        return GraphFailure(Outcome.CONFIGURATION, f"Graph refused the access token: {words}",
+                            "check that graph_url belongs to the same Microsoft cloud as authority_url",
+                            step=AUTHENTICATION)
+    if status == 404:
+        return GraphFailure(Outcome.CONFIGURATION, f"Graph has no mailbox {mailbox.sender}: {words}",
+                            "set sender to a mailbox in Exchange Online of this tenant (a licensed user or shared "
+                            f"mailbox); MailboxNotEnabledForRESTAPI means {mailbox.sender} is on-premises, inactive "
+                            "or unlicensed", step=SENDER)
+    send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
+        f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
+    return GraphFailure(Outcome.CONFIGURATION, f"Graph refused to send as {mailbox.sender}: {words}",
+                        "grant the app registration the Mail.Send application permission (Microsoft Graph) with "
+                        "admin consent; if an application access policy limits the app to some mailboxes, add "
+                        f"{mailbox.sender} to it{send_as}", step=SENDER)
+
+
+def _error_of(response: requests.Response) -> tuple[str, str]:
+    """Graph's error code and message, from {"error": {"code", "message"}} or the raw text."""
+    try:
+        error = response.json().get("error") or {}
+        return str(error.get("code", "")), " ".join(str(error.get("message", "")).split())
+    except (ValueError, AttributeError):
+        return response.reason or "", " ".join(response.text[:300].split())
+
+
+class GraphClient:
+    """Graph sends over one requests session per thread, so connections are reused."""
+
+    def __init__(self, allow: Iterable = ()) -> None:
+        self.allow = tuple(allow)
+        self._local = threading.local()
+
+    def send(self, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
+             drop: Callable[[], None]) -> Delivered:
+        """Send over this thread's session."""
+        return send(self._session(), mailbox, envelope, token, drop)
+
+    def _session(self) -> PolicySession:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = PolicySession(self.allow)
+        return session
+
+    def close(self) -> None:
+        """Close this thread's session."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
