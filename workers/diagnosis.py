@@ -75,15 +75,19 @@ class Checkup:
         self.steps.append(Step(name, Status.FAILED, detail, advice))
         raise Stop(name)
 
+    def failed_with(self, name: str, failure: TransportFailure, advice: str = "") -> NoReturn:
+        """Record step `name` as failed by `failure`, with the given advice, else the failure's, else the
+        outcome's, and end the checkup."""
+        self.failed(name, failure.problem, advice or failure.advice or ADVICE[failure.outcome])
+
     @contextmanager
     def step(self, name: str, advice: str | Callable[[TransportFailure], str] = "") -> Iterator[Note]:
-        """Run a step's body: a TransportFailure fails the step with the given (or the outcome's) advice."""
+        """Run a step's body: a TransportFailure fails the step (see failed_with)."""
         note = Note()
         try:
             yield note
         except TransportFailure as failure:
-            text = advice(failure) if callable(advice) else advice
-            self.failed(name, failure.detail, text or ADVICE[failure.outcome])
+            self.failed_with(name, failure, advice(failure) if callable(advice) else advice)
         self.passed(name, note.detail)
 
     @property

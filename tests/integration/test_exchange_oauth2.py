@@ -295,8 +295,32 @@ def test_a_graph_answer_lost_after_the_message_went_out_is_ambiguous(microsoft, 
     block, tokens = settings["exchange_oauth2"], MicrosoftTokens(LOOPBACK)
     mailbox = graph.Mailbox(microsoft.url, SENDER, str(tls_ca.ca_path), timeout=5, final_reply_timeout=0.2)
     microsoft.graph_delay = 0.5
-    with PolicySession(LOOPBACK) as session, pytest.raises(TransportFailure) as caught:
+    with PolicySession(LOOPBACK, ca_file=str(tls_ca.ca_path)) as session, pytest.raises(TransportFailure) as caught:
         graph.send(session, mailbox, envelope_of(settings), lambda: tokens.token(("alpha", 1), block,
                                                                                   microsoft.scope), lambda: None)
     assert caught.value.outcome is Outcome.AMBIGUOUS and "may or may not" in caught.value.detail
     assert len(microsoft.sent.wait_for(1, timeout=5)) == 1  # Graph did take it
+
+
+def test_the_project_ca_file_decides_trust_for_tokens_and_graph_whatever_the_environment_says(microsoft, tls_ca,
+                                                                                             monkeypatch):
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, str(tls_ca.self_signed().cert_path))
+    settings = exchange_settings(microsoft, tls_ca.ca_path)
+    block, tokens, client = settings["exchange_oauth2"], MicrosoftTokens(LOOPBACK), graph.GraphClient(LOOPBACK)
+    mailbox = graph.Mailbox(microsoft.url, SENDER, str(tls_ca.ca_path), timeout=5, final_reply_timeout=5)
+    token = lambda: tokens.token(("alpha", 1), block, microsoft.scope)  # noqa: E731
+    try:
+        assert "202" in client.send(mailbox, envelope_of(settings), token, lambda: None).detail
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.setenv(name, str(tls_ca.ca_path))  # the environment's CA never stands in for ca_file
+        with pytest.raises(TransportFailure) as refused_token:
+            tokens.token(("beta", 1), {**block, "ca_file": None}, microsoft.scope)
+        unverified = graph.Mailbox(microsoft.url, SENDER, None, timeout=5, final_reply_timeout=5)
+        with pytest.raises(TransportFailure) as refused_send:
+            client.send(unverified, envelope_of(settings), token, lambda: None)
+    finally:
+        client.close()
+    assert refused_token.value.outcome is refused_send.value.outcome is Outcome.CONFIGURATION
+    assert "does not trust" in refused_token.value.detail and "does not trust" in refused_send.value.detail
+    assert len(microsoft.sent.snapshot()) == 1

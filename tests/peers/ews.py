@@ -14,20 +14,19 @@ import email.message
 import email.policy
 import email.utils
 import os
-import ssl
 import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 import spnego
 
+from tests.peers.http_server import HOST, Handler, PeerServer, ServedPeer
 from tests.peers.inbox import Inbox
 from tests.peers.tlsca import CertPair, server_context
 
@@ -141,35 +140,6 @@ def soap_answer(answer: Answer) -> tuple[int, bytes]:
         "</m:ResponseCode><m:Items/></m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse>")
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer doing each TLS handshake in the connection's own thread."""
-
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.context = context
-        self.open_connections = 0
-        self._count = threading.Lock()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        self._counted(+1)
-        try:
-            secured = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            self._counted(-1)
-            return  # the client refused our certificate: nothing to serve
-        try:
-            super().finish_request(secured, client_address)
-        finally:
-            secured.close()
-            self._counted(-1)
-
-    def _counted(self, change: int) -> None:
-        with self._count:
-            self.open_connections += change
-
-
 @dataclass
 class _Login:
     """A connection's NTLM state: NTLM authenticates the connection, not each request."""
@@ -178,7 +148,7 @@ class _Login:
     user: str | None = None
 
 
-class EwsPeer:
+class EwsPeer(ServedPeer):
     """An EWS endpoint on 127.0.0.1 with a certificate from the test CA (or a self-signed one)."""
 
     def __init__(self, cert: CertPair, *, users: dict[str, str] | None = None, tokens: set[str] | None = None,
@@ -192,19 +162,19 @@ class EwsPeer:
         self.logins: Inbox[tuple[str, str, bool]] = Inbox("login")  # (scheme, user, accepted)
         self._script: deque[Answer] = deque()
         self._lock = threading.Lock()
-        self._server = _TLSServer(self._handler(), server_context(cert))
+        self._server = PeerServer(self._handler(), server_context(cert))
         self._dir = tempfile.TemporaryDirectory(prefix="ews-peer-")
         self._saved_env: str | None = None
 
     @property
     def host(self) -> str:
         """The address the peer listens on."""
-        return "127.0.0.1"
+        return HOST
 
     @property
     def port(self) -> int:
         """The peer's port."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -223,12 +193,10 @@ class EwsPeer:
 
     def __enter__(self) -> "EwsPeer":
         self._write_ntlm_users()
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
         if self._saved_env is None:
             os.environ.pop("NTLM_USER_FILE", None)
         else:
@@ -272,10 +240,10 @@ class EwsPeer:
         self.logins.add(("bearer", token, accepted))
         return f"bearer:{token}" if accepted else None
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[Handler]:
         peer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class EwsHandler(Handler):
             protocol_version = "HTTP/1.1"  # keep-alive: NTLM authenticates the connection
             timeout = 10
 
@@ -354,15 +322,6 @@ class EwsPeer:
 
             def _send(self, status: int, body: bytes, headers: tuple = (),
                       content_type: str = "text/xml; charset=utf-8") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, content_type, headers)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+        return EwsHandler

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.peers.http_server import Handler, PeerServer, ServedPeer
 from tests.peers.inbox import Inbox
 
 
@@ -28,28 +27,20 @@ def service_account_key(client_email: str = "desk@project.iam.gserviceaccount.co
     return info, key.public_key()
 
 
-class GoogleTokenPeer:
-    """POST /token answering jwt-bearer (signature checked) and refresh_token grants."""
+class GoogleTokenPeer(ServedPeer):
+    """POST /token answering jwt-bearer (signature checked) and refresh_token grants, over plain HTTP."""
 
     def __init__(self, *, public_key=None, token: str = "ya29.test-token", refresh_tokens: dict | None = None,
                  status: int | None = None) -> None:  # noqa: ANN001
         self.public_key, self.token, self.status = public_key, token, status
         self.refresh_tokens = refresh_tokens or {}
         self.requests: Inbox[dict] = Inbox("token request")
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = PeerServer(self._handler())
 
     @property
     def url(self) -> str:
         """The token endpoint URL."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
-
-    def __enter__(self) -> "GoogleTokenPeer":
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"http://127.0.0.1:{self._server.port}/token"
 
     def answer(self, form: dict[str, str]) -> tuple[int, dict]:
         """The endpoint's decision for one form."""
@@ -73,22 +64,13 @@ class GoogleTokenPeer:
             return None
         return json.loads(_b64(body))
 
-    def _handler(self):  # noqa: ANN202
+    def _handler(self) -> type[Handler]:
         peer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class TokenHandler(Handler):
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                status, body = peer.answer(form)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply_json(*peer.answer(form))
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+        return TokenHandler

@@ -11,13 +11,10 @@ import email.message
 import email.policy
 import hashlib
 import itertools
-import json
-import ssl
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -26,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.peers.http_server import Handler, PeerServer, ServedPeer
 from tests.peers.inbox import Inbox
 from tests.peers.tlsca import CertPair, server_context
 
@@ -96,28 +94,7 @@ class GraphMail:
         return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer over TLS; the handshake runs in the request's thread, never in the accept loop."""
-
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.context = context
-
-    def get_request(self) -> tuple[ssl.SSLSocket, Any]:
-        sock, address = self.socket.accept()
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.do_handshake()
-        except (ssl.SSLError, OSError):
-            return  # the client refused our certificate: nothing to serve
-        super().finish_request(request, client_address)
-
-
-class MicrosoftPeer:
+class MicrosoftPeer(ServedPeer):
     """Entra ID authority and Microsoft Graph on one HTTPS server at 127.0.0.1 and a free port."""
 
     def __init__(self, cert: CertPair, *, tenant: str = TENANT, client_id: str = CLIENT_ID,
@@ -133,12 +110,12 @@ class MicrosoftPeer:
         self._issued: dict[str, str] = {}  # token -> scope
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = _TLSServer(self._handler(), server_context(cert))
+        self._server = PeerServer(self._handler(), server_context(cert))
 
     @property
     def url(self) -> str:
         """The origin serving both the authority and Graph."""
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return f"https://127.0.0.1:{self._server.port}"
 
     @property
     def scope(self) -> str:
@@ -148,15 +125,6 @@ class MicrosoftPeer:
     def token_for(self, scope: str) -> str:
         """The access token the authority gives for scope (fixed, so an SMTP peer can know it beforehand)."""
         return "eyJ0eXAi." + hashlib.sha256(f"{self.client_id} {scope}".encode()).hexdigest()[:24]
-
-    def __enter__(self) -> "MicrosoftPeer":
-        # a short poll interval: shutdown() waits for it, and tests start and stop many peers
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     # --- the authority ------------------------------------------------------------------------------
 
@@ -240,10 +208,10 @@ class MicrosoftPeer:
         self.sent.add(GraphMail(mailbox, data))
         return 202, {"request-id": f"req-{next(self._counter)}"}, None
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[Handler]:
         peer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class MicrosoftHandler(Handler):
             protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections as with Graph
 
             def do_GET(self) -> None:  # noqa: N802
@@ -274,17 +242,6 @@ class MicrosoftPeer:
 
             def _answer(self, answer: Answer) -> None:
                 status, headers, document = answer
-                data = json.dumps(document).encode() if document is not None else b""
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if document is not None:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply_json(status, document, headers.items())
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+        return MicrosoftHandler

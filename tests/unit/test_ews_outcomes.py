@@ -14,7 +14,8 @@ from exchangelib import errors
 from workers.diagnosis import AUTHENTICATION, SEND, SENDER
 from workers.transports import ews
 from workers.transports.base import Envelope, Outcome, TransportFailure
-from workers.transports.ews_http import AnswerLost, Endpoint, HttpAnswer, Refused, policy
+from workers.transports.ews_http import Endpoint, HttpAnswer, policy
+from workers.transports.https import AnswerLost, Refused
 
 ON_PREMISES = Endpoint("https://mail.example.com/EWS/Exchange.asmx")
 ONLINE = Endpoint("https://outlook.office365.com/EWS/Exchange.asmx")

@@ -27,15 +27,31 @@ class Outcome(enum.StrEnum):
 
 
 class TransportFailure(DeskmailError):
-    """A send that did not (or may not have) gone through, classified; the text holds no secret."""
+    """A send that did not (or may not have) gone through, classified; the texts hold no secret.
+
+    `step` names the Test-action step it fails and `advice` what to change, when the raiser knows better than
+    the caller and the outcome; `problem` is what the Test action shows next to the advice.
+    """
 
     def __init__(self, outcome: Outcome, detail: str, *, refused: dict[str, str] | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, step: str | None = None, advice: str | None = None) -> None:
         super().__init__(detail)
         self.outcome = outcome
         self.detail = detail
         self.refused = refused or {}
         self.retry_after = retry_after
+        self.step = step
+        self.advice = advice
+        self.problem = detail
+
+
+def advised(outcome: Outcome, problem: str, advice: str = "", *, step: str | None = None,
+            retry_after: float | None = None) -> TransportFailure:
+    """A failure whose detail, which a mail's record keeps, ends with what to change."""
+    failure = TransportFailure(outcome, f"{problem}; {advice}" if advice else problem, step=step,
+                               advice=advice or None, retry_after=retry_after)
+    failure.problem = problem  # the Test action shows the advice apart
+    return failure
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Iterable, Iterator, NoReturn
+from typing import Iterable, NoReturn
 
 import requests
 import urllib3.exceptions
@@ -31,7 +31,8 @@ from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER, Checkup
 from workers.transports import tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 from workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
-from workers.transports.ews_http import AnswerLost, Endpoint, EwsProtocol, HttpAnswer, Refused, policy
+from workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
+from workers.transports.https import ANSWER_LOST, Refused, causes
 
 VERSION = Build(15, 20)  # Exchange 2016 and later: with the version preset, exchangelib sends no ConvertId probe
 MAX_CONNECTIONS = 4      # per account and process; Exchange throttles concurrent EWS connections per user
@@ -54,14 +55,13 @@ PASSING = frozenset({
 
 
 class EwsFailure(TransportFailure):
-    """A classified EWS failure, with the Test-action step it belongs to and what to do about it."""
+    """A classified EWS failure, always with its Test-action step and advice; `answered` says EWS itself
+    answered, so it took the credentials (the Test action then records the steps that proves)."""
 
     def __init__(self, outcome: Outcome, detail: str, step: str = SEND, *, advice: str = "",
                  answered: bool = False, retry_after: float | None = None) -> None:
-        super().__init__(outcome, detail, retry_after=retry_after)
-        self.step = step
-        self.advice = advice or ADVICE[outcome]
-        self.answered = answered  # EWS itself answered, so it took the credentials
+        super().__init__(outcome, detail, retry_after=retry_after, step=step, advice=advice or ADVICE[outcome])
+        self.answered = answered
 
 
 class Unauthorized(EwsFailure):
@@ -85,9 +85,8 @@ def open_account(endpoint: Endpoint, auth: Auth, mailbox: str, allow: Iterable =
         pass  # another thread opening the same account evicted it first
     try:
         account.protocol = EwsProtocol(config, endpoint, tuple(allow))
-    except (OSError, ssl.SSLError) as exc:
-        raise EwsFailure(Outcome.CONFIGURATION, f"the ca_file {endpoint.ca_file!r} cannot be used: {exc}",
-                         AUTHENTICATION, advice="set ca_file to a readable PEM file of CA certificates") from exc
+    except TransportFailure as failure:  # an unusable ca_file
+        raise EwsFailure(failure.outcome, failure.detail, AUTHENTICATION, advice=failure.advice or "") from failure
     return account
 
 
@@ -111,19 +110,6 @@ def deliver(account: Account, endpoint: Endpoint, auth: Auth, envelope: Envelope
                      f"{len(envelope.recipients)} recipient(s)")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """exc and all it wraps: causes, contexts, and what requests and urllib3 carry in `reason` and args."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop(0)
-        if id(current) not in seen:
-            seen.add(id(current))
-            yield current
-            nested = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
-            pending += [n for n in nested if isinstance(n, BaseException)]
-
-
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -134,20 +120,20 @@ def _connection_failure(exc: BaseException, endpoint: Endpoint) -> EwsFailure | 
     where = f"{endpoint.host}:{endpoint.port}"
     if isinstance(exc, ResponseMessageError) and not isinstance(exc, REWRAPPED):
         return None  # an answer of EWS itself
-    causes = list(_chain(exc))
-    for cause in causes:
+    chain = list(causes(exc))
+    for cause in chain:
         if isinstance(cause, Refused):
             return EwsFailure(cause.failure.outcome, cause.failure.detail, AUTHENTICATION)
-        if isinstance(cause, (AnswerLost, urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout)):
+        if isinstance(cause, ANSWER_LOST):
             return EwsFailure(Outcome.AMBIGUOUS, f"no answer from {where} after the message was sent "
                                                  f"({_short(cause, 160)}); Exchange may or may not have sent it")
         if isinstance(cause, (ssl.SSLError, ssl.CertificateError)):
             what, change = tls.problem(endpoint.host, endpoint.port, cause)
             return EwsFailure(Outcome.CONFIGURATION, f"{what}; {change}", AUTHENTICATION, advice=change)
     if any(isinstance(c, (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError, OSError))
-           for c in causes):
+           for c in chain):
         return EwsFailure(Outcome.TRANSIENT, f"connection to {where} failed before the message was sent: "
-                                             f"{_short(causes[-1], 200)}", AUTHENTICATION)
+                                             f"{_short(chain[-1], 200)}", AUTHENTICATION)
     return None
 
 
@@ -271,7 +257,7 @@ def diagnose(checkup: Checkup, endpoint: Endpoint, auth: Auth, mailbox: str, env
     try:
         account = open_account(endpoint, auth, mailbox, allow)
     except EwsFailure as failure:
-        checkup.failed(failure.step, failure.detail, failure.advice)
+        checkup.failed_with(failure.step, failure)
     try:
         delivered = deliver(account, endpoint, auth, envelope)
     except EwsFailure as failure:
@@ -294,4 +280,4 @@ def _record_failure(checkup: Checkup, failure: EwsFailure, endpoint: Endpoint, a
     """The failed step, after the ones the answer proved; ends the checkup."""
     if failure.answered:
         _record_login(checkup, endpoint, auth, mailbox, through=failure.step)
-    checkup.failed(failure.step, failure.detail, failure.advice)
+    checkup.failed_with(failure.step, failure)

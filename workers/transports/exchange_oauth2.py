@@ -9,15 +9,15 @@ import msal
 
 from workers import diagnosis
 from workers.constants import MailService
-from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
+from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
 from workers.settings import ProjectSettings
 from workers.transports import ews, graph, smtp_checkup, smtp_session
 from workers.transports.base import Delivered, Envelope, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint as EwsEndpoint
-from workers.transports.graph import GraphClient, GraphFailure, Mailbox
+from workers.transports.graph import GraphClient, Mailbox
 from workers.transports.https import PolicySession
-from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, TokenFailure, acquire, build_app, \
-    close_app, scope_for
+from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, acquire, build_app, close_app, \
+    scope_for
 from workers.transports.smtp import SmtpSender
 
 EWS_URL = "https://outlook.office365.com/EWS/Exchange.asmx"
@@ -81,12 +81,9 @@ class ExchangeOAuth2Transport(Transport):
         try:
             app = build_app(registration, self.allow)
             acquire(app, registration, scope)
-        except TokenFailure as failure:
-            close_app(app)
-            checkup.failed(TOKEN, failure.problem, failure.advice)
         except TransportFailure as failure:
             close_app(app)
-            checkup.failed(TOKEN, failure.detail, ADVICE[failure.outcome])
+            checkup.failed_with(TOKEN, failure)
         checkup.passed(TOKEN, f"app-only token for {scope} from {registration.authority}")
         return app
 
@@ -95,15 +92,11 @@ class ExchangeOAuth2Transport(Transport):
         mailbox = self._mailbox(block)
         diagnosis.https_endpoint(checkup, mailbox.graph_url, ca_file=mailbox.ca_file, allow=self.allow,
                                  timeout=mailbox.timeout)
-        session = PolicySession(self.allow)
         try:
-            delivered = graph.send(session, mailbox, envelope, token, drop)
-        except GraphFailure as failure:
-            checkup.failed(failure.step, failure.problem, failure.advice or ADVICE[failure.outcome])
+            with PolicySession(self.allow, ca_file=mailbox.ca_file) as session:
+                delivered = graph.send(session, mailbox, envelope, token, drop)
         except TransportFailure as failure:
-            checkup.failed(SEND, failure.detail, ADVICE[failure.outcome])
-        finally:
-            session.close()
+            checkup.failed_with(failure.step or SEND, failure)
         checkup.passed(AUTHENTICATION, "Graph accepted the token")
         checkup.passed(SENDER, f"the app may send as {mailbox.sender} (Mail.Send)")
         checkup.passed(SEND, f"accepted for {', '.join(envelope.recipients)}: {delivered.detail}")

@@ -16,25 +16,15 @@ from typing import Callable, Iterable
 
 import requests
 
-from workers.diagnosis import AUTHENTICATION, SEND, SENDER
+from workers.diagnosis import AUTHENTICATION, SENDER
 from workers.transports import https, tls
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
 GRAPH_URL = "https://graph.microsoft.com"
 QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
 BUSY = {429, 503, 504}
 _FOLD = re.compile(r"\r?\n[ \t]")
-
-
-class GraphFailure(TransportFailure):
-    """A refusal from Graph: what was wrong and what to change (kept apart for the Test action), and the step
-    of the Test action it fails."""
-
-    def __init__(self, outcome: Outcome, problem: str, advice: str = "", *, step: str = SEND,
-                 retry_after: float | None = None) -> None:
-        super().__init__(outcome, f"{problem}; {advice}" if advice else problem, retry_after=retry_after)
-        self.problem, self.advice, self.step = problem, advice, step
 
 
 @dataclass(frozen=True)
@@ -66,7 +56,8 @@ def with_bcc(envelope: Envelope) -> bytes:
 
 def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
          drop: Callable[[], None]) -> Delivered:
-    """POST the message to sendMail; a refused token is dropped and a fresh one tried once."""
+    """POST the message to sendMail over session (a PolicySession trusting mailbox.ca_file); a refused token is
+    dropped and a fresh one tried once."""
     body = base64.b64encode(with_bcc(envelope))
     for attempt in (1, 2):
         response = _post(session, mailbox, body, token())
@@ -82,7 +73,7 @@ def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) 
     try:
         return session.post(mailbox.send_url, data=body, allow_redirects=False,
                             headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
-                            timeout=(mailbox.timeout, mailbox.final_reply_timeout), verify=mailbox.ca_file or True)
+                            timeout=(mailbox.timeout, mailbox.final_reply_timeout))
     except requests.exceptions.SSLError as exc:
         parts = urllib.parse.urlsplit(mailbox.graph_url)
         detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
@@ -90,10 +81,14 @@ def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) 
     except requests.exceptions.ConnectTimeout:
         raise TransportFailure(Outcome.TRANSIENT, f"{mailbox.graph_url} did not answer in time") from None
     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-        # The policy adapter raises TransportFailure for failed connects: this is after the request went out.
-        raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
-                                                  f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                  "have been taken") from None
+        # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and what
+        # matters is whether the request went out whole, when Graph may have taken the message
+        if any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc)):
+            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
+                                                      f"({type(root_cause(exc)).__name__}); it may or may not "
+                                                      "have been taken") from None
+        raise TransportFailure(Outcome.TRANSIENT, f"connection to {mailbox.graph_url} failed before the message "
+                                                  f"was sent ({type(root_cause(exc)).__name__})") from None
 
 
 def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) -> Delivered:
@@ -107,32 +102,32 @@ def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) 
     words = f"{status} {code}: {message}"[:500]
     wait = https.retry_after(response.headers.get("Retry-After"))
     if any(marker in f"{code} {message}".lower() for marker in QUOTA_MARKERS):
-        raise GraphFailure(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: {words}",
-                           retry_after=wait)
+        raise TransportFailure(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: "
+                                              f"{words}", retry_after=wait)
     if status in BUSY or status >= 500:
-        raise GraphFailure(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", retry_after=wait)
+        raise TransportFailure(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", retry_after=wait)
     if status in (401, 403, 404):
         raise _refused(status, words, mailbox, envelope)
-    raise GraphFailure(Outcome.PERMANENT, f"Graph refused the message: {words}")
+    raise TransportFailure(Outcome.PERMANENT, f"Graph refused the message: {words}")
 
 
-def _refused(status: int, words: str, mailbox: Mailbox, envelope: Envelope) -> GraphFailure:
+def _refused(status: int, words: str, mailbox: Mailbox, envelope: Envelope) -> TransportFailure:
     """The configuration failure for a refused token (401), sender (403) or mailbox (404)."""
     if status == 401:
-        return GraphFailure(Outcome.CONFIGURATION, f"Graph refused the access token: {words}",
-                            "check that graph_url belongs to the same Microsoft cloud as authority_url",
-                            step=AUTHENTICATION)
+        return advised(Outcome.CONFIGURATION, f"Graph refused the access token: {words}",
+                       "check that graph_url belongs to the same Microsoft cloud as authority_url",
+                       step=AUTHENTICATION)
     if status == 404:
-        return GraphFailure(Outcome.CONFIGURATION, f"Graph has no mailbox {mailbox.sender}: {words}",
-                            "set sender to a mailbox in Exchange Online of this tenant (a licensed user or shared "
-                            f"mailbox); MailboxNotEnabledForRESTAPI means {mailbox.sender} is on-premises, inactive "
-                            "or unlicensed", step=SENDER)
+        return advised(Outcome.CONFIGURATION, f"Graph has no mailbox {mailbox.sender}: {words}",
+                       "set sender to a mailbox in Exchange Online of this tenant (a licensed user or shared "
+                       f"mailbox); MailboxNotEnabledForRESTAPI means {mailbox.sender} is on-premises, inactive "
+                       "or unlicensed", step=SENDER)
     send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
         f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
-    return GraphFailure(Outcome.CONFIGURATION, f"Graph refused to send as {mailbox.sender}: {words}",
-                        "grant the app registration the Mail.Send application permission (Microsoft Graph) with "
-                        "admin consent; if an application access policy limits the app to some mailboxes, add "
-                        f"{mailbox.sender} to it{send_as}", step=SENDER)
+    return advised(Outcome.CONFIGURATION, f"Graph refused to send as {mailbox.sender}: {words}",
+                   "grant the app registration the Mail.Send application permission (Microsoft Graph) with "
+                   "admin consent; if an application access policy limits the app to some mailboxes, add "
+                   f"{mailbox.sender} to it{send_as}", step=SENDER)
 
 
 def _error_of(response: requests.Response) -> tuple[str, str]:
@@ -145,7 +140,7 @@ def _error_of(response: requests.Response) -> tuple[str, str]:
 
 
 class GraphClient:
-    """Graph sends over one requests session per thread, so connections are reused."""
+    """Graph sends over one requests session per thread and trusted CA, so connections are reused."""
 
     def __init__(self, allow: Iterable = ()) -> None:
         self.allow = tuple(allow)
@@ -153,18 +148,22 @@ class GraphClient:
 
     def send(self, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
              drop: Callable[[], None]) -> Delivered:
-        """Send over this thread's session."""
-        return send(self._session(), mailbox, envelope, token, drop)
+        """Send over this thread's session for the mailbox's CA."""
+        return send(self._session(mailbox.ca_file), mailbox, envelope, token, drop)
 
-    def _session(self) -> PolicySession:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = PolicySession(self.allow)
-        return session
+    def _session(self, ca_file: str | None) -> PolicySession:
+        sessions = self._sessions()
+        if ca_file not in sessions:  # a session's trust is fixed: projects with their own CA get their own
+            sessions[ca_file] = PolicySession(self.allow, ca_file=ca_file)
+        return sessions[ca_file]
+
+    def _sessions(self) -> dict[str | None, PolicySession]:
+        if not hasattr(self._local, "sessions"):
+            self._local.sessions = {}
+        return self._local.sessions
 
     def close(self) -> None:
-        """Close this thread's session."""
-        session = getattr(self._local, "session", None)
-        if session is not None:
+        """Close this thread's sessions."""
+        for session in self._sessions().values():
             session.close()
-            self._local.session = None
+        self._sessions().clear()

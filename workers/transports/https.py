@@ -1,74 +1,152 @@
-"""HTTPS to admin-configured endpoints (token authority, Graph): the outbound policy on every connection,
-the configured CA and a timeout on every request."""
+"""HTTPS to admin-configured endpoints (token authority, Graph, EWS), one way for every HTTP transport.
+
+Connections go only to addresses the outbound policy checked (not to what DNS says later), and trust what SMTP
+and the Test action trust: the project's ca_file, else the system store, never a CA bundle from the environment
+(requests would prefer REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE to the system store). A connection that fails while
+waiting for an answer says so, because a request that went out may have been acted on.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import functools
+import http.client
 import socket
+import ssl
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
-from workers.transports import netpolicy
+from workers.transports import netpolicy, tls
 from workers.transports.base import Outcome, TransportFailure
 
 MAX_RETRY_AFTER = 86400.0
 
 
-def _checked_pool(allow: tuple) -> type[HTTPSConnectionPool]:
-    """An HTTPS pool class whose connections go to addresses netpolicy checked, not to what DNS says later."""
-
-    class CheckedConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
-            sock = netpolicy.connect(self._dns_host, self.port, allow, timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # urllib3 sets it on its own sockets too
-            return sock
-
-    class CheckedPool(HTTPSConnectionPool):
-        ConnectionCls = CheckedConnection
-
-    return CheckedPool
+class AnswerLost(OSError):
+    """The connection failed while waiting for the answer to a request that was sent whole."""
 
 
-class _PolicyAdapter(HTTPAdapter):
-    """requests' adapter with the checked HTTPS pool; a refused or failed connect raises TransportFailure."""
+class Refused(urllib3.exceptions.NewConnectionError):
+    """No connection: the outbound policy refused the address, or nothing answered there."""
 
-    def __init__(self, allow: tuple) -> None:
-        self.allow = allow  # read by init_poolmanager, which HTTPAdapter.__init__ calls
-        super().__init__()
+    def __init__(self, conn: object, failure: TransportFailure) -> None:
+        super().__init__(conn, failure.detail)
+        self.failure = failure
+
+
+# What a failure looks like when the request went out whole and its answer did not come: maybe acted on.
+ANSWER_LOST = (AnswerLost, urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout)
+
+
+class _PinnedHTTPSConnection(HTTPSConnection):
+    """Connects only to addresses the outbound policy allows, and tells a lost answer from a failed request."""
+
+    allow: tuple = ()
+
+    def _new_conn(self) -> socket.socket:
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        try:
+            sock = netpolicy.connect(self._dns_host, self.port, self.allow, timeout)
+        except TransportFailure as failure:
+            raise Refused(self, failure) from None  # urllib3 and requests pass it on as a failed connect
+        for option in self.socket_options or ():
+            sock.setsockopt(*option)
+        return sock
+
+    def getresponse(self):  # noqa: ANN201 - urllib3's signature
+        try:
+            return super().getresponse()
+        except TimeoutError:
+            raise  # urllib3 reports it as a read timeout
+        except (OSError, http.client.HTTPException) as exc:
+            raise AnswerLost(f"{type(exc).__name__}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def pool_class(allow: tuple) -> type[HTTPSConnectionPool]:
+    """An HTTPS pool class whose connections obey the outbound policy `allow` (one class per policy)."""
+    connection = type("PinnedHTTPSConnection", (_PinnedHTTPSConnection,), {"allow": allow})
+    return type("PinnedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": connection})
+
+
+def trust(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """The project's TLS trust (tls.context); an unusable ca_file is a configuration failure."""
+    try:
+        return tls.context(ca_file, verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportFailure(Outcome.CONFIGURATION, f"the ca_file {ca_file!r} cannot be used: {exc}",
+                               advice="set ca_file to a readable PEM file of CA certificates") from exc
+
+
+class PinnedAdapter(HTTPAdapter):
+    """requests' adapter over pinned HTTPS connections, verified with `context` whatever `verify` says."""
+
+    def __init__(self, context: ssl.SSLContext, allow: Iterable = (), **options: Any) -> None:
+        self._context = context
+        self._pool = pool_class(tuple(allow))  # read by init_poolmanager, which HTTPAdapter.__init__ calls
+        super().__init__(**options)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme,
-                                                   "https": _checked_pool(self.allow)}
+        self.poolmanager.pool_classes_by_scheme = {"https": self._pool}  # no plain-http pool to fall back on
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):  # noqa: ANN001, ANN201
+        host_params, _ = super().build_connection_pool_key_attributes(request, True, cert)
+        return host_params, {"ssl_context": self._context}
+
+    def cert_verify(self, conn, url, verify, cert) -> None:  # noqa: ANN001
+        """Nothing to add: the pool's SSL context holds the trust (a CA bundle here would widen it)."""
 
 
 class PolicySession(requests.Session):
-    """A requests session for https URLs only, through the outbound policy, with a default CA and timeout.
-
-    The CA is passed with every request because requests prefers REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
-    over a session's `verify`, but never over a path given to the request itself. Proxies from the
-    environment still apply; a proxied request is checked by the proxy, not here.
-    """
+    """A requests session for https only, through the outbound policy, with the project's trust and a timeout."""
 
     def __init__(self, allow: Iterable = (), *, ca_file: str | None = None, timeout: float = 30.0) -> None:
-        super().__init__()
-        self.ca_file, self.timeout = ca_file, timeout
-        self.mount("https://", _PolicyAdapter(tuple(allow)))
+        """Raises TransportFailure when ca_file cannot be used."""
+        super().__init__()  # proxies from the environment still apply: a proxied request is the proxy's to check
+        self.timeout = timeout
+        self.mount("https://", PinnedAdapter(trust(ca_file), allow))
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        """requests' request, refusing plain http and filling in timeout and CA."""
-        if not str(url).lower().startswith("https://"):
-            raise TransportFailure(Outcome.CONFIGURATION, f"{url} is not an https URL; tokens go over https only")
+        """requests' request, refusing plain http and filling in the session's timeout."""
+        _https_only(url)
         kwargs.setdefault("timeout", self.timeout)
-        if kwargs.get("verify") is None:
-            kwargs["verify"] = self.ca_file or True
         return super().request(method, url, *args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """requests' send; a refused connect raises its TransportFailure."""
+        _https_only(request.url)  # redirects are sent without request(): one to http would leave the policy
+        try:
+            return super().send(request, **kwargs)
+        except requests.ConnectionError as exc:
+            refused = next((c for c in causes(exc) if isinstance(c, Refused)), None)
+            if refused is None:
+                raise
+            raise refused.failure from None
+
+
+def _https_only(url: object) -> None:
+    if not str(url).lower().startswith("https://"):
+        raise TransportFailure(Outcome.CONFIGURATION, f"{url} is not an https URL; tokens go over https only")
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """exc and all it wraps: causes, contexts, and what requests and urllib3 carry in `reason` and args."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            nested = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
+            pending += [n for n in nested if isinstance(n, BaseException)]
 
 
 def root_cause(exc: BaseException) -> BaseException:

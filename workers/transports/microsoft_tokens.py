@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from workers.transports import https, tls
-from workers.transports.base import Outcome, TransportFailure
+from workers.transports.base import Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
 AUTHORITY_URL = "https://login.microsoftonline.com"
@@ -56,14 +56,6 @@ AADSTS: dict[str, tuple[str, str]] = {
 }
 TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error", "slow_down"}
 _AADSTS = re.compile(r"AADSTS\d+")
-
-
-class TokenFailure(TransportFailure):
-    """A token request that failed; `problem` and `advice` stay apart for the Test action."""
-
-    def __init__(self, outcome: Outcome, problem: str, advice: str, retry_after: float | None = None) -> None:
-        super().__init__(outcome, f"{problem}; {advice}" if advice else problem, retry_after=retry_after)
-        self.problem, self.advice = problem, advice
 
 
 @dataclass(frozen=True)
@@ -120,20 +112,20 @@ class _TokenSession(PolicySession):
     sees the answer (msal would replay it to every caller for that long, and drops the header)."""
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        """PolicySession's request; a busy answer raises TokenFailure."""
+        """PolicySession's request; a busy answer raises TransportFailure."""
         response = super().request(method, url, *args, **kwargs)
         if response.status_code == 429 or response.status_code >= 500:
             host = urllib.parse.urlsplit(url).netloc
-            raise TokenFailure(Outcome.TRANSIENT, f"Microsoft login at {host} answered {response.status_code} "
-                                                  f"{response.reason}", "try again later",
-                               https.retry_after(response.headers.get("Retry-After")))
+            raise advised(Outcome.TRANSIENT, f"Microsoft login at {host} answered {response.status_code} "
+                                             f"{response.reason}", "try again later",
+                          retry_after=https.retry_after(response.headers.get("Retry-After")))
         return response
 
 
 def build_app(registration: AppRegistration, allow: Iterable = ()) -> msal.ConfidentialClientApplication:
     """A confidential client; the constructor GETs the authority's OpenID configuration (I/O, can fail)."""
     _check(registration)
-    session = _TokenSession(allow, ca_file=registration.ca_file, timeout=registration.timeout)
+    session = _TokenSession(allow, ca_file=registration.ca_file, timeout=registration.timeout)  # may fail too
     try:
         with _translated(registration):
             return msal.ConfidentialClientApplication(
@@ -148,9 +140,9 @@ def build_app(registration: AppRegistration, allow: Iterable = ()) -> msal.Confi
 def _check(registration: AppRegistration) -> None:
     """Refuse settings msal would fail on obscurely: a plain-http authority, a private key it cannot sign with."""
     if not registration.authority_url.lower().startswith("https://"):
-        raise TokenFailure(Outcome.CONFIGURATION, f"authority_url {registration.authority_url} is not https",
-                           "set authority_url to the https URL of the login authority "
-                           f"(default {AUTHORITY_URL})")
+        raise advised(Outcome.CONFIGURATION, f"authority_url {registration.authority_url} is not https",
+                      "set authority_url to the https URL of the login authority "
+                      f"(default {AUTHORITY_URL})")
     if isinstance(registration.credential, dict):
         _check_private_key(registration.credential["private_key"])
 
@@ -162,10 +154,10 @@ def _check_private_key(pem: str) -> None:
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise TokenFailure(Outcome.CONFIGURATION, "certificate.private_key is not an unencrypted PEM private key",
-                           advice) from None
+        raise advised(Outcome.CONFIGURATION, "certificate.private_key is not an unencrypted PEM private key",
+                      advice) from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise TokenFailure(Outcome.CONFIGURATION, "certificate.private_key is not an RSA key", advice)
+        raise advised(Outcome.CONFIGURATION, "certificate.private_key is not an RSA key", advice)
 
 
 def acquire(app: msal.ConfidentialClientApplication, registration: AppRegistration, scope: str) -> str:
@@ -177,7 +169,7 @@ def acquire(app: msal.ConfidentialClientApplication, registration: AppRegistrati
     raise _refusal(registration, result, scope)
 
 
-def _refusal(registration: AppRegistration, result: dict, scope: str) -> TokenFailure:
+def _refusal(registration: AppRegistration, result: dict, scope: str) -> TransportFailure:
     """The failure for msal's {"error", "error_description"} answer."""
     error = str(result.get("error", "unknown_error"))
     said = (result.get("error_description") or "").strip().splitlines()[:1]
@@ -186,20 +178,20 @@ def _refusal(registration: AppRegistration, result: dict, scope: str) -> TokenFa
     codes = result.get("error_codes") or [""]
     code = found.group(0) if found else f"AADSTS{codes[0]}"
     if error in TRANSIENT_ERRORS:
-        return TokenFailure(Outcome.TRANSIENT, f"Microsoft login is failing for now ({error}): {said_text}",
-                            "try again later")
+        return advised(Outcome.TRANSIENT, f"Microsoft login is failing for now ({error}): {said_text}",
+                       "try again later")
     if code in AADSTS:
         problem, advice = AADSTS[code]
-        return TokenFailure(Outcome.CONFIGURATION,
-                            f"{registration.fill(problem, scope)} (Microsoft: {said_text})",
-                            registration.fill(advice, scope))
-    return TokenFailure(Outcome.CONFIGURATION, f"Microsoft login refused the token request ({error}): {said_text}",
-                        "check tenant_id, client_id and the client secret or certificate in the settings")
+        return advised(Outcome.CONFIGURATION,
+                       f"{registration.fill(problem, scope)} (Microsoft: {said_text})",
+                       registration.fill(advice, scope))
+    return advised(Outcome.CONFIGURATION, f"Microsoft login refused the token request ({error}): {said_text}",
+                   "check tenant_id, client_id and the client secret or certificate in the settings")
 
 
 @contextmanager
 def _translated(registration: AppRegistration) -> Iterator[None]:
-    """msal's and requests' exceptions as TokenFailure; a TransportFailure (outbound policy, busy) passes."""
+    """msal's and requests' exceptions as TransportFailure; one raised already (outbound policy, busy) passes."""
     try:
         yield
     except TransportFailure:
@@ -208,25 +200,25 @@ def _translated(registration: AppRegistration) -> Iterator[None]:
         raise _failure(registration, exc) from None
 
 
-def _failure(registration: AppRegistration, exc: Exception) -> TokenFailure:
+def _failure(registration: AppRegistration, exc: Exception) -> TransportFailure:
     """The failure for an exception out of msal: network, TLS, a missing tenant, an unusable answer."""
     parts = urllib.parse.urlsplit(registration.authority_url)
     host, port = parts.hostname or "", parts.port or 443
     if isinstance(exc, requests.exceptions.SSLError):
-        return TokenFailure(Outcome.CONFIGURATION, *tls.problem(host, port, root_cause(exc)))
+        return advised(Outcome.CONFIGURATION, *tls.problem(host, port, root_cause(exc)))
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return TokenFailure(Outcome.TRANSIENT, f"Microsoft login at {host}:{port} did not answer "
-                                               f"({type(root_cause(exc)).__name__})",
-                            "try again later; check that this host may reach it")
+        return advised(Outcome.TRANSIENT, f"Microsoft login at {host}:{port} did not answer "
+                                          f"({type(root_cause(exc)).__name__})",
+                       "try again later; check that this host may reach it")
     if isinstance(exc, ValueError) and "authority configuration" in str(exc):
-        return TokenFailure(Outcome.CONFIGURATION, registration.fill(
+        return advised(Outcome.CONFIGURATION, registration.fill(
             "tenant {tenant_id} was not found: {authority_url}/{tenant_id} has no OpenID configuration "
             "(AADSTS90002, or a wrong authority_url)"), registration.fill(AADSTS["AADSTS90002"][1]))
     if isinstance(exc, ValueError):  # msal's and requests' word for an unusable authority or answer
-        return TokenFailure(Outcome.CONFIGURATION,
-                            f"Microsoft login at {host}:{port}: {registration.scrub(str(exc))[:300]}",
-                            "check authority_url and tenant_id")
-    return TokenFailure(Outcome.TRANSIENT, f"Microsoft login failed: {type(exc).__name__}", "try again later")
+        return advised(Outcome.CONFIGURATION,
+                       f"Microsoft login at {host}:{port}: {registration.scrub(str(exc))[:300]}",
+                       "check authority_url and tenant_id")
+    return advised(Outcome.TRANSIENT, f"Microsoft login failed: {type(exc).__name__}", "try again later")
 
 
 @dataclass
