@@ -46,7 +46,38 @@ def validator(name: str) -> Draft202012Validator:
     """The compiled validator of schema `name`, built on first use."""
     document = schema(name)
     _Validator.check_schema(document)
-    return _Validator(document, format_checker=_FORMATS)
+    return _Validator(inlined(document), format_checker=_FORMATS)
+
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "deprecated", "x-secret"})
+
+
+def inlined(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with every local `#/$defs/NAME` reference replaced by what it points at.
+
+    Validation then never resolves a reference: it is the hot path of admission (each event is
+    validated by its publisher and again by the worker), and reference lookups cost a third of it.
+    A reference whose siblings constrain the same keywords is kept as an `allOf`, so the meaning
+    is the same; a recursive reference is left as it is.
+    """
+    defs = document.get("$defs", {})
+
+    def inline(node: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, stack) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        name = ref[len("#/$defs/"):] if isinstance(ref, str) and ref.startswith("#/$defs/") else None
+        if name is None or "/" in name or name not in defs or name in stack:
+            return {key: inline(value, stack) for key, value in node.items()}
+        target = inline(defs[name], (*stack, name))
+        siblings = {key: inline(value, stack) for key, value in node.items() if key != "$ref"}
+        if (set(siblings) & set(target)) - _ANNOTATIONS:
+            return {**siblings, "allOf": [*siblings.get("allOf", []), target]}
+        return {**target, **siblings}
+
+    return inline(document, ())
 
 
 def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
