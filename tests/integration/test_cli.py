@@ -74,3 +74,32 @@ def test_backlog_list_shows_waiting_mails_in_arrival_order_and_pages(config, run
     assert first[0]["reason"] == "daily_limit" and first[1]["reason"] == "project_paused"
     rest = deskmail(config, "backlog", "list", "--after", str(first[-1]["seq"]))
     assert ids[3] in rest.stdout and ids[1] not in rest.stdout and "waiting 3" in rest.stdout
+
+
+def test_every_kind_of_secret_is_sealed_and_redacted(config, runtime, store):
+    canaries = {"exchange": "Ews-Canary-1", "client_secret": "Secret-Canary-2", "private_key": "Key-Canary-3",
+                "refresh_token": "Refresh-Canary-4", "service_account_key": "Sa-Canary-5"}
+    runtime.settings.save("ews", {"mail_service": "exchange", "from_address": "d@example.org", "exchange": {
+        "ews_url": "https://mail.example.org/EWS/Exchange.asmx", "username": "EXAMPLE\\d",
+        "password": canaries["exchange"]}})
+    runtime.settings.save("m365", {"mail_service": "exchange_oauth2", "from_address": "d@example.org",
+                                   "exchange_oauth2": {"tenant_id": "t", "client_id": "c", "sender": "d@example.org",
+                                                       "certificate": {"private_key": canaries["private_key"],
+                                                                       "thumbprint": "a" * 40}}})
+    runtime.settings.save("m365b", {"mail_service": "exchange_oauth2", "from_address": "d@example.org",
+                                    "exchange_oauth2": {"tenant_id": "t", "client_id": "c", "sender": "d@example.org",
+                                                        "client_secret": canaries["client_secret"]}})
+    runtime.settings.save("gmail", {"mail_service": "gmail_oauth2", "from_address": "d@example.org", "gmail_oauth2": {
+        "sender": "d@example.org", "client_id": "c", "client_secret": "x", "refresh_token": canaries["refresh_token"]}})
+    runtime.settings.save("gsa", {"mail_service": "gmail_oauth2", "from_address": "d@example.org", "gmail_oauth2": {
+        "sender": "d@example.org", "service_account_key": {"client_email": "a@b.iam.gserviceaccount.com",
+                                                           "private_key": canaries["service_account_key"],
+                                                           "token_uri": "https://oauth2.googleapis.com/token"}}})
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT settings::text AS s, secrets FROM projects").fetchall()
+    stored = " ".join(r["s"] for r in rows) + " ".join(bytes(r["secrets"]).decode("latin-1") for r in rows)
+    shown = json.dumps([runtime.settings.shown(key) for key in ("ews", "m365", "m365b", "gmail", "gsa")])
+    for canary in canaries.values():
+        assert canary not in stored and canary not in shown
+    assert runtime.settings.load("m365").document["exchange_oauth2"]["certificate"]["private_key"] == "Key-Canary-3"
+    assert shown.count("********") == 6  # gmail has two secrets: client_secret and refresh_token
