@@ -80,19 +80,16 @@ def settings_test(ctx: Context, args: argparse.Namespace) -> int:
     """Send the self-test mail with a project's saved settings, printing each step."""
     to = recipient(args.to)
     project = ctx.store.get_project(args.project)
-    key = args.project
     if project is None or project.settings is None:
-        fallback = ctx.store.get_project(DEFAULT_PROJECT)
-        if fallback is None or fallback.settings is None:
+        project = ctx.store.get_project(DEFAULT_PROJECT)
+        if project is None or project.settings is None:
             raise CommandError(f"project {args.project!r} has no mail settings, and there is no default project")
-        key = DEFAULT_PROJECT
         if not args.json:
             print(f"project {args.project} has no settings of its own; its mail uses the {DEFAULT_PROJECT} "
                   "project's, which are tested here")
-    checkup = self_test(ctx.runtime, key, to)
-    service = ctx.runtime.settings.load(key).service
-    emit({"project": key, "mail_service": service, **checkup.as_dict()}, args.json,
-         format_checkup(key, service, checkup))
+    checkup = self_test(ctx.runtime, project.key, to)
+    emit({"project": project.key, "mail_service": project.mail_service, **checkup.as_dict()}, args.json,
+         format_checkup(project.key, project.mail_service, checkup))
     return 0 if checkup.accepted else 1
 
 

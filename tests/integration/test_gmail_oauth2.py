@@ -18,7 +18,7 @@ def smtp(tls_ca):
 def test_service_account_mail_is_delivered_with_a_signed_jwt_for_the_sender(runtime, store, worker, publisher,
                                                                             smtp, tls_ca):
     key, public = service_account_key()
-    with GoogleTokenPeer(public_key=public) as token:
+    with GoogleTokenPeer(tls_ca.issue(), public_key=public) as token:
         runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, service_account_key=key))
         worker()
         event_id = publisher.publish(event(subject="Via Gmail"))
@@ -32,7 +32,7 @@ def test_service_account_mail_is_delivered_with_a_signed_jwt_for_the_sender(runt
 
 def send_with_refresh_token(runtime, store, worker, publisher, smtp, tls_ca, refresh_token: str, state: str):
     """Publish one mail for a project using an OAuth client + refresh token; return it once in `state`."""
-    with GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
+    with GoogleTokenPeer(tls_ca.issue(), refresh_tokens={"1//good": ("cid", "csecret")}) as token:
         runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
                                                       client_secret="csecret", refresh_token=refresh_token))
         worker()

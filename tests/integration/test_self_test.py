@@ -129,7 +129,7 @@ def test_an_unknown_host_fails_at_name_resolution(runtime):
 def test_gmail_test_action_gets_a_token_then_sends_over_xoauth2(runtime, tls_ca):
     key, public = service_account_key()
     with SmtpPeer(security="starttls", cert=tls_ca.issue(), xoauth2_tokens={"ya29.test-token"}) as smtp, \
-            GoogleTokenPeer(public_key=public) as token:
+            GoogleTokenPeer(tls_ca.issue(), public_key=public) as token:
         runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, service_account_key=key))
         checkup = self_test(runtime, "alpha")
         assert checkup.accepted and names(checkup) == ["token", *STARTTLS_STEPS]
@@ -138,7 +138,7 @@ def test_gmail_test_action_gets_a_token_then_sends_over_xoauth2(runtime, tls_ca)
 
 def test_gmail_expired_refresh_token_fails_at_token_with_googles_code(runtime, tls_ca):
     with SmtpPeer(security="starttls", cert=tls_ca.issue(), xoauth2_tokens={"ya29.test-token"}) as smtp, \
-            GoogleTokenPeer(refresh_tokens={"1//good": ("cid", "csecret")}) as token:
+            GoogleTokenPeer(tls_ca.issue(), refresh_tokens={"1//good": ("cid", "csecret")}) as token:
         runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
                                                       client_secret="csecret", refresh_token="1//revoked"))
         step = failure(self_test(runtime, "alpha"))

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.peers.http_server import Handler, PeerServer, ServedPeer
+from tests.peers.tlsca import CertPair, server_context
 from tests.peers.inbox import Inbox
 
 
@@ -28,19 +29,19 @@ def service_account_key(client_email: str = "desk@project.iam.gserviceaccount.co
 
 
 class GoogleTokenPeer(ServedPeer):
-    """POST /token answering jwt-bearer (signature checked) and refresh_token grants, over plain HTTP."""
+    """POST /token over HTTPS answering jwt-bearer (signature checked) and refresh_token grants."""
 
-    def __init__(self, *, public_key=None, token: str = "ya29.test-token", refresh_tokens: dict | None = None,
+    def __init__(self, cert: CertPair, *, public_key=None, token: str = "ya29.test-token", refresh_tokens: dict | None = None,
                  status: int | None = None) -> None:  # noqa: ANN001
         self.public_key, self.token, self.status = public_key, token, status
         self.refresh_tokens = refresh_tokens or {}
         self.requests: Inbox[dict] = Inbox("token request")
-        self._server = PeerServer(self._handler())
+        self._server = PeerServer(self._handler(), server_context(cert))
 
     @property
     def url(self) -> str:
         """The token endpoint URL."""
-        return f"http://127.0.0.1:{self._server.port}/token"
+        return f"https://127.0.0.1:{self._server.port}/token"
 
     def answer(self, form: dict[str, str]) -> tuple[int, dict]:
         """The endpoint's decision for one form."""

@@ -18,10 +18,10 @@ from workers.transports.graph import GraphClient, Mailbox
 from workers.transports.https import PolicySession
 from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, acquire, build_app, close_app, \
     scope_for
-from workers.transports.smtp import SmtpSender
+from workers.transports.smtp import SmtpSender, submission_endpoint
 
 EWS_URL = "https://outlook.office365.com/EWS/Exchange.asmx"
-SMTP_HOST, SMTP_PORT = "smtp.office365.com", 587
+SMTP_HOST = "smtp.office365.com"
 Token, Drop = Callable[[], str], Callable[[], None]  # a bearer token source, and how to tell it a token was refused
 
 
@@ -119,10 +119,7 @@ class ExchangeOAuth2Transport(Transport):
                        float(block.get("timeout_seconds", 30)), self.smtp.final_reply_timeout)
 
     def _smtp_endpoint(self, block: dict) -> smtp_session.Endpoint:
-        return smtp_session.Endpoint(
-            host=block.get("smtp_host", SMTP_HOST), port=int(block.get("smtp_port", SMTP_PORT)), security="starttls",
-            ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
-            final_reply_timeout=self.smtp.final_reply_timeout)
+        return submission_endpoint(block, SMTP_HOST, self.smtp.final_reply_timeout)
 
     def _ews_endpoint(self, block: dict) -> EwsEndpoint:
         return EwsEndpoint(url=block.get("ews_url", EWS_URL), ca_file=block.get("ca_file"),

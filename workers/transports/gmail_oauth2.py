@@ -10,7 +10,7 @@ from workers.diagnosis import TOKEN, Checkup
 from workers.transports import smtp_checkup, smtp_session
 from workers.transports.base import Delivered, Envelope, Transport
 from workers.transports.google_tokens import DEFAULT_TOKEN_URI, GoogleTokens, token_advice
-from workers.transports.smtp import SmtpSender
+from workers.transports.smtp import SmtpSender, submission_endpoint
 
 
 class GmailOAuth2Transport(Transport):
@@ -41,10 +41,7 @@ class GmailOAuth2Transport(Transport):
         smtp_checkup.diagnose(checkup, self._endpoint(block), auth, envelope, self.sender.allow)
 
     def _endpoint(self, block: dict) -> smtp_session.Endpoint:
-        return smtp_session.Endpoint(
-            host=block.get("smtp_host", "smtp.gmail.com"), port=int(block.get("smtp_port", 587)),
-            security="starttls", ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
-            final_reply_timeout=self.sender.final_reply_timeout)
+        return submission_endpoint(block, "smtp.gmail.com", self.sender.final_reply_timeout)
 
     def close(self) -> None:
         """Close this thread's sessions."""

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import threading
-import urllib.parse
 from typing import Hashable, Iterable
 
 import google.auth.exceptions
 import google.auth.transport.requests
-import requests
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from workers.transports import netpolicy
 from workers.transports.base import Outcome, TransportFailure
+from workers.transports.https import PolicySession
 
 SCOPES = ["https://mail.google.com/"]
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -48,10 +46,11 @@ def token_advice(failure: TransportFailure) -> str:
 
 
 class _TimedRequest(google.auth.transport.requests.Request):
-    """google-auth's request adapter with our timeout on every token call."""
+    """google-auth's request adapter over a PolicySession (outbound policy, the project's CA), with our timeout
+    on every token call (google-auth passes its own 120 s otherwise)."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(requests.Session())
+    def __init__(self, session: PolicySession, timeout: float) -> None:
+        super().__init__(session)
         self.timeout = timeout
 
     def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):  # noqa: ANN001
@@ -81,14 +80,6 @@ def _refresh_failure(exc: google.auth.exceptions.GoogleAuthError) -> TransportFa
     return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint refused: {text[:300]}")
 
 
-def _check_endpoint(url: str, allow: Iterable, timeout: float) -> None:
-    """The token URI is admin-configured: it must not reach addresses the outbound policy forbids."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.hostname:
-        raise TransportFailure(Outcome.CONFIGURATION, f"token_uri {url!r} has no host")
-    netpolicy.resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow, timeout)
-
-
 class GoogleTokens:
     """One credentials object per sending account; google-auth counts a token stale ~4 min early."""
 
@@ -104,13 +95,18 @@ class GoogleTokens:
             if creds is None:
                 creds = self._creds[key] = credentials_for(block)
             if not creds.valid:
-                _check_endpoint(block.get("token_uri") or DEFAULT_TOKEN_URI, self.allow,
-                                float(block.get("timeout_seconds", 30)))
-                try:
-                    creds.refresh(_TimedRequest(float(block.get("timeout_seconds", 30))))
-                except google.auth.exceptions.GoogleAuthError as exc:
-                    raise _refresh_failure(exc) from None
+                self._refresh(creds, block)
             return creds.token
+
+    def _refresh(self, creds, block: dict) -> None:  # noqa: ANN001 - a google.auth credentials object
+        """Ask the token endpoint for a new token; a refused address or an unusable ca_file raises its own
+        TransportFailure from the session."""
+        timeout = float(block.get("timeout_seconds", 30))
+        with PolicySession(self.allow, ca_file=block.get("ca_file"), timeout=timeout) as session:
+            try:
+                creds.refresh(_TimedRequest(session, timeout))
+            except google.auth.exceptions.GoogleAuthError as exc:
+                raise _refresh_failure(exc) from None
 
     def drop(self, key: Hashable) -> None:
         """Forget the account's token (the server refused it)."""

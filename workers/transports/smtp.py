@@ -21,6 +21,14 @@ def endpoint_of(block: dict, final_reply_timeout: float) -> smtp_session.Endpoin
         timeout=float(block.get("timeout_seconds", 30)), final_reply_timeout=final_reply_timeout)
 
 
+def submission_endpoint(block: dict, default_host: str, final_reply_timeout: float) -> smtp_session.Endpoint:
+    """The provider's STARTTLS submission endpoint (`smtp_host`, `smtp_port`), for the OAuth2 services."""
+    return smtp_session.Endpoint(
+        host=block.get("smtp_host", default_host), port=int(block.get("smtp_port", 587)), security="starttls",
+        ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
+        final_reply_timeout=final_reply_timeout)
+
+
 def authenticator_of(block: dict) -> smtp_session.Authenticator | None:
     """PLAIN or LOGIN with the block's username and password, or None for `auth: none`."""
     mechanism = block.get("auth", "plain")

@@ -7,7 +7,6 @@ before the end of DATA nothing was delivered (retry is safe), after it the mail 
 from __future__ import annotations
 
 import base64
-import logging
 import re
 import smtplib
 import socket
@@ -18,8 +17,6 @@ from typing import Callable, Iterable, Protocol
 
 from workers.transports import netpolicy, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
-
-log = logging.getLogger(__name__)
 
 QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
                  "sending limit exceeded", "quota exceeded")
