@@ -1,8 +1,8 @@
 """The Test action's record: named steps with their outcome, stopping at the first failure.
 
 Every transport diagnoses its own route with the same vocabulary of steps, so an admin reads one
-shape of report whatever the mail service: name resolution, TCP connect, TLS, capabilities, token,
-authentication, sender, send.
+shape of report whatever the mail service: (autodiscover,) name resolution, TCP connect, TLS, capabilities,
+token, authentication, sender, send.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator, NoReturn
 from workers.transports import netpolicy, tls
 from workers.transports.base import Outcome, TransportFailure
 
+DISCOVER = "autodiscover"
 RESOLVE, CONNECT, TLS, CAPABILITIES = "name resolution", "TCP connect", "TLS", "capabilities"
 TOKEN, AUTHENTICATION, SENDER, SEND = "token", "authentication", "sender", "send"
 

@@ -116,13 +116,6 @@ def test_a_connection_lost_after_the_message_was_sent_is_ambiguous(runtime, stor
     assert "may or may not" in mail.detail and mail.message_id
 
 
-def test_autodiscover_fails_as_configuration_asking_for_ews_url(runtime, store, worker, publisher, exchange,
-                                                                tls_ca):
-    settings = exchange_settings(exchange, tls_ca.ca_path, ews_url=None, autodiscover=True)
-    mail = mail_in(store, publish(runtime, worker, publisher, settings), "failed")
-    assert mail.reason == "configuration" and "ews_url" in mail.detail
-
-
 # --- the Test action ---------------------------------------------------------------------------------
 
 def failed_step(checkup):
@@ -164,12 +157,6 @@ def test_the_test_action_fails_at_sender_for_a_refused_sender(runtime, exchange,
     step = failed_step(checkup)
     assert [s.name for s in checkup.steps] == STEPS[:-1]
     assert step.name == "sender" and "ErrorSendAsDenied" in step.detail and "Send As" in step.advice
-
-
-def test_the_test_action_asks_for_ews_url_when_autodiscover_is_set(runtime, exchange, tls_ca):
-    runtime.settings.save("alpha", exchange_settings(exchange, tls_ca.ca_path, ews_url=None, autodiscover=True))
-    step = failed_step(self_test(runtime, "alpha"))
-    assert step.name == "name resolution" and "ews_url" in step.detail
 
 
 # --- the shared EWS sender, without the broker ----------------------------------------------------------

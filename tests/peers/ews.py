@@ -1,9 +1,12 @@
-"""A local Exchange Web Services endpoint over HTTPS, answering exchangelib's CreateItem.
+"""A local Exchange Web Services endpoint over HTTPS, answering exchangelib's CreateItem, and the SOAP
+Autodiscover service (GetUserSettings) beside it.
 
 Logins: Basic and NTLM (a real NTLM acceptor from pyspnego, reading the NTLM_USER_FILE the peer writes
 while it runs) for passwords, and bearer tokens, which must come with an ExchangeImpersonation header as
 Exchange Online asks of app-only tokens. Every CreateItem is parsed (MIME content, Bcc, impersonated
-mailbox) and either recorded as sent or answered with a scripted refusal.
+mailbox) and either recorded as sent or answered with a scripted refusal. Autodiscover answers per address
+(an EWS URL, another address, another Autodiscover URL, or an error code), after the same logins; it may
+also answer an HTTP redirect for a host name (the Host the client asked for) before any login.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
 TNS = "http://schemas.microsoft.com/exchange/services/2006/types"
 ENS = "http://schemas.microsoft.com/exchange/services/2006/errors"
 NS = {"s": SOAP, "m": MNS, "t": TNS}
+ANS = "http://schemas.microsoft.com/exchange/2010/Autodiscover"
 PATH = "/EWS/Exchange.asmx"
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.svc"
 BUSY_TEXT = "The server cannot service this request right now. Try again later."
 
 
@@ -98,6 +103,39 @@ class CreateItem:
         return tuple(a for _, a in email.utils.getaddresses(heads)) + self.to + self.cc + self.bcc
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """What Autodiscover answers for one address: its EWS URL, or a redirect, or a UserResponse ErrorCode."""
+
+    ews_url: str | None = None
+    internal: bool = False              # give the URL as InternalEwsUrl (no ExternalEwsUrl)
+    redirect_address: str | None = None
+    redirect_url: str | None = None
+    error: str = "InvalidUser"          # answered when nothing else is set
+
+
+def discovery_answer(discovery: Discovery | None) -> bytes:
+    """The GetUserSettings answer for one address."""
+    discovery = discovery or Discovery()
+    target, settings, code = '<RedirectTarget i:nil="true"/>', "", "NoError"
+    if discovery.redirect_address or discovery.redirect_url:
+        code = "RedirectAddress" if discovery.redirect_address else "RedirectUrl"
+        target = f"<RedirectTarget>{escape(discovery.redirect_address or discovery.redirect_url or '')}</RedirectTarget>"
+    elif discovery.ews_url:
+        name = "InternalEwsUrl" if discovery.internal else "ExternalEwsUrl"
+        settings = (f'<UserSetting i:type="StringSetting"><Name>{name}</Name><Value>{escape(discovery.ews_url)}'
+                    "</Value></UserSetting>")
+    else:
+        code = discovery.error
+    message = "No error." if code == "NoError" else f"{code} (test peer)"
+    return (f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{SOAP}"><s:Body>'
+            f'<GetUserSettingsResponseMessage xmlns="{ANS}"><Response '
+            'xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><ErrorCode>NoError</ErrorCode><ErrorMessage/>'
+            f"<UserResponses><UserResponse><ErrorCode>{code}</ErrorCode><ErrorMessage>{message}</ErrorMessage>"
+            f"{target}<UserSettingErrors/><UserSettings>{settings}</UserSettings></UserResponse></UserResponses>"
+            "</Response></GetUserSettingsResponseMessage></s:Body></s:Envelope>").encode()
+
+
 def _addresses(item: ET.Element, name: str) -> tuple[str, ...]:
     return tuple(e.text or "" for e in item.findall(f"t:{name}/t:Mailbox/t:EmailAddress", NS))
 
@@ -152,8 +190,13 @@ class EwsPeer(ServedPeer):
     """An EWS endpoint on 127.0.0.1 with a certificate from the test CA (or a self-signed one)."""
 
     def __init__(self, cert: CertPair, *, users: dict[str, str] | None = None, tokens: set[str] | None = None,
-                 schemes: tuple[str, ...] = ("ntlm", "basic"), refused_senders: dict[str, str] | None = None) -> None:
+                 schemes: tuple[str, ...] = ("ntlm", "basic"), refused_senders: dict[str, str] | None = None,
+                 discoveries: dict[str, Discovery] | None = None,
+                 discovery_redirects: dict[str, str] | None = None) -> None:
         self.users = users or {}
+        self.discoveries = {address.lower(): answer for address, answer in (discoveries or {}).items()}
+        self.discovery_redirects = discovery_redirects or {}  # host name -> Location answered before any login
+        self.asked: Inbox[tuple[str, str, str]] = Inbox("Autodiscover request")  # (host, address, login)
         self.tokens = tokens or set()
         self.schemes = schemes
         self.refused_senders = refused_senders or {}
@@ -253,6 +296,9 @@ class EwsPeer(ServedPeer):
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.lower() == AUTODISCOVER_PATH:
+                    self._autodiscover(body)
+                    return
                 if self.path != PATH:
                     self._send(404, b"not found", content_type="text/html")
                     return
@@ -266,6 +312,18 @@ class EwsPeer(ServedPeer):
                                                    fault=True)))
                     return
                 self._answer(item, peer.next_answer(item))
+
+            def _autodiscover(self, body: bytes) -> None:
+                host = (self.headers.get("Host") or "").rpartition(":")[0] or self.headers.get("Host", "")
+                if host in peer.discovery_redirects:
+                    self._send(302, b"", (("Location", peer.discovery_redirects[host]),), "text/html")
+                    return
+                user = self._authenticate()
+                if user is None:
+                    return
+                address = ET.fromstring(body).findtext(f".//{{{ANS}}}Mailbox", "")
+                peer.asked.add((host, address, user))
+                self._send(200, discovery_answer(peer.discoveries.get(address.lower())))
 
             def _answer(self, item: CreateItem, answer: Answer) -> None:
                 time.sleep(answer.stall)

@@ -196,6 +196,7 @@ def classify(exc: BaseException, endpoint: Endpoint, auth: Auth, mailbox: str) -
 @dataclass
 class _Entry:
     settings_key: str
+    endpoint: Endpoint
     account: Account
     last_used: float
 
@@ -230,9 +231,10 @@ class EwsSender:
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or entry.endpoint != endpoint:  # new settings, or Autodiscover found another URL
                 self._forget(key[0])
-                entry = self._entries[key] = _Entry(key[0], open_account(endpoint, auth, mailbox, self.allow), now)
+                account = open_account(endpoint, auth, mailbox, self.allow)
+                entry = self._entries[key] = _Entry(key[0], endpoint, account, now)
             elif now - entry.last_used > self.max_idle:
                 entry.account.protocol.close_sessions()
             entry.last_used = now

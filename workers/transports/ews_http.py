@@ -8,6 +8,7 @@ policy checked), and whoever opens one closes it.
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from dataclasses import dataclass
 
@@ -107,11 +108,16 @@ class EwsProtocol(Protocol, metaclass=_Uncached):
                     oauth2_token_endpoint=None) -> requests.Session:  # noqa: ANN001
         """exchangelib's session with our adapter, and no proxies, netrc or CA bundle from the environment."""
         session = super().raw_session(prefix, oauth2_client, oauth2_session_params, oauth2_token_endpoint)
-        session.trust_env = False
-        # one connection per session: exchangelib pools sessions, so each holds one connection of its own
-        session.mount(prefix, https.PinnedAdapter(self.context, self.allow, pool_connections=1, pool_maxsize=1,
-                                                  pool_block=True, max_retries=0))
-        return session
+        return pinned(session, prefix, self.context, self.allow)
+
+
+def pinned(session: requests.Session, prefix: str, context: ssl.SSLContext, allow: tuple) -> requests.Session:
+    """An exchangelib session made to use pinned HTTPS with `context`, and no proxies, netrc or CA bundle from
+    the environment; one connection per session (exchangelib pools sessions, each holds a connection of its own)."""
+    session.trust_env = False
+    session.mount(prefix, https.PinnedAdapter(context, allow, pool_connections=1, pool_maxsize=1, pool_block=True,
+                                              max_retries=0))
+    return session
 
 
 def policy() -> FailFast:

@@ -1,31 +1,34 @@
 """On-premises Exchange Server over EWS with an account's password (NTLM or Basic).
 
-Autodiscover is not supported: exchangelib's discovery probes several guessed hosts (and plain http redirects)
-with its own global timeouts, CA trust and a cache on disk, none of which the outbound policy or a project's
-ca_file can govern. `autodiscover: true` fails as a configuration error that asks for ews_url.
+The EWS URL is the project's ews_url, or what Autodiscover answers for the sending mailbox (see
+workers.transports.autodiscover); a process keeps a discovered URL for DISCOVERY_TTL seconds, and forgets it as
+soon as a send fails before EWS answered (the mailbox may have moved).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Iterable
 
 from workers import diagnosis
 from workers.constants import MailService
 from workers.diagnosis import Checkup
 from workers.settings import ProjectSettings
-from workers.transports import ews
+from workers.transports import autodiscover, ews
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint
 
-NO_AUTODISCOVER = ("Autodiscover is not supported: set ews_url to the server's EWS endpoint, usually "
-                   "https://mail.example.com/EWS/Exchange.asmx (Outlook's \"Test E-mail AutoConfiguration\" shows it)")
+DISCOVERY_TTL = 3600.0  # seconds; Outlook asks Autodiscover again about as often
+NO_EWS_URL = "set ews_url to the server's EWS endpoint, or autodiscover: true"
 
 
-def endpoint_of(block: dict, final_reply_timeout: float) -> Endpoint:
-    """The EWS endpoint of an `exchange` settings block."""
-    if block.get("autodiscover") or not block.get("ews_url"):
-        raise TransportFailure(Outcome.CONFIGURATION, NO_AUTODISCOVER)
-    return Endpoint(url=block["ews_url"], verify=block.get("verify_certificate", True), ca_file=block.get("ca_file"),
+def endpoint_of(block: dict, final_reply_timeout: float, url: str | None = None) -> Endpoint:
+    """The EWS endpoint of an `exchange` settings block, at url when Autodiscover found it."""
+    url = url or block.get("ews_url")
+    if not url:
+        raise TransportFailure(Outcome.CONFIGURATION, NO_EWS_URL)
+    return Endpoint(url=url, verify=block.get("verify_certificate", True), ca_file=block.get("ca_file"),
                     timeout=float(block.get("timeout_seconds", 30)), final_reply_timeout=final_reply_timeout)
 
 
@@ -39,6 +42,13 @@ def mailbox_of(block: dict, envelope: Envelope) -> str:
     return block.get("sender") or envelope.sender
 
 
+def discover(block: dict, mailbox: str, allow: tuple) -> autodiscover.Found:
+    """Ask Autodiscover for the mailbox's EWS URL with the block's account, trust and timeout."""
+    return autodiscover.discover(mailbox, password_of(block), allow=allow, ca_file=block.get("ca_file"),
+                                 verify=block.get("verify_certificate", True),
+                                 timeout=float(block.get("timeout_seconds", 30)))
+
+
 class ExchangeTransport(Transport):
     """The `exchange` mail service."""
 
@@ -47,23 +57,56 @@ class ExchangeTransport(Transport):
     def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
         self.sender = ews.EwsSender(allow)
         self.final_reply_timeout = final_reply_timeout
+        self._discovered: dict[tuple[str, int, str], tuple[str, float]] = {}  # -> (EWS URL, when found)
+        self._lock = threading.Lock()
 
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver through the project's Exchange server."""
         block = settings.block()
-        return self.sender.send((settings.key, settings.version), endpoint_of(block, self.final_reply_timeout),
-                                password_of(block), mailbox_of(block, envelope), envelope)
+        mailbox = mailbox_of(block, envelope)
+        found = (settings.key, settings.version, mailbox.lower())
+        url = self._ews_url(found, block, mailbox) if block.get("autodiscover") else None
+        try:
+            return self.sender.send((settings.key, settings.version), endpoint_of(block, self.final_reply_timeout, url),
+                                    password_of(block), mailbox, envelope)
+        except ews.EwsFailure as failure:
+            if url and not failure.answered and failure.step == diagnosis.AUTHENTICATION:
+                with self._lock:
+                    self._discovered.pop(found, None)
+            raise
+
+    def _ews_url(self, found: tuple[str, int, str], block: dict, mailbox: str) -> str:
+        """The discovered EWS URL for the mailbox: this process's, if recent, else Autodiscover's."""
+        with self._lock:
+            known = self._discovered.get(found)
+        if known and time.monotonic() - known[1] < DISCOVERY_TTL:
+            return known[0]
+        url = discover(block, mailbox, self.sender.allow).ews_url
+        with self._lock:
+            for key in [k for k in self._discovered if k[0] == found[0] and k[1] != found[1]]:
+                del self._discovered[key]  # an older settings version's
+            self._discovered[found] = (url, time.monotonic())
+        return url
 
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
-        """DNS, TCP and TLS to the EWS host, then authentication, sender and send with one CreateItem."""
+        """Autodiscover if set; DNS, TCP and TLS to the EWS host; then authentication, sender and send with one
+        CreateItem."""
         block = settings.block()
+        mailbox = mailbox_of(block, envelope)
+        url = None
+        if block.get("autodiscover"):
+            with checkup.step(diagnosis.DISCOVER) as note:
+                found = discover(block, mailbox, self.sender.allow)
+                note.detail = f"{found.source} gave {found.ews_url}" + \
+                    (f" (the mailbox is {found.address})" if found.address.lower() != mailbox.lower() else "")
+            url = found.ews_url
         try:
-            endpoint = endpoint_of(block, self.final_reply_timeout)
+            endpoint = endpoint_of(block, self.final_reply_timeout, url)
         except TransportFailure as failure:
             checkup.failed(diagnosis.RESOLVE, failure.detail, "fix the project's exchange settings")
         diagnosis.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
                                  allow=self.sender.allow, timeout=endpoint.timeout)
-        ews.diagnose(checkup, endpoint, password_of(block), mailbox_of(block, envelope), envelope, self.sender.allow)
+        ews.diagnose(checkup, endpoint, password_of(block), mailbox, envelope, self.sender.allow)
 
     def close(self) -> None:
         """Close the connections of every cached account."""
