@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.integration.helpers import event
-from tests.integration.test_exchange import PASSWORD, USER, exchange_settings, failed_step, mail_in
+from tests.integration.test_exchange import PASSWORD, UPN, USER, exchange_settings, failed_step, mail_in
 from tests.peers.ews import Discovery, EwsPeer, http_status
 from tests.peers.names import served_names
 from workers.selftest import self_test
@@ -109,6 +109,19 @@ def test_redirects_and_a_mailbox_hosted_elsewhere_are_followed(runtime, tls_ca):
     assert [(host, address) for host, address, _ in peer.asked.snapshot()] == [(OTHER, SENDER),
                                                                                (HOSTED_AUTODISCOVER, MOVED)]
     assert peer.received.snapshot()[0].sender == SENDER
+
+
+def test_basic_credentials_go_only_where_a_basic_challenge_asks_for_them(runtime, tls_ca):
+    with EwsPeer(tls_ca.issue((*NAMES, "127.0.0.1")), users={UPN: PASSWORD}, schemes=("basic",),
+                 web_sites=(APEX,)) as peer:
+        peer.discoveries[SENDER] = Discovery(ews_url=peer.url)
+        runtime.settings.save("alpha", discovering(peer, tls_ca.ca_path, username=UPN, auth_type="basic"))
+        with serve(peer, APEX, AUTODISCOVER):
+            checkup = self_test(runtime, "alpha")
+    assert checkup.accepted, checkup.steps
+    assert peer.site_logins.snapshot() == [""]  # the web site at the apex never saw the password
+    assert peer.asked.snapshot() == [(AUTODISCOVER, SENDER, UPN)]
+    assert ("basic", UPN, True) in peer.logins.snapshot()
 
 
 def test_a_redirect_to_plain_http_is_not_followed(runtime, tls_ca):

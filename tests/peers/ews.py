@@ -192,10 +192,12 @@ class EwsPeer(ServedPeer):
     def __init__(self, cert: CertPair, *, users: dict[str, str] | None = None, tokens: set[str] | None = None,
                  schemes: tuple[str, ...] = ("ntlm", "basic"), refused_senders: dict[str, str] | None = None,
                  discoveries: dict[str, Discovery] | None = None,
-                 discovery_redirects: dict[str, str] | None = None) -> None:
+                 discovery_redirects: dict[str, str] | None = None, web_sites: tuple[str, ...] = ()) -> None:
         self.users = users or {}
         self.discoveries = {address.lower(): answer for address, answer in (discoveries or {}).items()}
         self.discovery_redirects = discovery_redirects or {}  # host name -> Location answered before any login
+        self.web_sites = web_sites  # host names that answer 404, as a web site without Autodiscover does
+        self.site_logins: Inbox[str] = Inbox("web site request")  # the Authorization header a web site got
         self.asked: Inbox[tuple[str, str, str]] = Inbox("Autodiscover request")  # (host, address, login)
         self.tokens = tokens or set()
         self.schemes = schemes
@@ -315,6 +317,10 @@ class EwsPeer(ServedPeer):
 
             def _autodiscover(self, body: bytes) -> None:
                 host = (self.headers.get("Host") or "").rpartition(":")[0] or self.headers.get("Host", "")
+                if host in peer.web_sites:
+                    peer.site_logins.add(self.headers.get("Authorization") or "")
+                    self._send(404, b"<html>not found</html>", content_type="text/html")
+                    return
                 if host in peer.discovery_redirects:
                     self._send(302, b"", (("Location", peer.discovery_redirects[host]),), "text/html")
                     return

@@ -17,6 +17,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 import requests
+import requests.auth
 from exchangelib import Configuration
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, UnauthorizedError
@@ -83,6 +84,28 @@ class _Failed(_Answer):
         self.said, self.outcome, self.final, self.refused_login = said, outcome, final, refused_login
 
 
+class ChallengedBasic(requests.auth.HTTPBasicAuth):
+    """Basic credentials sent only in answer to a Basic challenge, never with the first request: the first URL
+    asked is the domain's own web site, which may be no Autodiscover service at all."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.register_hook("response", self._answer_challenge)
+        return request
+
+    def _answer_challenge(self, response: requests.Response, **kwargs: object) -> requests.Response:
+        offered = response.headers.get("WWW-Authenticate", "").lower()
+        if response.status_code != 401 or "basic" not in offered or "Authorization" in response.request.headers:
+            return response
+        response.content  # noqa: B018 - read it all, so that the connection can be used again
+        response.close()
+        retry = response.request.copy()
+        super().__call__(retry)
+        answer = response.connection.send(retry, **kwargs)
+        answer.history.append(response)
+        answer.request = retry
+        return answer
+
+
 class _Protocol(AutodiscoverProtocol):
     """exchangelib's Autodiscover protocol over pinned HTTPS, with the project's trust and timeout."""
 
@@ -97,6 +120,13 @@ class _Protocol(AutodiscoverProtocol):
         """exchangelib's session on pinned HTTPS."""
         session = super().raw_session(prefix, oauth2_client, oauth2_session_params, oauth2_token_endpoint)
         return pinned(session, prefix, self.context, self.allow)
+
+    def create_session(self) -> requests.Session:
+        """exchangelib's session, with Basic credentials sent only when challenged (NTLM waits for one anyway)."""
+        session = super().create_session()
+        if type(session.auth) is requests.auth.HTTPBasicAuth:
+            session.auth = ChallengedBasic(session.auth.username, session.auth.password)
+        return session
 
 
 def candidates(address: str) -> list[str]:
