@@ -155,7 +155,7 @@ def discover(address: str, auth: Password, *, allow: tuple = (), ca_file: str | 
             walk.transient |= failed.outcome is Outcome.TRANSIENT
             if failed.final:
                 break
-    raise _failure(address, walk, auth)
+    raise _failure(address, walk)
 
 
 def _follow(walk: _Walk, url: str, target: str) -> None:
@@ -249,7 +249,7 @@ def _service_error(exc: BaseException) -> _Failed:
     return _Failed(f"not an Autodiscover answer ({said})")
 
 
-def _failure(address: str, walk: _Walk, auth: Password) -> TransportFailure:
+def _failure(address: str, walk: _Walk) -> TransportFailure:
     """The failure of a discovery that found no EWS URL, naming every place asked."""
     outcome = Outcome.TRANSIENT if walk.transient and not walk.refused_login else Outcome.CONFIGURATION
     advice = ADVICE
