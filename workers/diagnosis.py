@@ -7,6 +7,7 @@ token, authentication, sender, send.
 
 from __future__ import annotations
 
+import base64
 import enum
 import socket
 import ssl
@@ -15,7 +16,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, NoReturn
 
-from workers.transports import netpolicy, tls
+import requests.utils
+
+from workers.transports import https, netpolicy, tls
 from workers.transports.base import Outcome, TransportFailure
 
 DISCOVER = "autodiscover"
@@ -136,5 +139,42 @@ def https_endpoint(checkup: Checkup, url: str, *, ca_file: str | None = None, ve
     if parts.scheme != "https" or not parts.hostname:
         checkup.failed(RESOLVE, f"{url!r} is not an https URL", "give the endpoint as https://host/path")
     port = parts.port or 443
-    sock = connect(checkup, parts.hostname, port, allow=allow, timeout=timeout)
+    proxy = https.proxy_for(url)
+    if proxy is None:
+        sock = connect(checkup, parts.hostname, port, allow=allow, timeout=timeout)
+    elif urllib.parse.urlsplit(proxy).scheme.lower() == "http":
+        sock = tunnel(checkup, proxy, parts.hostname, port, timeout)
+    else:
+        return  # a TLS or SOCKS proxy: the steps that send show whether it carries the request
     secure(checkup, sock, parts.hostname, port, tls.context(ca_file, verify)).close()
+
+
+def tunnel(checkup: Checkup, proxy: str, host: str, port: int, timeout: float) -> socket.socket:
+    """The TCP connect step through the environment's http proxy: a CONNECT tunnel to host:port, as requests
+    opens one (the proxy resolves and reaches the host; the outbound policy is the proxy's)."""
+    parts = urllib.parse.urlsplit(proxy)
+    where = f"the proxy {parts.hostname}:{parts.port or 80} (from HTTPS_PROXY or ALL_PROXY)"
+    change = f"check {where}, or name {host} in NO_PROXY if it is to be reached directly"
+    try:
+        sock = socket.create_connection((parts.hostname or "", parts.port or 80), timeout=timeout)
+    except OSError as exc:
+        checkup.failed(CONNECT, f"cannot connect to {where}: {exc.strerror or exc}", change)
+    head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    if parts.username is not None:
+        credentials = ":".join(requests.utils.get_auth_from_url(proxy)).encode()
+        head += f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode()}\r\n"
+    try:
+        sock.sendall((head + "\r\n").encode())
+        with sock.makefile("rb") as answer:  # nothing follows the head until the client speaks TLS
+            lines = [answer.readline(1024)]
+            while lines[-1].strip():
+                lines.append(answer.readline(1024))
+    except OSError as exc:
+        sock.close()
+        checkup.failed(CONNECT, f"{where} closed or stalled the connection ({exc})", change)
+    status = lines[0].decode("latin-1").strip()
+    if status.split(" ", 2)[1:2] != ["200"]:
+        sock.close()
+        checkup.failed(CONNECT, f"{where} refused a tunnel to {host}:{port}: {status or 'no answer'}", change)
+    checkup.passed(CONNECT, f"{where} opened a tunnel to {host}:{port}")
+    return sock

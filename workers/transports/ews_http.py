@@ -106,15 +106,16 @@ class EwsProtocol(Protocol, metaclass=_Uncached):
 
     def raw_session(self, prefix: str, oauth2_client=None, oauth2_session_params=None,  # noqa: ANN001
                     oauth2_token_endpoint=None) -> requests.Session:  # noqa: ANN001
-        """exchangelib's session with our adapter, and no proxies, netrc or CA bundle from the environment."""
+        """exchangelib's session with our adapter (see pinned)."""
         session = super().raw_session(prefix, oauth2_client, oauth2_session_params, oauth2_token_endpoint)
         return pinned(session, prefix, self.context, self.allow)
 
 
 def pinned(session: requests.Session, prefix: str, context: ssl.SSLContext, allow: tuple) -> requests.Session:
-    """An exchangelib session made to use pinned HTTPS with `context`, and no proxies, netrc or CA bundle from
-    the environment; one connection per session (exchangelib pools sessions, each holds a connection of its own)."""
+    """An exchangelib session made to use pinned HTTPS with `context`, and of the environment only its proxy for
+    prefix (no .netrc or CA bundle); one connection per session (exchangelib pools sessions, each holds one)."""
     session.trust_env = False
+    session.proxies = https.environ_proxies(prefix)
     session.mount(prefix, https.PinnedAdapter(context, allow, pool_connections=1, pool_maxsize=1, pool_block=True,
                                               max_retries=0))
     return session

@@ -2,7 +2,9 @@
 
 Connections go only to addresses the outbound policy checked (not to what DNS says later), and trust what SMTP
 and the Test action trust: the project's ca_file, else the system store, never a CA bundle from the environment
-(requests would prefer REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE to the system store). A connection that fails while
+(requests would prefer REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE to the system store). The one thing taken from the
+environment is a proxy (HTTPS_PROXY, ALL_PROXY, NO_PROXY): through it, the proxy resolves, connects and decides
+what may be reached, and TLS still runs end to end with the project's trust. A connection that fails while
 waiting for an answer says so, because a request that went out may have been acted on.
 """
 
@@ -44,7 +46,19 @@ class Refused(urllib3.exceptions.NewConnectionError):
 ANSWER_LOST = (AnswerLost, urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout)
 
 
-class _PinnedHTTPSConnection(HTTPSConnection):
+class _AnswerAwareHTTPSConnection(HTTPSConnection):
+    """Tells a lost answer from a failed request."""
+
+    def getresponse(self):  # noqa: ANN201 - urllib3's signature
+        try:
+            return super().getresponse()
+        except TimeoutError:
+            raise  # urllib3 reports it as a read timeout
+        except (OSError, http.client.HTTPException) as exc:
+            raise AnswerLost(f"{type(exc).__name__}: {exc}") from exc
+
+
+class _PinnedHTTPSConnection(_AnswerAwareHTTPSConnection):
     """Connects only to addresses the outbound policy allows, and tells a lost answer from a failed request."""
 
     allow: tuple = ()
@@ -59,13 +73,20 @@ class _PinnedHTTPSConnection(HTTPSConnection):
             sock.setsockopt(*option)
         return sock
 
-    def getresponse(self):  # noqa: ANN201 - urllib3's signature
-        try:
-            return super().getresponse()
-        except TimeoutError:
-            raise  # urllib3 reports it as a read timeout
-        except (OSError, http.client.HTTPException) as exc:
-            raise AnswerLost(f"{type(exc).__name__}: {exc}") from exc
+
+# Through a proxy (CONNECT) the proxy resolves and connects, and decides what may be reached.
+_ProxiedPool = type("ProxiedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _AnswerAwareHTTPSConnection})
+
+
+def environ_proxies(url: str) -> dict[str, str]:
+    """The proxies the environment names for url (HTTPS_PROXY, ALL_PROXY, minus NO_PROXY); the only thing
+    deskmail's HTTPS takes from the environment (never a CA bundle or .netrc credentials)."""
+    return requests.utils.get_environ_proxies(url)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for url, or None."""
+    return requests.utils.select_proxy(url, environ_proxies(url))
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,13 +124,21 @@ class PinnedAdapter(HTTPAdapter):
     def cert_verify(self, conn, url, verify, cert) -> None:  # noqa: ANN001
         """Nothing to add: the pool's SSL context holds the trust (a CA bundle here would widen it)."""
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """requests' proxy manager, whose connections tell a lost answer from a failed request too."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _ProxiedPool}
+        return manager
+
 
 class PolicySession(requests.Session):
     """A requests session for https only, through the outbound policy, with the project's trust and a timeout."""
 
     def __init__(self, allow: Iterable = (), *, ca_file: str | None = None, timeout: float = 30.0) -> None:
         """Raises TransportFailure when ca_file cannot be used."""
-        super().__init__()  # proxies from the environment still apply: a proxied request is the proxy's to check
+        super().__init__()
+        self.trust_env = False  # no CA bundle or .netrc from the environment; its proxies come in request()
         self.timeout = timeout
         self.mount("https://", PinnedAdapter(trust(ca_file), allow))
 
@@ -117,6 +146,7 @@ class PolicySession(requests.Session):
         """requests' request, refusing plain http and filling in the session's timeout."""
         _https_only(url)
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("proxies", environ_proxies(url))
         return super().request(method, url, *args, **kwargs)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
