@@ -116,6 +116,14 @@ def connect(checkup: Checkup, host: str, port: int, *, allow: Iterable = (), tim
     return sock
 
 
+def trust(checkup: Checkup, ca_file: str | None, verify: bool) -> ssl.SSLContext:
+    """The TLS context to secure with; an unusable ca_file fails the TLS step (before anything connects)."""
+    try:
+        return tls.context(ca_file, verify)
+    except TransportFailure as failure:
+        checkup.failed_with(TLS, failure)
+
+
 def secure(checkup: Checkup, sock: socket.socket, host: str, port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
     """The TLS step: a verified handshake on a connected socket."""
     try:
@@ -139,6 +147,7 @@ def https_endpoint(checkup: Checkup, url: str, *, ca_file: str | None = None, ve
     if parts.scheme != "https" or not parts.hostname:
         checkup.failed(RESOLVE, f"{url!r} is not an https URL", "give the endpoint as https://host/path")
     port = parts.port or 443
+    context = trust(checkup, ca_file, verify)
     proxy = https.proxy_for(url)
     if proxy is None:
         sock = connect(checkup, parts.hostname, port, allow=allow, timeout=timeout)
@@ -146,7 +155,7 @@ def https_endpoint(checkup: Checkup, url: str, *, ca_file: str | None = None, ve
         sock = tunnel(checkup, proxy, parts.hostname, port, timeout)
     else:
         return  # a TLS or SOCKS proxy: the steps that send show whether it carries the request
-    secure(checkup, sock, parts.hostname, port, tls.context(ca_file, verify)).close()
+    secure(checkup, sock, parts.hostname, port, context).close()
 
 
 def tunnel(checkup: Checkup, proxy: str, host: str, port: int, timeout: float) -> socket.socket:

@@ -206,3 +206,12 @@ def test_a_successful_send_clears_the_projects_configuration_error(runtime, stor
     second = publisher.publish(event())
     wait_state(store, second, "sent")
     assert store.get_project("alpha").config_error is None
+
+
+def test_an_unreadable_ca_file_fails_the_mail_as_configuration(runtime, store, worker, publisher, tls_ca, tmp_path):
+    with SmtpPeer(security="tls", cert=tls_ca.issue(), users={"desk": PASSWORD}) as peer:
+        runtime.settings.save("alpha", smtp_settings(peer, tmp_path / "missing-ca.pem", security="tls"))
+        worker()
+        mail = wait_state(store, publisher.publish(event()), "failed", "queued")
+        assert peer.messages == []
+    assert mail.state == "failed" and mail.reason == "configuration" and "missing-ca.pem" in mail.detail

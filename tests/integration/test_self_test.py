@@ -177,3 +177,13 @@ def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, s
     done = deskmail(config, "settings", "set", "alpha", "--file", str(path), "--test")
     assert done.returncode == 0, done.stderr
     assert "saved the smtp settings" in done.stdout and runtime.store.get_project("alpha").settings is not None
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_an_unreadable_ca_file_fails_at_tls_before_connecting(runtime, tls_ca, tmp_path, security):
+    with SmtpPeer(security=security, cert=tls_ca.issue(), users={"desk": PASSWORD}) as peer:
+        runtime.settings.save("alpha", smtp_settings(peer, tmp_path / "missing-ca.pem", security=security))
+        checkup = self_test(runtime, "alpha")
+    step = failure(checkup)
+    assert names(checkup) == ["TLS"] and "missing-ca.pem" in step.detail and "cannot be used" in step.detail
+    assert "readable PEM" in step.advice

@@ -138,7 +138,7 @@ def candidates(address: str) -> list[str]:
 def discover(address: str, auth: Password, *, allow: tuple = (), ca_file: str | None = None, verify: bool = True,
              timeout: float = 30.0) -> Found:
     """The EWS URL for address; a TransportFailure (step "autodiscover") says what every place asked answered."""
-    context = https.trust(ca_file, verify)
+    context = tls.context(ca_file, verify)
     walk = _Walk(address, candidates(address), seen={address.lower()})
     while walk.pending:
         url = walk.pending.pop(0)

@@ -18,7 +18,7 @@ from exchangelib.errors import SessionPoolMinSizeReached, TransportError, Unauth
 from exchangelib.protocol import CachingProtocol, Protocol
 from exchangelib.util import is_xml
 
-from workers.transports import https
+from workers.transports import https, tls
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class EwsProtocol(Protocol, metaclass=_Uncached):
     def __init__(self, config: Configuration, endpoint: Endpoint, allow: tuple) -> None:
         """Raises TransportFailure when the endpoint's ca_file cannot be used."""
         super().__init__(config=config)
-        self.context = https.trust(endpoint.ca_file, endpoint.verify)  # one per protocol, shared by its sessions
+        self.context = tls.context(endpoint.ca_file, endpoint.verify)  # one per protocol, shared by its sessions
         self.allow = allow
         # exchangelib hands TIMEOUT to requests: connect within `timeout`, the answer within the final one
         self.TIMEOUT = (endpoint.timeout, endpoint.final_reply_timeout)

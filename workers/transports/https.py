@@ -96,15 +96,6 @@ def pool_class(allow: tuple) -> type[HTTPSConnectionPool]:
     return type("PinnedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": connection})
 
 
-def trust(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    """The project's TLS trust (tls.context); an unusable ca_file is a configuration failure."""
-    try:
-        return tls.context(ca_file, verify)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportFailure(Outcome.CONFIGURATION, f"the ca_file {ca_file!r} cannot be used: {exc}",
-                               advice="set ca_file to a readable PEM file of CA certificates") from exc
-
-
 class PinnedAdapter(HTTPAdapter):
     """requests' adapter over pinned HTTPS connections, verified with `context` whatever `verify` says."""
 
@@ -140,7 +131,7 @@ class PolicySession(requests.Session):
         super().__init__()
         self.trust_env = False  # no CA bundle or .netrc from the environment; its proxies come in request()
         self.timeout = timeout
-        self.mount("https://", PinnedAdapter(trust(ca_file), allow))
+        self.mount("https://", PinnedAdapter(tls.context(ca_file), allow))
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         """requests' request, refusing plain http and filling in the session's timeout."""

@@ -23,15 +23,16 @@ IMPLICIT_TLS_PORT, SUBMISSION_PORT = 465, 587
 def diagnose(checkup: Checkup, endpoint: Endpoint, auth: Authenticator | None, envelope: Envelope,
              allow: Iterable = ()) -> None:
     """Resolve, connect, secure, greet, log in and send envelope, one recorded step at a time."""
+    context = diagnosis.trust(checkup, endpoint.ca_file, endpoint.verify) if endpoint.security != "none" else None
     sock = diagnosis.connect(checkup, endpoint.host, endpoint.port, allow=allow, timeout=endpoint.timeout)
     if endpoint.security == "tls":
-        sock = diagnosis.secure(checkup, sock, endpoint.host, endpoint.port, smtp_session.tls_context(endpoint))
+        sock = diagnosis.secure(checkup, sock, endpoint.host, endpoint.port, context)
     smtp = smtplib.SMTP(timeout=endpoint.timeout)
     smtp.sock, smtp._host = sock, endpoint.host  # smtplib checks the certificate against _host on STARTTLS
     try:
         _greeting(checkup, smtp, endpoint)
         if endpoint.security == "starttls":
-            _starttls(checkup, smtp, endpoint)
+            _starttls(checkup, smtp, endpoint, context)
         _login(checkup, smtp, auth)
         _send(checkup, smtp, endpoint, envelope)
     finally:
@@ -73,13 +74,13 @@ def _ehlo(checkup: Checkup, smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
         note.detail = f"{endpoint.host} offers: {', '.join(offered) or 'nothing (HELO only)'}"
 
 
-def _starttls(checkup: Checkup, smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
+def _starttls(checkup: Checkup, smtp: smtplib.SMTP, endpoint: Endpoint, context: ssl.SSLContext) -> None:
     if not smtp.has_extn("starttls"):
         checkup.failed(TLS, f"{endpoint.host}:{endpoint.port} does not offer STARTTLS",
                        "the settings require STARTTLS: use the server's submission port (usually 587), or "
                        "security `tls` with its implicit-TLS port (usually 465)")
     try:
-        code, text = smtp.starttls(context=smtp_session.tls_context(endpoint))
+        code, text = smtp.starttls(context=context)
     except (ssl.SSLError, ssl.CertificateError) as exc:
         checkup.failed(TLS, *tls.problem(endpoint.host, endpoint.port, exc))
     except (smtplib.SMTPException, OSError) as exc:

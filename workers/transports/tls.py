@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import ssl
 
+from workers.transports.base import Outcome, TransportFailure
+
 
 def context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    """Verification against the system store or the configured CA, unless turned off."""
-    ctx = ssl.create_default_context(cafile=ca_file)
+    """Verification against the system store or the configured CA, unless turned off; an unusable ca_file
+    is a configuration failure."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportFailure(Outcome.CONFIGURATION, f"the ca_file {ca_file!r} cannot be used: {exc}",
+                               advice="set ca_file to a readable PEM file of CA certificates") from exc
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
