@@ -49,14 +49,13 @@ def enqueuer(broker: dramatiq.Broker) -> "callable":
 
 def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     """Declare the admit actor and one transport actor per mail service on `broker`."""
-    store = runtime.store
-    dramatiq.Actor(Admitter(store, enqueuer(broker)), broker=broker, actor_name=Queue.ADMIT,
+    store, enqueue = runtime.store, enqueuer(broker)
+    dramatiq.Actor(Admitter(store, enqueue), broker=broker, actor_name=Queue.ADMIT,
                    queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
     deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
     for service in MailService:
         dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
                        priority=0, options=dict(ACTOR_OPTIONS))
-    enqueue = enqueuer(broker)
     declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
 
 

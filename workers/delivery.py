@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
+import schemas
 from workers.config import Config
 from workers.constants import Reason, State
-from workers.message import Sender, build, envelope_recipients, message_id_for
+from workers.message import Sender, build, message_id_for
 from workers.records import Claim
 from workers.settings import ProjectSettings, SettingsService
 from workers.store import Store
@@ -25,12 +26,13 @@ def sender_of(settings: ProjectSettings) -> Sender:
 
 
 def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
-                 only: list[str] | None = None) -> Envelope:
-    """Build the message of an event with the project's sender; `only` limits the recipients (retries)."""
+                 only: Iterable[str] | None = None) -> Envelope:
+    """Build the message of an event with the project's sender; `only` limits the recipients (on a retry
+    after a partial delivery, those that were deferred)."""
     sender = sender_of(settings)
     message_id = message_id_for(event["event_id"], sender.address.rpartition("@")[2])
     data = build(event, sender, message_id, now)
-    recipients = tuple(only) if only else tuple(envelope_recipients(event))
+    recipients = tuple(only) if only else tuple(schemas.unique_recipients(event))
     return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id)
 
 
@@ -51,7 +53,7 @@ class Deliverer:
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
             transport = self.transports[settings.service]
-            envelope = envelope_for(claim.event, settings, self.clock(), self._pending(claim))
+            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
             self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")
@@ -67,10 +69,6 @@ class Deliverer:
             self._failed(claim, envelope, TransportFailure(Outcome.TRANSIENT, f"internal error: {type(exc).__name__}"))
             return
         self._delivered(claim, envelope, delivered)
-
-    def _pending(self, claim: Claim) -> list[str] | None:
-        """On a retry after a partial delivery, only the recipients that were deferred."""
-        return list(claim.deferred) if claim.deferred else None
 
     def _delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> None:
         if delivered.deferred:

@@ -107,7 +107,7 @@ class Checkup:
 def connect(checkup: Checkup, host: str, port: int, *, allow: Iterable = (), timeout: float = 30.0) -> socket.socket:
     """The name resolution and TCP connect steps; the caller owns (and closes) the socket."""
     with checkup.step(RESOLVE, "check the host name in the settings, and this host's DNS") as note:
-        infos = netpolicy.resolve(host, port, allow, timeout)
+        infos = netpolicy.resolve(host, port, allow)
         note.detail = f"{host} is {', '.join(sorted({info[4][0] for info in infos}))}"
     with checkup.step(CONNECT, f"check the port ({port}) and that a firewall lets this host reach "
                                f"{host}:{port}") as note:

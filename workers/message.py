@@ -33,19 +33,6 @@ def message_id_for(event_id: uuid.UUID | str, domain: str) -> str:
     return f"<{event_id}@{domain or MESSAGE_ID_DOMAIN}>"
 
 
-def envelope_recipients(event: dict) -> list[str]:
-    """to + cc + bcc addresses, without duplicates (case-insensitive), in order."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for field in ("to", "cc", "bcc"):
-        for r in event.get(field) or ():
-            address = r["address"] if isinstance(r, dict) else r
-            if address.lower() not in seen:
-                seen.add(address.lower())
-                out.append(address)
-    return out
-
-
 def _is_ascii(text: str) -> bool:
     return text.isascii()
 

@@ -63,9 +63,6 @@ class Scheduler:
         return cls(runtime.store, enqueue, config,
                    [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
-    def _hand_on(self, mails: list[Requeue]) -> int:
-        return hand_on(self.enqueue, mails)
-
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each part touched."""
         done: dict[str, int] = {}
@@ -73,8 +70,8 @@ class Scheduler:
             done.update(extra())
         done |= {
             "due": hand_on_due(self.store, self.enqueue),
-            "stale_queued": self._hand_on(self.store.take_stale_queued(self.config.stale_after)),
-            "recovered": self._hand_on(self.store.recover_stale_sending(self.config.stale_after)),
+            "stale_queued": hand_on(self.enqueue, self.store.take_stale_queued(self.config.stale_after)),
+            "recovered": hand_on(self.enqueue, self.store.recover_stale_sending(self.config.stale_after)),
         }
         if any(done.values()):
             log.info("scheduler pass: %s", done)

@@ -149,7 +149,7 @@ def test_bcc_is_whoever_to_and_cc_do_not_name():
             b"Cc: =?utf-8?q?C=C3=A9?= <c@example.com>\r\nSubject: x\r\n\r\nbody\r\n")
     envelope = Envelope(uuid.uuid4(), MAILBOX, ("jane@example.com", "b@example.com", "c@example.com", "h@example.com"),
                         data, "<id@example.org>")
-    assert ews.blind_copies(envelope) == ["h@example.com"]
+    assert envelope.blind_copies() == ["h@example.com"]
 
 
 def test_token_credentials_always_carry_the_sources_token_and_never_fetch_one():

@@ -7,7 +7,8 @@ import email.policy
 import uuid
 from datetime import datetime, timezone
 
-from workers.message import Sender, build, envelope_recipients, message_id_for
+import schemas
+from workers.message import Sender, build, message_id_for
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
@@ -57,7 +58,7 @@ def test_bcc_is_an_envelope_recipient_but_never_a_header():
     ev = event(text="x", bcc=[{"address": "hidden@example.com"}], cc=[{"address": "A@example.com"}])
     data = build(ev, Sender("d@example.org"), "<x@e.org>", NOW)
     assert b"hidden@example.com" not in data
-    assert envelope_recipients(ev) == ["a@example.com", "hidden@example.com"]
+    assert schemas.unique_recipients(ev) == ["a@example.com", "hidden@example.com"]
 
 
 def test_long_lines_are_quoted_printable_not_cut():

@@ -26,7 +26,7 @@ from workers.diagnosis import DISCOVER
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure
 from workers.transports.ews_auth import Password
-from workers.transports.ews_http import HttpAnswer, pinned, policy
+from workers.transports.ews_http import HttpAnswer, PinnedSessions, policy
 
 PATH = "/autodiscover/autodiscover.svc"
 MAX_HOPS = 10
@@ -106,7 +106,7 @@ class ChallengedBasic(requests.auth.HTTPBasicAuth):
         return answer
 
 
-class _Protocol(AutodiscoverProtocol):
+class _Protocol(PinnedSessions, AutodiscoverProtocol):
     """exchangelib's Autodiscover protocol over pinned HTTPS, with the project's trust and timeout."""
 
     def __init__(self, url: str, auth: Password, context: ssl.SSLContext, allow: tuple, timeout: float) -> None:
@@ -114,12 +114,6 @@ class _Protocol(AutodiscoverProtocol):
                                               auth_type=auth.exchangelib_auth_type(), retry_policy=policy()))
         self.context, self.allow = context, allow
         self.TIMEOUT = (timeout, timeout)
-
-    def raw_session(self, prefix: str, oauth2_client=None, oauth2_session_params=None,  # noqa: ANN001
-                    oauth2_token_endpoint=None) -> requests.Session:  # noqa: ANN001
-        """exchangelib's session on pinned HTTPS."""
-        session = super().raw_session(prefix, oauth2_client, oauth2_session_params, oauth2_token_endpoint)
-        return pinned(session, prefix, self.context, self.allow)
 
     def create_session(self) -> requests.Session:
         """exchangelib's session, with Basic credentials sent only when challenged (NTLM waits for one anyway)."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+import email.utils
 import enum
 import uuid
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from typing import TYPE_CHECKING
 
 from workers.constants import MailService
@@ -63,6 +66,13 @@ class Envelope:
     recipients: tuple[str, ...]
     data: bytes
     message_id: str
+
+    def blind_copies(self) -> list[str]:
+        """The recipients that the message's To and Cc headers do not name (its Bcc)."""
+        head = BytesHeaderParser(policy=compat32).parsebytes(self.data)
+        named = email.utils.getaddresses(head.get_all("To", []) + head.get_all("Cc", []))
+        seen = {address.lower() for _, address in named}
+        return [r for r in self.recipients if r.lower() not in seen]
 
 
 @dataclass(frozen=True)

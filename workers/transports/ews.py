@@ -11,13 +11,10 @@ all or nothing (EWS never reports recipients deferred one by one).
 
 from __future__ import annotations
 
-import email.utils
 import ssl
 import threading
 import time
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Iterable, NoReturn
 
 import requests
@@ -90,17 +87,9 @@ def open_account(endpoint: Endpoint, auth: Auth, mailbox: str, allow: Iterable =
     return account
 
 
-def blind_copies(envelope: Envelope) -> list[str]:
-    """The envelope's recipients that the message's To and Cc headers do not name."""
-    head = BytesHeaderParser(policy=compat32).parsebytes(envelope.data)
-    named = email.utils.getaddresses(head.get_all("To", []) + head.get_all("Cc", []))
-    seen = {address.lower() for _, address in named}
-    return [r for r in envelope.recipients if r.lower() not in seen]
-
-
 def deliver(account: Account, endpoint: Endpoint, auth: Auth, envelope: Envelope) -> Delivered:
     """Send the envelope with one CreateItem (SendOnly); a failure comes out as an EwsFailure."""
-    bcc = [Mailbox(email_address=address) for address in blind_copies(envelope)]
+    bcc = [Mailbox(email_address=address) for address in envelope.blind_copies()]
     message = Message(account=account, mime_content=envelope.data, bcc_recipients=bcc or None)
     try:
         message.send(save_copy=False)

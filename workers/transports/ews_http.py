@@ -81,7 +81,21 @@ class _Uncached(CachingProtocol):
         return type.__call__(cls, *args, **kwargs)
 
 
-class EwsProtocol(Protocol, metaclass=_Uncached):
+class PinnedSessions:
+    """For an exchangelib protocol class: its sessions use pinned HTTPS with the protocol's `context` and `allow`."""
+
+    context: ssl.SSLContext
+    allow: tuple
+
+    def raw_session(self, prefix: str, oauth2_client=None, oauth2_session_params=None,  # noqa: ANN001
+                    oauth2_token_endpoint=None) -> requests.Session:  # noqa: ANN001
+        """exchangelib's session with our adapter (see pinned)."""
+        session = super().raw_session(prefix, oauth2_client, oauth2_session_params,  # type: ignore[misc]
+                                      oauth2_token_endpoint)
+        return pinned(session, prefix, self.context, self.allow)
+
+
+class EwsProtocol(PinnedSessions, Protocol, metaclass=_Uncached):
     """An exchangelib protocol with the endpoint's timeouts, TLS trust and outbound policy."""
 
     RETRY_WAIT = 0  # no back-off guess of exchangelib's own: the server's back-off or our schedule decides
@@ -104,11 +118,6 @@ class EwsProtocol(Protocol, metaclass=_Uncached):
         with self._session_pool_lock:
             self.close()
 
-    def raw_session(self, prefix: str, oauth2_client=None, oauth2_session_params=None,  # noqa: ANN001
-                    oauth2_token_endpoint=None) -> requests.Session:  # noqa: ANN001
-        """exchangelib's session with our adapter (see pinned)."""
-        session = super().raw_session(prefix, oauth2_client, oauth2_session_params, oauth2_token_endpoint)
-        return pinned(session, prefix, self.context, self.allow)
 
 
 def pinned(session: requests.Session, prefix: str, context: ssl.SSLContext, allow: tuple) -> requests.Session:

@@ -7,8 +7,6 @@ writes no Bcc, so the envelope's other recipients are added as a Bcc header (Exc
 from __future__ import annotations
 
 import base64
-import email.utils
-import re
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from workers.transports.https import PolicySession, root_cause
 GRAPH_URL = "https://graph.microsoft.com"
 QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
 BUSY = {429, 503, 504}
-_FOLD = re.compile(r"\r?\n[ \t]")
 
 
 @dataclass(frozen=True)
@@ -45,10 +42,7 @@ class Mailbox:
 
 def with_bcc(envelope: Envelope) -> bytes:
     """The message with a Bcc header naming the envelope recipients that To and Cc do not show."""
-    head = _FOLD.sub(" ", envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"))
-    shown_in = [line.split(":", 1)[1] for line in head.split("\r\n") if line[:3].lower() in ("to:", "cc:")]
-    shown = {address.lower() for _, address in email.utils.getaddresses(shown_in)}
-    hidden = [address for address in envelope.recipients if address.lower() not in shown]
+    hidden = envelope.blind_copies()
     if not hidden:
         return envelope.data
     return ("Bcc: " + ",\r\n ".join(hidden) + "\r\n").encode("utf-8") + envelope.data

@@ -23,8 +23,9 @@ def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     return None
 
 
-def resolve(host: str, port: int, allow: Iterable[Network], timeout: float) -> list[tuple]:
-    """getaddrinfo results for host, keeping only addresses the outbound policy permits."""
+def resolve(host: str, port: int, allow: Iterable[Network]) -> list[tuple]:
+    """getaddrinfo results for host, keeping only addresses the outbound policy permits (getaddrinfo takes no
+    timeout: the system resolver's own bounds the lookup)."""
     allow = tuple(allow)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -48,7 +49,7 @@ def resolve(host: str, port: int, allow: Iterable[Network], timeout: float) -> l
 
 def connect(host: str, port: int, allow: Iterable[Network], timeout: float) -> socket.socket:
     """A TCP connection to the first checked address of host that answers."""
-    return connect_to(resolve(host, port, allow, timeout), host, port, timeout)
+    return connect_to(resolve(host, port, allow), host, port, timeout)
 
 
 def connect_to(infos: list[tuple], host: str, port: int, timeout: float) -> socket.socket:
