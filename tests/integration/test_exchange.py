@@ -114,6 +114,7 @@ def test_a_connection_lost_after_the_message_was_sent_is_ambiguous(runtime, stor
     mail = mail_in(store, publish(runtime, worker, publisher, exchange_settings(exchange, tls_ca.ca_path)),
                    "ambiguous")
     assert "may or may not" in mail.detail and mail.message_id
+    assert exchange.operations.snapshot() == ["CreateItem dropped"] and mail.attempts == 1
 
 
 # --- the Test action ---------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ def test_an_ews_answer_lost_behind_the_proxy_is_ambiguous_not_retried(runtime, s
     exchange.script(Answer(drop=True))
     mail = mail_in(store, publish(runtime, worker, publisher, ews_settings(exchange, tls_ca.ca_path)), "ambiguous")
     assert "may or may not" in mail.detail and proxy.tunnels.snapshot()
+    assert exchange.operations.snapshot() == ["CreateItem dropped"] and mail.attempts == 1
+    assert exchange.received.snapshot() == []
 
 
 def test_a_tunnel_the_proxy_refuses_fails_the_test_action_naming_the_proxy(runtime, proxy, microsoft, tls_ca):

@@ -12,6 +12,7 @@ from producers.publisher import InvalidEvent, Publisher
 from tests.conftest import AMQP_HOST, wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
+from workers.app import build_broker
 from workers.constants import Queue
 from workers.errors import BrokerError
 
@@ -34,13 +35,17 @@ def test_a_batch_is_confirmed_and_every_event_is_delivered(runtime, store, worke
         assert sorted(m.message["Subject"] for m in peer.wait_for(300)) == sorted(f"bulk {i}" for i in range(300))
 
 
-def test_an_invalid_event_in_a_batch_is_named_and_nothing_is_published(config, runtime, worker, publisher):
-    worker()  # declares the queues
+def test_an_invalid_event_in_a_batch_is_named_and_nothing_is_published(config, runtime, publisher):
+    broker = build_broker(config)  # the admit queue, with no worker taking from it
+    broker.declare_queue(Queue.ADMIT, ensure=True)
+    broker.close()
     before = queued_on_admit(config.amqp_url)
     with pytest.raises(InvalidEvent) as caught:
         publisher.publish_many([event(), event(to=["not-an-address"]), event()])
     assert "events[1].to[0]" in str(caught.value)
     assert queued_on_admit(config.amqp_url) == before
+    publisher.publish_many([event(), event()])  # the count does see what a batch publishes
+    assert queued_on_admit(config.amqp_url) == before + 2
 
 
 def test_a_batch_nobody_can_receive_is_reported_with_every_event_id():
