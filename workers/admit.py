@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import schemas
 from workers.constants import Kind, MailService, State
-from workers.store import Store
+from workers.errors import DataRefused
+from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
@@ -55,7 +56,11 @@ class Admitter:
             return
         kind = Kind(event["kind"])
         recipients = len(schemas.unique_recipients(event))
-        admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
+        try:
+            admission = patiently(lambda: self.store.admit(event, priority=kind.priority, recipients=recipients))
+        except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
+            self._reject(args, kwargs, f"(event): {exc}", keep_event=False)
+            return
         if admission.state == State.QUEUED:
             self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
         log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
@@ -67,9 +72,9 @@ class Admitter:
         self.store.reject(event_id, detail, raw)
         log.warning("message %s rejected: %s", event_id, detail)
 
-    def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
+    def _reject(self, args: tuple, kwargs: dict, detail: str, keep_event: bool = True) -> None:
         raw = raw_text(args, kwargs)
         body = args[0] if len(args) == 1 else None
         event_id = event_id_of(body, raw)
-        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) else None)
+        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) and keep_event else None)
         log.warning("event %s rejected: %s", event_id, detail)
