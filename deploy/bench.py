@@ -35,7 +35,6 @@ from bench_proc import CpuProfile, rss_mib, tree, process_table  # noqa: E402
 VAR = ROOT / "var" / "bench"
 # The peer is pinned so that its figure moves only when this line does.
 POSTOFFICE_REQUIREMENTS = ["Django==5.2.19", "django-post_office==3.12.0", "psycopg[binary]==3.3.9"]
-POSTOFFICE_DB = "deskmail_bench_postoffice"
 
 
 def smtp_sink_binary() -> str:
@@ -158,6 +157,35 @@ def smtp_settings(demo: Demo, project: str, sink_port: int, per_day: int | None 
     demo.cli("settings", "set", project, "--file", str(path))
 
 
+class PrivateServices:
+    """A database and a RabbitMQ vhost of this run's own on the shared servers, removed at the end.
+
+    Others' demos and benches on this machine consume the default vhost's queues; a bench
+    sharing them would lose events to foreign workers and be slowed by foreign mail.
+    """
+
+    def __init__(self, demo: Demo) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.database_url = f"postgresql://postgres@127.0.0.1:5432/deskmail_bench_{run}"
+        self.vhost = f"deskmail-bench-{run}"
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        demo.env["DESKMAIL_DATABASE_URL"] = self.database_url
+        demo.env["DESKMAIL_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+        self.postoffice_db = f"deskmail_bench_postoffice_{run}"
+
+    def close(self) -> None:
+        """Drop the database and delete the vhost."""
+        recreate_database(self.database_url, self.database_url.rsplit("/", 1)[1], drop_only=True)
+        rabbitmqctl("delete_vhost", self.vhost)
+
+
+def rabbitmqctl(*args: str) -> None:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+
+
 # -- django-post_office: the Python mailer a Django shop would pick, in its own virtualenv -----------
 
 def postoffice_python() -> Path:
@@ -188,7 +216,7 @@ def recreate_database(url: str, name: str, drop_only: bool = False) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def post_office(database_url: str, sink_port: int, n: int, processes: int, batch: int) -> dict:
+def post_office(database_url: str, database: str, sink_port: int, n: int, processes: int, batch: int) -> dict:
     """django-post_office end to end: n `mail.send` calls (queued), then `send_queued_mail -p P`.
 
     Runs deploy/bench_postoffice in the post_office virtualenv against a database of its own,
@@ -197,18 +225,18 @@ def post_office(database_url: str, sink_port: int, n: int, processes: int, batch
     python = postoffice_python()
     from psycopg.conninfo import conninfo_to_dict
     server = conninfo_to_dict(database_url)
-    env = {**os.environ, "BENCH_PO_DATABASE": POSTOFFICE_DB, "BENCH_PO_HOST": server.get("host", "127.0.0.1"),
+    env = {**os.environ, "BENCH_PO_DATABASE": database, "BENCH_PO_HOST": server.get("host", "127.0.0.1"),
            "BENCH_PO_PORT": str(server.get("port", 5432)), "BENCH_PO_SMTP_PORT": str(sink_port),
            "BENCH_PO_BATCH_SIZE": str(batch)}
     manage = [str(python), str(ROOT / "deploy" / "bench_postoffice" / "manage.py")]
-    recreate_database(database_url, POSTOFFICE_DB)
+    recreate_database(database_url, database)
     try:
         subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, timeout=300)
         done = subprocess.run([*manage, "bench_post_office", str(n), "--processes", str(processes),
                                "--lockfile", str(VAR / "post_office")], env=env, capture_output=True, text=True,
                               timeout=3600)
     finally:
-        recreate_database(database_url, POSTOFFICE_DB, drop_only=True)
+        recreate_database(database_url, database, drop_only=True)
     if done.returncode != 0:
         raise SystemExit(f"django-post_office run failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -365,7 +393,7 @@ def main() -> int:
     figures: dict = {}
 
     demo = Demo()
-    demo.env["DESKMAIL_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/deskmail_bench"
+    run = PrivateServices(demo)
     demo.env.pop("DESKMAIL_SCHEDULER_INTERVAL", None)  # the drain runs with the product's default
     demo.reset()
     VAR.mkdir(parents=True, exist_ok=True)
@@ -390,7 +418,8 @@ def main() -> int:
         print(f"baseline: stdlib EmailMessage + smtplib, one process, one connection: {base_before:.0f} mails/s")
         if "postoffice" not in args.skip:
             mark = profile.snapshot()
-            po = post_office(config.database_url, sink_port, args.n, args.postoffice_processes, args.postoffice_batch)
+            po = post_office(config.database_url, run.postoffice_db, sink_port, args.n, args.postoffice_processes,
+                             args.postoffice_batch)
             profile.record("post_office", mark, args.n)
             print(f"django-post_office end to end: {args.n} mails queued in {po['queue_seconds']:.1f} s, sent by "
                   f"send_queued_mail -p {args.postoffice_processes} in {po['send_seconds']:.1f} s = "
@@ -479,6 +508,7 @@ def main() -> int:
         demo.stop_all()
         os.killpg(sink.pid, signal.SIGTERM)
         store.pool.close()
+        run.close()
     return 1 if failures else 0
 
 
