@@ -105,18 +105,19 @@ def wait_sent(store, ids: list[str], timeout: float) -> None:
     mails through the (project, state) index is enough; the ids are checked once at the end.
     """
     deadline = time.monotonic() + timeout
-    with store.pool.connection() as conn:
-        target = len(ids) + conn.execute(
-            "SELECT count(*) AS n FROM mail WHERE project = 'bench' AND state = 'sent' "
-            "AND NOT (event_id = ANY(%s))", (ids,)).fetchone()["n"]
-        while time.monotonic() < deadline:
-            n = conn.execute("SELECT count(*) AS n FROM mail WHERE project = 'bench' AND state = 'sent'"
-                             ).fetchone()["n"]
-            if n >= target:
-                break
-            time.sleep(0.5)
-        n = conn.execute("SELECT count(*) AS n FROM mail WHERE state = 'sent' AND event_id = ANY(%s)",
-                         (ids,)).fetchone()["n"]
+
+    def count(query: str, *params) -> int:
+        # A connection per query: the pool shuts one held past its client deadline (45 s).
+        with store.pool.connection() as conn:
+            return conn.execute(query, params).fetchone()["n"]
+
+    target = len(ids) + count("SELECT count(*) AS n FROM mail WHERE project = 'bench' AND state = 'sent' "
+                              "AND NOT (event_id = ANY(%s))", ids)
+    while time.monotonic() < deadline:
+        if count("SELECT count(*) AS n FROM mail WHERE project = 'bench' AND state = 'sent'") >= target:
+            break
+        time.sleep(0.5)
+    n = count("SELECT count(*) AS n FROM mail WHERE state = 'sent' AND event_id = ANY(%s)", ids)
     if n != len(ids):
         raise SystemExit(f"only {n} of {len(ids)} mails were sent within {timeout} s")
 
