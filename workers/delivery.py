@@ -73,6 +73,7 @@ class Deliverer:
                 chunk = claims[start:start + CHUNK]
                 gate = DataGate(self.store, chunk)
                 self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
+                self.leases.release(chunk)
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""

@@ -74,6 +74,9 @@ class NoLeases:
         import contextlib
         return contextlib.nullcontext()
 
+    def release(self, claims):  # noqa: ANN001
+        pass
+
 
 def deliver(store: FakeStore, transport: FakeTransport, **config) -> FakeStore:
     cfg = Config(database_url="", amqp_url="", retry_base=10, retry_cap=100, **config)
