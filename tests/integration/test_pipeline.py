@@ -238,3 +238,18 @@ def test_record_mails_overtake_notifications_already_waiting(runtime, store, wor
         # prefetched, TRANSPORT_BATCH mails each, and a prefetched one may slip between two records
         # that travel alone), never the mass of notifications still waiting in the broker.
         assert len(order) - 1 - positions[-1] >= 120 - sent_before - 4 * TRANSPORT_BATCH, (sent_before, positions)
+
+
+def test_a_mail_on_the_queue_of_a_service_its_project_left_is_rerouted_not_sent_there(runtime, store, worker,
+                                                                                      peer, tls_ca, caplog):
+    from workers.app import enqueuer
+    from workers.constants import MailService
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    ev = event()
+    assert store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1).state == "queued"
+    broker = worker()
+    enqueuer(broker)(MailService.EXCHANGE, [ev["event_id"]], 1)  # admitted while the project used Exchange
+    mail = wait_state(store, ev["event_id"], "sent")
+    assert mail.mail_service == "smtp" and len(peer.wait_for(1)) == 1
+    assert "1 now go through another mail service" in caplog.text  # the Exchange actor handed it on
+    assert len(store.attempts_of(ev["event_id"])) == 1
