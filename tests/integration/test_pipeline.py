@@ -244,6 +244,7 @@ def test_a_mail_on_the_queue_of_a_service_its_project_left_is_rerouted_not_sent_
                                                                                       peer, tls_ca, caplog):
     from workers.app import enqueuer
     from workers.constants import MailService
+    caplog.set_level("INFO", logger="workers.delivery")
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = event()
     assert store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1).state == "queued"
