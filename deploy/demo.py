@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import random
 import shutil
 import signal
@@ -35,6 +36,7 @@ def demo_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DESKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/deskmail_demo")
     env.setdefault("DESKMAIL_SECRET_KEYS", Fernet.generate_key().decode())
+    env.setdefault("DESKMAIL_CONTROL_KEY", secrets.token_hex(32))  # workers and the command sign alike
     env["DESKMAIL_OUTBOUND_ALLOW"] = "127.0.0.0/8"  # the sink runs on loopback
     env["DESKMAIL_SCHEDULER_INTERVAL"] = "1"
     env["DESKMAIL_LOG_LEVEL"] = env.get("DESKMAIL_LOG_LEVEL", "WARNING")

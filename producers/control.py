@@ -32,7 +32,10 @@ def control_message(action: str, key: str, **fields: Any) -> dict[str, Any]:
 
 
 def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Publish the message to deskmail.control and return the worker's answer."""
+    """Publish the message to deskmail.control and return the worker's answer (or why it refused it).
+
+    `publisher` must be connected to the control vhost (DESKMAIL_CONTROL_AMQP_URL) as an admin.
+    """
     body = json.dumps({"queue_name": Queue.CONTROL, "actor_name": Queue.CONTROL, "args": [message], "kwargs": {},
                        "options": {}, "message_id": message["request_id"],
                        "message_timestamp": int(time.time() * 1000)}).encode("utf-8")
@@ -42,6 +45,9 @@ def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: f
         answer = store.control_answer(message["request_id"])
         if answer is not None:
             return answer
+        refusal = store.control_refusal(message["request_id"])
+        if refusal is not None:  # kept apart: a refusal never takes the request id
+            return {"ok": False, "touched": 0, "refused": True, "error": refusal}
         time.sleep(0.1)
     raise NoAnswer(f"no control worker answered within {timeout:.0f} s (is a worker consuming deskmail.control?); "
                    f"request {message['request_id']} stays queued and expires unapplied after "
