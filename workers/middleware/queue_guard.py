@@ -34,7 +34,7 @@ class QueueGuard(dramatiq.Middleware):
         if actor.queue_name == message.queue_name:
             return
         reason = (f"actor_name: {str(message.actor_name)[:64]!r} takes messages only from queue "
-                  f"{actor.queue_name!r}, and this one came from {message.queue_name!r}; it was not run")
+                  f"{str(actor.queue_name)!r}, and this one came from {message.queue_name!r}; it was not run")
         log.warning("message %s refused: %s", message.message_id, reason)
         self.refuse(message, reason)  # a store failure raises here: Retries tries again, nothing is lost
         raise SkipMessage(reason)
