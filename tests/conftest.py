@@ -132,6 +132,7 @@ def worker(config, runtime) -> Iterator[Callable[..., object]]:
         w = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
         w.start()
         started.append((w, broker))
+        wait_until(lambda: not broker.queues_pending)  # its consumers have declared every queue
         return broker
 
     _purge(config.amqp_url)
