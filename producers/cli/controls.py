@@ -163,11 +163,15 @@ def list_suspended(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(result: dict) -> str:
+    return ("REFUSED " if result.get("refused") else "") + printable(str(result.get("error")))
+
+
 def show_audit(ctx: Context, args: argparse.Namespace) -> int:
     """Print the newest audit entries."""
     rows = ctx.store.audit(args.project, args.limit)
     text = [f"{r['at']:%Y-%m-%d %H:%M:%S}  {printable(r['actor']):<24} {printable(r['action']):<18} "
             f"{printable(r['project'] or '-'):<12} touched {r['touched']}  "
-            f"{'ok' if r['result'].get('ok') else printable(str(r['result'].get('error')))}" for r in rows]
+            f"{'ok' if r['result'].get('ok') else _failure(r['result'])}" for r in rows]
     emit(rows, args.json, "\n".join(text) or "no audit entries")
     return 0

@@ -24,6 +24,12 @@ from workers.secrets import SecretBox, generate_key
 CANARY = "Canary-Secret-4711"
 
 
+class SmtpPeerAddress:
+    """Where settings point when no mail is sent in the test."""
+
+    host, port = "mail.example.org", 587
+
+
 def deskmail(config, *args: str, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
            "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_CONTROL_KEY": config.control_key, **env}
@@ -64,10 +70,6 @@ def test_settings_with_a_secret_in_clear_text_are_refused_by_the_worker(config, 
     Controller(store, "", 600, lambda: 0)(message)
     answer = store.control_answer(message["request_id"])
     assert not answer["ok"] and "clear text" in answer["error"] and store.get_project("alpha") is None
-
-
-class SmtpPeerAddress:
-    host, port = "mail.example.org", 587
 
 
 def test_settings_set_by_command_answers_with_the_workers_verdict(config, store, worker, tmp_path: Path):

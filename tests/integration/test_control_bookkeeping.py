@@ -96,6 +96,14 @@ def test_any_requested_at_the_schema_accepts_gets_an_answer_and_never_raises(sto
     assert answered.get("ok") or "requested_at" in answered["refused"]
 
 
+def test_a_malformed_message_is_refused_with_the_field_named(store, alpha):
+    message = signed()
+    del message["project"]
+    message["signature"] = sign(message, KEY)
+    controller(store)(message)
+    assert "project" in store.control_refusal(message["request_id"]) and store.get_project("alpha").paused_reason is None
+
+
 def test_a_message_that_is_not_one_object_is_refused_and_audited(store):
     controller(store)("not", "an", "object")
     (entry,) = store.audit()
