@@ -13,6 +13,8 @@ from typing import Any
 from producers.publisher import Publisher
 from workers.constants import Queue
 from workers.control import sign
+from workers.secrets import SecretBox
+from workers.settings import split_secrets
 from workers.store import Store
 
 
@@ -29,6 +31,16 @@ def control_message(action: str, key: str, **fields: Any) -> dict[str, Any]:
     if key:
         message["signature"] = sign(message, key)
     return message
+
+
+def settings_fields(box: SecretBox, project: str, document: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a settings.set action: the settings without secrets, and the secrets sealed.
+
+    Sealed here, with DESKMAIL_SECRET_KEYS, so that secrets never cross the broker in clear.
+    """
+    public, secrets = split_secrets(document)
+    sealed = box.seal(project, secrets).decode("ascii") if secrets else None
+    return {"project": project, "settings": public, "sealed_secrets": sealed}
 
 
 def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import schemas
 from schemas.addresses import normalized_address
+from producers import control
 from producers.cli.context import CommandError, Context, emit
 from producers.cli.controls import printable, send_control
 from workers.diagnosis import Checkup, Status
 from workers.selftest import self_test
-from workers.settings import split_secrets
 DEFAULT_PROJECT = "default"
 
 
@@ -63,9 +63,7 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
         print(format_checkup(args.project, document["mail_service"], checkup))
         if not checkup.accepted:
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
-    public, secrets = split_secrets(document)
-    sealed = ctx.runtime.box.seal(args.project, secrets).decode("ascii") if secrets else None  # never in clear
-    answer = send_control(ctx, "settings.set", project=args.project, settings=public, sealed_secrets=sealed)
+    answer = send_control(ctx, "settings.set", **control.settings_fields(ctx.runtime.box, args.project, document))
     if not answer.get("ok"):
         raise CommandError(f"the settings of project {args.project} were NOT saved: "
                            f"{printable(str(answer.get('error')))}")
