@@ -10,11 +10,6 @@ SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
  CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
                                    a.recipients, a.created_at) AS d;
 
--- name: reject
-INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
-VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(detail)s, %(raw)s, %(event)s)
-ON CONFLICT (event_id) DO NOTHING;
-
 -- name: claim
 -- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
 -- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
@@ -257,3 +252,28 @@ SELECT p.key FROM projects p
 
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
+
+-- name: claim_control_request
+-- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
+-- primary key until this one commits, then finds it applied (no row returned).
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, '{}')
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: answer_control_request
+UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: record_control_refusal
+INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: control_refusal
+SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;
+
+-- name: keep_rejected
+-- A rejected message keeps a bounded excerpt and its size; the whole body is never stored.
+INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, raw_size)
+VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', %(reason)s, %(detail)s, %(raw)s, %(raw_size)s)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: reachable
+SELECT 1 AS up;
