@@ -59,7 +59,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     detail = getattr(exc, "detail", "Something went wrong.")
     if request.headers.get("hx-request"):
         return render(request, "fragments/notice.html", status, ok=False, text=detail)
-    return render(request, "error.html", status, status=status, text=detail)
+    return render(request, "error.html", status, code=status, text=detail)
 
 
 def create_app(runtime: Runtime, console: ConsoleConfig) -> Starlette:

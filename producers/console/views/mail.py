@@ -32,7 +32,7 @@ def headers(mail, project) -> list[tuple[str, str]]:  # noqa: ANN001 - Mail, Pro
     rows = [("From", f"{settings.get('from_name')} <{sender}>" if settings.get("from_name") and sender
              else sender or "(the project's from address)"),
             ("To", _addresses(event.get("to"))), ("Cc", _addresses(event.get("cc"))),
-            ("Bcc", f"{len(event.get('bcc') or [])} recipient(s), not shown in the message"),
+            ("Bcc", f"{len(event['bcc'])} recipient(s), not shown in the message" if event.get("bcc") else ""),
             ("Reply-To", _addresses(event.get("reply_to")) or settings.get("reply_to") or ""),
             ("Subject", event.get("subject") or mail.subject or ""), ("Message-ID", mail.message_id or "(not yet)")]
     rows += [(k, str(v)) for k, v in sorted((event.get("headers") or {}).items())]
