@@ -148,11 +148,42 @@ def test_an_admin_tests_settings_then_resumes_suspends_and_drains_a_backlog(runt
     assert violations == []
 
 
-def test_a_viewer_sees_the_backlog_but_cannot_resume(runtime, store, console, browser):
-    store.admit(event("alpha"), priority=1, recipients=1)
-    store.pause_project("alpha", "admin") if store.get_project("alpha") else None
-    with store.pool.connection() as conn:  # one backlog mail without a running pipeline
+def backlog_of(store, subjects: list[str]) -> list[str]:
+    """Mails put straight into the backlog (no pipeline needed to show or suspend them)."""
+    ids = []
+    for subject in subjects:
+        ev = event("alpha", subject=subject)
+        store.admit(ev, priority=1, recipients=1)
+        ids.append(ev["event_id"])
+    with store.pool.connection() as conn:
         conn.execute("UPDATE mail SET state = 'backlog', reason = 'daily_limit'")
+    return ids
+
+
+def test_all_matching_selects_past_the_page_and_the_bulk_action_shows_its_progress(store, worker, console, browser):
+    printers = backlog_of(store, [f"printer jam {i}" for i in range(60)])
+    others = backlog_of(store, [f"network down {i}" for i in range(5)])
+    worker()
+    page = login(browser, console, ADMIN)
+    page.goto("/backlog?text=PRINTER")
+    assert page.inner_text("#total") == "60 mail(s) match" and page.locator("input.pick").count() == 50
+    assert page.locator("#select-matching").is_hidden()
+    page.check("#select-page")
+    assert page.inner_text("#selected-count") == "50 selected"
+    page.click("#select-matching")
+    assert page.inner_text("#selected-count") == "all 60 matching selected"
+    page.click("button.act[data-action='backlog.suspend']")
+    assert "Suspend 60 mail(s) (all matching)?" in page.inner_text("#confirm .confirm")
+    page.click("#confirm-apply")
+    page.wait_for_selector("#confirm .job[data-state=passed]", timeout=30_000)
+    assert page.locator("#confirm progress").get_attribute("value") == "60"
+    shot(page, "15-backlog-bulk-done")
+    assert states(store, printers) == ["suspended"] * 60
+    assert states(store, others) == ["backlog"] * 5
+
+
+def test_a_viewer_sees_the_backlog_but_cannot_resume(runtime, store, console, browser):
+    backlog_of(store, ["one waiting mail"])
     page = login(browser, console, VIEWER)
     page.goto("/backlog")
     assert page.inner_text("#total") == "1 mail(s) match"
