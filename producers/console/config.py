@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -52,7 +53,11 @@ class ConsoleConfig:
         return bool(self.oidc_issuer and self.oidc_client_id)
 
     def check_listen(self) -> None:
-        """Refuse plain HTTP on a non-loopback address unless a TLS proxy is declared in front."""
+        """Refuse plain HTTP on a non-loopback address unless a TLS proxy is declared in front, and an OIDC
+        issuer reached over plain HTTP anywhere but on loopback (its keys decide who logs in)."""
+        issuer = urllib.parse.urlsplit(self.oidc_issuer)
+        if self.oidc and issuer.scheme != "https" and not is_loopback(issuer.hostname or ""):
+            raise UnsafeListen(f"DESKMAIL_CONSOLE_OIDC_ISSUER must be an https URL, not {self.oidc_issuer!r}")
         if self.tls or self.behind_tls_proxy or is_loopback(self.host):
             return
         raise UnsafeListen(

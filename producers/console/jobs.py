@@ -49,15 +49,20 @@ class Jobs:
         """The store."""
         return self.runtime.store
 
-    def start_test(self, user: str, project: str, document: dict[str, Any], to: str | None) -> uuid.UUID:
-        """Run the Test action (workers.selftest.self_test) with the form's settings; its steps stream."""
+    def start_test(self, user: str, project: str, document: dict[str, Any], to: str | None,
+                   then: Callable[[], str] | None = None) -> uuid.UUID:
+        """Run the Test action (workers.selftest.self_test) with the form's settings; its steps stream.
+
+        `then` runs only when the test mail was accepted (Update after a passing test); its text ends the summary.
+        """
         job = uuid.uuid4()
         self.store.add_console_job(job, "test", f"Test of project {project} ({document['mail_service']})", user,
                                    project)
-        self._thread(self._run_test, job, project, document, to)
+        self._thread(self._run_test, job, project, document, to, then)
         return job
 
-    def _run_test(self, job: uuid.UUID, project: str, document: dict[str, Any], to: str | None) -> None:
+    def _run_test(self, job: uuid.UUID, project: str, document: dict[str, Any], to: str | None,
+                  then: Callable[[], str] | None) -> None:
         steps = lambda s: [asdict(step) for step in s]  # noqa: E731
         checkup = RecordedCheckup(lambda s: self.store.console_job_progress(job, len(s), steps(s)))
         try:
@@ -69,6 +74,8 @@ class Jobs:
             return
         last = checkup.steps[-1].name if checkup.steps else "the start"
         summary = "the test mail was accepted" if checkup.accepted else f"FAILED at {last}"
+        if then is not None:
+            summary += f"; {then()}" if checkup.accepted else "; nothing was updated"
         self.store.finish_console_job(job, len(checkup.steps), steps(checkup.steps), checkup.accepted, summary)
 
     def start_bulk(self, user: str, action: str, ids: list[str] | None, filters: dict[str, str | None],
@@ -82,15 +89,21 @@ class Jobs:
     def _run_bulk(self, job: uuid.UUID, user: str, action: str, ids: list[str] | None,
                   filters: dict[str, str | None]) -> None:
         done, steps, ok = 0, [], True
-        for batch in self._batches(action, ids, filters):
-            answer = self.actions.send(user, action, ids=batch)
-            done += answer.touched
-            steps.append({"name": f"{len(batch)} mail(s)", "status": "passed" if answer.ok else "failed",
-                          "detail": answer.text, "advice": ""})
-            self.store.console_job_progress(job, done, steps)
-            if not answer.ok:
-                ok = False
-                break
+        try:
+            for batch in self._batches(action, ids, filters):
+                answer = self.actions.send(user, action, ids=batch)
+                done += answer.touched
+                steps.append({"name": f"{len(batch)} mail(s)", "status": "passed" if answer.ok else "failed",
+                              "detail": answer.text, "advice": ""})
+                self.store.console_job_progress(job, done, steps)
+                if not answer.ok:
+                    ok = False
+                    break
+        except Exception as exc:  # noqa: BLE001 - the page shows where it stopped instead of polling forever
+            log.exception("console bulk %s stopped", action)
+            ok = False
+            steps.append({"name": "stopped", "status": "failed", "detail": f"{type(exc).__name__}: {exc}",
+                          "advice": "the mails not done yet are still where they were; try again"})
         self.store.finish_console_job(job, done, steps, ok, f"{done} mail(s) done" + ("" if ok else ", then stopped"))
 
     def _batches(self, action: str, ids: list[str] | None, filters: dict[str, str | None]):

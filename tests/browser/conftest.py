@@ -3,6 +3,7 @@ playwright, console accounts, and screenshots under var/screenshots/."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -26,16 +27,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def console(runtime) -> Iterator[str]:
+def console_config():
+    """The console's settings for a test (a test module may override this fixture)."""
+    from producers.console.config import ConsoleConfig
+    return ConsoleConfig()
+
+
+@pytest.fixture
+def console(runtime, console_config) -> Iterator[str]:
     """The console app on a free loopback port, with an admin and a viewer account; yields its base URL."""
     import uvicorn
     from producers.console.app import SecurityHeaders, create_app
     from producers.console.auth import hash_password
-    from producers.console.config import ConsoleConfig
     runtime.store.add_console_user(ADMIN, hash_password(PASSWORD), "admin")
     runtime.store.add_console_user(VIEWER, hash_password(PASSWORD), "viewer")
     port = _free_port()
-    app = SecurityHeaders(create_app(runtime, ConsoleConfig(port=port)), hsts=False)
+    app = SecurityHeaders(create_app(runtime, dataclasses.replace(console_config, port=port)), hsts=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -219,3 +219,22 @@ def test_the_login_page_and_every_response_carry_the_security_headers(console, b
     page.click("button[type=submit]")
     cookie = next(c for c in context.cookies() if c["name"] == "__Host-deskmail-session")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+
+
+def test_update_after_a_failing_test_saves_nothing_and_says_what_to_change(runtime, store, worker, peer, tls_ca,
+                                                                          console, browser):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path, per_day=10))
+    worker()
+    page = login(browser, console, ADMIN)
+    page.goto("/projects/alpha/smtp")
+    page.fill("input[name='smtp.password']", "a wrong password")
+    page.fill("input[name='limits.per_day']", "50")
+    page.check("input[name=test_first]")
+    page.click("#update")
+    page.wait_for_selector("#update-result .job[data-state=failed]", timeout=30_000)
+    failed = page.inner_text("#update-result li.step.failed")
+    assert "authentication" in failed and "What to change:" in failed
+    assert "FAILED at authentication; nothing was updated" in page.inner_text("#update-result")
+    shot(page, "16-smtp-test-failed")
+    assert store.get_project("alpha").per_day == 10
+    assert peer.messages == []

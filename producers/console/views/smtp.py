@@ -62,41 +62,61 @@ def _document(request: Request, key: str, form: FormData) -> tuple[dict[str, Any
     return (None, "; ".join(map(str, problems))) if problems else (document, "")
 
 
+def _test_to(form: FormData) -> tuple[str | None, str]:
+    """The test mail's recipient (None: the from address), or a problem."""
+    to = str(form.get("test_to") or "").strip() or None
+    try:
+        return (normalized_address(to) if to else None), ""
+    except ValueError as exc:
+        return None, f"test recipient: {exc}"
+
+
 @form_action("admin")
 async def test(request: Request, form: FormData, session: ConsoleSession) -> Response:
     """Start the Test action with the form's settings; the page then polls its steps."""
     key = request.path_params["key"]
     document, problem = _document(request, key, form)
-    to = str(form.get("test_to") or "").strip() or None
-    if document is not None and to:
-        try:
-            to = normalized_address(to)
-        except ValueError as exc:
-            document, problem = None, f"test recipient: {exc}"
+    to, bad_to = _test_to(form)
+    if document is not None and bad_to:
+        document, problem = None, bad_to
     if document is None:
         return render(request, "fragments/notice.html", 422, ok=False, text=problem)
     job = request.app.state.jobs.start_test(session.username, key, document, to)
     return render(request, "fragments/job.html", job=request.app.state.store.console_job(job))
 
 
-@form_action("admin")
-async def update(request: Request, form: FormData, session: ConsoleSession) -> Response:
-    """Update: the mail service settings, then Auto Resume and the limits, each as its control action."""
-    key = request.path_params["key"]
-    document, problem = _document(request, key, form)
-    if document is None:
-        return render(request, "fragments/notice.html", 422, ok=False, text=problem)
+def _update(request: Request, session: ConsoleSession, key: str, document: dict[str, Any],
+            auto: bool) -> list[tuple[str, Any]]:
+    """Send settings.set, then auto_resume.set and limits.set where they changed; one answer each."""
     actions, store = request.app.state.actions, request.app.state.store
     answers = [("Mail service settings", actions.send(session.username, "settings.set", project=key,
                                                       settings=document))]
     project = store.get_project(key)
-    auto = bool(form.get("auto_resume"))
     if project is None or project.auto_resume != auto:
         answers.append(("Auto Resume", actions.send(session.username, "auto_resume.set", project=key, enabled=auto)))
     limits = {k: (document.get("limits") or {}).get(k) or 0 for k in ("per_day", "recipients_per_mail")}  # 0: none
     if project is None or (project.per_day or 0, project.recipients_per_mail or 0) != tuple(limits.values()):
         answers.append(("Limits", actions.send(session.username, "limits.set", project=key, **limits)))
-    return render(request, "fragments/answers.html", answers=answers)
+    return answers
+
+
+@form_action("admin")
+async def update(request: Request, form: FormData, session: ConsoleSession) -> Response:
+    """Update: the mail service settings, then Auto Resume and the limits, each as its control action;
+    with "only after a passing test", the Test runs first and Update follows only if the mail was accepted."""
+    key = request.path_params["key"]
+    document, problem = _document(request, key, form)
+    if document is None:
+        return render(request, "fragments/notice.html", 422, ok=False, text=problem)
+    auto = bool(form.get("auto_resume"))
+    to, bad_to = _test_to(form)
+    if bad_to:
+        return render(request, "fragments/notice.html", 422, ok=False, text=bad_to)
+    if form.get("test_first"):
+        then = lambda: "; ".join(f"{label}: {a.text}" for label, a in _update(request, session, key, document, auto))  # noqa: E731
+        job = request.app.state.jobs.start_test(session.username, key, document, to, then)
+        return render(request, "fragments/job.html", job=request.app.state.store.console_job(job))
+    return render(request, "fragments/answers.html", answers=_update(request, session, key, document, auto))
 
 
 ROUTES = [Route("/projects/{key}/smtp", page, methods=["GET"]),
