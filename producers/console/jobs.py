@@ -79,10 +79,10 @@ class Jobs:
         self.store.finish_console_job(job, len(checkup.steps), steps(checkup.steps), checkup.accepted, summary)
 
     def start_bulk(self, user: str, action: str, ids: list[str] | None, filters: dict[str, str | None],
-                   total: int) -> uuid.UUID:
+                   total: int, label: str) -> uuid.UUID:
         """Apply `action` to the given ids, or to every mail matching `filters`, in batches of control messages."""
         job = uuid.uuid4()
-        self.store.add_console_job(job, "bulk", f"{action} of {total} mail(s)", user, filters.get("project"), total)
+        self.store.add_console_job(job, "bulk", f"{label} of {total} mail(s)", user, filters.get("project"), total)
         self._thread(self._run_bulk, job, user, action, ids, filters)
         return job
 

@@ -31,7 +31,8 @@ def message_id(store, event_id: str) -> str:
 
 
 def states(store, ids) -> list[str]:
-    return [store.get_mail(i).state for i in ids]
+    """Each mail's state; `unadmitted` while its event still waits on the admit queue."""
+    return [m.state if (m := store.get_mail(i)) else "unadmitted" for i in ids]
 
 
 def watch_csp(page) -> list[str]:

@@ -39,6 +39,8 @@ SCREENS = {s.state: s for s in (
     Screen("ambiguous", "Ambiguous", "/ambiguous", (("ambiguous.resend", "Resend"), ("ambiguous.close", "Close"))),
 )}
 
+LABELS = {action: label for s in SCREENS.values() for action, label in s.actions}
+
 
 def _filters(source) -> dict[str, str | None]:  # noqa: ANN001 - query params or form
     return {k: (str(source.get(k) or "").strip()[:200] or None) for k in FILTERS}
@@ -104,8 +106,7 @@ async def confirm(request: Request, form: FormData, session: ConsoleSession) -> 
     state = STATE_OF[action]
     by_project = (store.console_mail_count(state, filters) if ids is None
                   else store.console_selection_count(ids, state))
-    return render(request, "fragments/confirm.html", action=action, label=dict(
-        a for s in SCREENS.values() for a in s.actions)[action], ids=ids, filters=filters,
+    return render(request, "fragments/confirm.html", action=action, label=LABELS[action], ids=ids, filters=filters,
         count=sum(by_project.values()), quota=_quota(store, by_project) if action in SENDS else None)
 
 
@@ -114,7 +115,7 @@ async def apply(request: Request, form: FormData, session: ConsoleSession) -> Re
     """Run the confirmed action as a job of control messages; the page polls its progress."""
     action, ids, filters = _selection(form)
     total = int(str(form.get("count") or "0") or 0)
-    job = request.app.state.jobs.start_bulk(session.username, action, ids, filters, total)
+    job = request.app.state.jobs.start_bulk(session.username, action, ids, filters, total, LABELS[action])
     return render(request, "fragments/job.html", job=request.app.state.store.console_job(job))
 
 
