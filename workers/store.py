@@ -375,7 +375,8 @@ class Store:
 
     def add_console_job(self, job_id: uuid.UUID, kind: str, title: str, requested_by: str, project: str | None,
                         total: int = 0) -> None:
-        """Record a console job as started."""
+        """Record a console job as started (and forget those older than a week)."""
+        self._all("console_job_sweep")
         self._all("console_job_add", {"id": job_id, "kind": kind, "title": title, "requested_by": requested_by,
                                       "project": project, "total": total})
 

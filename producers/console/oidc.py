@@ -8,6 +8,7 @@ deskmail's own table says what they may do.
 from __future__ import annotations
 
 import functools
+import hmac
 import secrets
 import urllib.parse
 
@@ -26,6 +27,7 @@ from producers.console.config import ConsoleConfig
 from producers.console.pages import render
 
 TIMEOUT = 10
+STATE_COOKIE = "__Host-deskmail-oidc"  # binds the login to the browser that began it (no login CSRF)
 
 
 @functools.lru_cache(maxsize=4)
@@ -55,14 +57,21 @@ async def begin(request: Request) -> Response:
              "scope": "openid email profile", "state": state, "nonce": nonce,
              "code_challenge": create_s256_code_challenge(verifier), "code_challenge_method": "S256"}
     endpoint = _metadata(console.oidc_issuer)["authorization_endpoint"]
-    return RedirectResponse(f"{endpoint}?{urllib.parse.urlencode(query)}", status_code=303)
+    response = RedirectResponse(f"{endpoint}?{urllib.parse.urlencode(query)}", status_code=303)
+    # Lax, not Strict: the provider's redirect back is a cross-site navigation that must carry it.
+    response.set_cookie(STATE_COOKIE, state, max_age=600, path="/", secure=True, httponly=True, samesite="lax")
+    return response
 
 
 async def callback(request: Request) -> Response:
     """Exchange the code, verify the ID token (signature, issuer, audience, expiry, nonce), open a session."""
     console = _config(request)
     store = request.app.state.store
-    pending = store.finish_oidc_login(request.query_params.get("state", ""))
+    state = request.query_params.get("state", "")
+    if not hmac.compare_digest(state.encode(), request.cookies.get(STATE_COOKIE, "").encode()):
+        raise HTTPException(400, "This single sign-on login was started in another browser (or its cookie "
+                                 "expired); start again from the login page.")
+    pending = store.finish_oidc_login(state)
     if pending is None or "code" not in request.query_params:
         raise HTTPException(400, "This single sign-on login is unknown or expired; start again from the login page.")
     nonce, verifier = pending
@@ -82,6 +91,7 @@ async def callback(request: Request) -> Response:
     # A page rather than a redirect: the session cookie is SameSite=Strict, and a redirect chain that began
     # at the provider's site would not send it to the first screen.
     response = render(request, "continue.html", target="/")
+    response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
     auth.open_session(store, response, username, "oidc", console.session_hours)
     return response
 

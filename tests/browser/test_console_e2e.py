@@ -239,3 +239,20 @@ def test_update_after_a_failing_test_saves_nothing_and_says_what_to_change(runti
     shot(page, "16-smtp-test-failed")
     assert store.get_project("alpha").per_day == 10
     assert peer.messages == []
+
+
+def test_settings_the_schema_refuses_are_shown_in_the_page_and_not_tested(runtime, store, peer, tls_ca, console,
+                                                                          browser):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    page = login(browser, console, ADMIN)
+    page.goto("/projects/alpha/smtp")
+    page.fill("input[name='smtp.host']", "")
+    page.click("#test")
+    page.wait_for_selector("#test-result .notice.bad")
+    assert "smtp.host" in page.inner_text("#test-result")
+    page.select_option("select[name=mail_service]", "exchange")
+    page.wait_for_selector("input[name='exchange.ews_url']")
+    assert page.inner_text("#service-fields legend") == "Exchange"
+    assert page.locator("label.secret .tag").first.inner_text() == "not set"
+    shot(page, "17-smtp-settings-exchange")
+    assert peer.messages == []

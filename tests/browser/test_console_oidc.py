@@ -51,3 +51,19 @@ def test_a_replayed_callback_is_refused(store, provider, console, browser):
     page.wait_for_url(console + "/")
     answer = browser.new_context(base_url=console).new_page().goto(callbacks[0])
     assert answer.status == 400
+
+
+def test_a_callback_opened_in_another_browser_is_refused_and_the_login_still_works_where_it_began(
+        store, provider, console, browser):
+    store.add_console_user("olga@example.org", None, "admin")
+    page = browser.new_context(base_url=console).new_page()
+    provider.hold = True  # the provider shows the callback URL instead of following it
+    page.goto("/login")
+    page.click("text=Log in with single sign-on")
+    held = [page.inner_text("#callback")]
+    other = browser.new_context(base_url=console).new_page()
+    assert other.goto(held[0]).status == 400
+    assert "started in another browser" in other.inner_text("main")
+    page.goto(held[0])
+    page.wait_for_url(console + "/")
+    assert "olga@example.org (admin)" in page.inner_text("header")

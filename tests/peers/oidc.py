@@ -27,6 +27,7 @@ class OidcPeer:
         self.email = email
         self.key = RSAKey.generate_key(2048, parameters={"kid": "test-key"})
         self.codes: dict[str, dict[str, str]] = {}
+        self.hold = False  # True: show the callback URL as a page instead of redirecting to it
         peer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,14 @@ class OidcPeer:
                     code = secrets.token_urlsafe(16)
                     peer.codes[code] = query
                     target = f"{query['redirect_uri']}?{urllib.parse.urlencode({'code': code, 'state': query['state']})}"
+                    if peer.hold:
+                        body = f"<p id=callback>{target}</p>".encode()
+                        self.send_response(200)
+                        self.send_header("Content-Type", "text/html")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                        return
                     self.send_response(302)
                     self.send_header("Location", target)
                     self.send_header("Content-Length", "0")

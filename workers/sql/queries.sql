@@ -336,6 +336,9 @@ RETURNING state, nonce, verifier;
 INSERT INTO console_jobs (id, kind, title, requested_by, project, total)
 VALUES (%(id)s, %(kind)s, %(title)s, %(requested_by)s, %(project)s, %(total)s);
 
+-- name: console_job_sweep
+DELETE FROM console_jobs WHERE started_at < now() - interval '7 days';
+
 -- name: console_job_progress
 UPDATE console_jobs SET done = %(done)s, steps = %(steps)s WHERE id = %(id)s;
 
