@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,8 +19,6 @@ from producers.console.config import ConsoleConfig
 from producers.console.jobs import Jobs
 from producers.console.pages import HERE, render
 from workers.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 # htmx runs without eval and without its inline indicator styles, so nothing inline is needed.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

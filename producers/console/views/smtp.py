@@ -89,6 +89,8 @@ def _update(request: Request, session: ConsoleSession, key: str, document: dict[
             auto: bool) -> list[tuple[str, Any]]:
     """Send settings.set, then auto_resume.set and limits.set where they changed; one answer each."""
     actions, store = request.app.state.actions, request.app.state.store
+    # settings.set is not a control action yet: the adapter says so and sends nothing. The message shape here
+    # (project + the whole document) is to be matched to the control worker's once it has the action.
     answers = [("Mail service settings", actions.send(session.username, "settings.set", project=key,
                                                       settings=document))]
     project = store.get_project(key)
