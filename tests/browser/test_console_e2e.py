@@ -137,9 +137,9 @@ def test_an_admin_tests_settings_then_resumes_suspends_and_drains_a_backlog(runt
                        (f"/mail/{chosen[0]}", "11-mail"), ("/global", "12-global-settings")):
         page.goto(path)
         shot(page, name)
-    assert "Retry is not available yet" in (page.goto("/failed") and page.inner_text("main"))
     page.goto(f"/mail/{chosen[0]}")
     assert "sent" in page.inner_text("dl.facts")
+    assert "250" in page.inner_text("table.attempts")
     assert re.search(r"Subject\tTicket #\d\d", page.inner_text("table.headers"))
     page.goto("/audit?actor=console:ada")
     audit = page.locator("table.list tbody tr").all_inner_texts()
@@ -256,3 +256,30 @@ def test_settings_the_schema_refuses_are_shown_in_the_page_and_not_tested(runtim
     assert page.locator("label.secret .tag").first.inner_text() == "not set"
     shot(page, "17-smtp-settings-exchange")
     assert peer.messages == []
+
+
+def test_failed_mails_are_retried_and_ambiguous_ones_resent_or_closed(runtime, store, worker, peer, tls_ca, console,
+                                                                      browser):
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    failed = backlog_of(store, ["failed once"])
+    ambiguous = backlog_of(store, ["maybe delivered", "surely delivered"])
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE mail SET state = 'failed', detail = '554 5.7.1 rejected' WHERE event_id = %s",
+                     (failed[0],))
+        conn.execute("UPDATE mail SET state = 'ambiguous', detail = 'no reply after DATA' "
+                     "WHERE event_id = ANY(%s)", (ambiguous,))
+    worker()
+    page = login(browser, console, ADMIN)
+    for path, action, box, name in (("/failed", "failed.retry", 0, "18-failed-retry"),
+                                    ("/ambiguous", "ambiguous.close", 1, "19-ambiguous-close"),
+                                    ("/ambiguous", "ambiguous.resend", 0, None)):
+        page.goto(path)
+        page.locator("input.pick").nth(box).check()
+        page.click(f"button.act[data-action='{action}']")
+        page.click("#confirm-apply")
+        page.wait_for_selector("#confirm .job[data-state=passed]", timeout=30_000)
+        if name:
+            shot(page, name)
+    wait_until(lambda: states(store, failed + ambiguous) == ["sent"] * 3, 30)
+    assert {m.message["Subject"] for m in peer.wait_for(2)} == {"failed once", "maybe delivered"}
+    assert len(peer.messages) == 2  # the closed one was marked sent, not sent again

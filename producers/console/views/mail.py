@@ -1,4 +1,4 @@
-"""Mail: one mail's state, its attempts with the server's last answer, and its headers (never a body or a
+"""Mail: one mail's state, its attempts with the servers' answers, and its headers (never a body or a
 secret: the event carries no secret, and the body is left out on purpose)."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def mail_page(request: Request) -> Response:
     event = mail.event or {}
     body = {k: len(event[k]) for k in ("text", "html") if isinstance(event.get(k), str)}
     return render(request, "mail.html", section="/backlog", mail=mail, headers=headers(mail, project), body=body,
-                  record=event.get("record"))
+                  record=event.get("record"), attempts=store.attempts_of(mail.event_id))
 
 
 ROUTES = [Route("/mail/{event_id}", mail_page, methods=["GET"])]
