@@ -83,7 +83,8 @@ def config(database_url: str, amqp_url: str):
         smtp_final_reply_timeout=5.0, stale_after=2.0, lease_seconds=2.0, takeover_grace=1.0, db_pool_max=12)
 
 
-TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "control_refusals")
+TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "control_refusals",
+          "console_users", "console_sessions", "console_login_attempts", "console_oidc_logins", "console_jobs")
 
 
 @pytest.fixture
