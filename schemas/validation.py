@@ -11,6 +11,7 @@ from schemas.messages import problems_from
 from schemas.problems import InvalidPayload, Problem, sort_key
 from schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
 from schemas.semantics import semantic_problems
+from schemas.shape import TOO_DEEP, shape_problems
 
 __all__ = [
     "CONTROL", "EVENT", "SCHEMA_NAMES", "SETTINGS", "InvalidPayload", "Problem", "load_schema",
@@ -20,7 +21,10 @@ __all__ = [
 
 def validate(name: str, payload: Any) -> list[Problem]:
     """Every problem of `payload` against schema `name`, sorted by path; empty when valid."""
-    problems = [problem for error in validator(name).iter_errors(payload)
+    shape = shape_problems(payload)
+    if shape and shape[0].message == TOO_DEEP:
+        return shape  # the schema's own checks recurse: a payload this deep is not looked into
+    problems = shape + [problem for error in validator(name).iter_errors(payload)
                 for problem in problems_from(error)]
     problems += semantic_problems(name, payload)
     return sorted(problems, key=sort_key)
