@@ -24,27 +24,36 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def embedded(ip: Address) -> list[Address]:
-    """The address and every IPv4 address it carries: IPv4-mapped, IPv4-compatible, 6to4, Teredo (server and
-    client) and well-known NAT64; a packet to such an IPv6 address ends at the IPv4 one."""
-    found: list[Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped:
-            found.append(ip.ipv4_mapped)
-        if ip.sixtofour:
-            found.append(ip.sixtofour)
-        if ip.teredo:
-            found.extend(ip.teredo)
-        if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):  # NAT64, or the deprecated ::a.b.c.d
-            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    """Every IPv4 address ip carries: IPv4-mapped, IPv4-compatible, 6to4, Teredo (server and client) and
+    well-known NAT64; a packet to such an IPv6 address ends at (or is routed by) the IPv4 one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found: list[Address] = []
+    if _translated(ip):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found.extend(ip.teredo)
     return found
+
+
+def _translated(ip: ipaddress.IPv6Address) -> bool:
+    """IPv4-mapped, well-known NAT64 or the deprecated IPv4-compatible form: only the IPv4 address counts."""
+    return ip.ipv4_mapped is not None or ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1)
 
 
 def forbidden(ip: Address) -> str | None:
     """Why outbound mail may not go to ip (it, or an IPv4 address it wraps, is not globally routable), or None."""
-    for candidate in embedded(ip):
+    inner = embedded(ip)
+    if not (isinstance(ip, ipaddress.IPv6Address) and _translated(ip)):  # their prefixes are "reserved"
+        why = _not_global(ip)
+        if why:
+            return why
+    for candidate in inner:
         why = _not_global(candidate)
         if why:
-            return why if candidate == ip else f"wraps {candidate}, {why}"
+            return f"wraps {candidate}, {why}"
     return None
 
 
