@@ -59,7 +59,7 @@ def _address(address: str, name: str | None) -> str:
         return address
     if _is_ascii(name) and _PHRASE.fullmatch(name):
         return f"{name} <{address}>"
-    if _is_ascii(name) and name == name.strip() and "  " not in name and "\t" not in name:
+    if _is_ascii(name):  # a quoted-string keeps every space and tab as it is; an encoded word may not
         escaped = name.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}" <{address}>'
     encoded = _encoded_name(name)

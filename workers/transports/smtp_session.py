@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NoReturn, Protocol
 
 from schemas.addresses import ascii_domain_form
 from workers.transports import netpolicy, phase, tls
@@ -209,10 +209,13 @@ def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
     Without SMTPUTF8 at the server, domains go as punycode, and a Unicode local part (or a message whose
     headers need UTF-8) fails the mail before anything is said, so the session stays usable.
     """
-    utf8 = _needs_smtputf8(envelope)
-    if utf8 and not smtp.has_extn("smtputf8"):
+    if smtp.has_extn("smtputf8"):  # addresses go as given
+        utf8 = not envelope.data.isascii() or not all(a.isascii() for a in (envelope.sender, *envelope.recipients))
+        sender = envelope.sender
+    elif _needs_smtputf8(envelope):
         _refuse_without_smtputf8(envelope)
-    sender = envelope.sender if smtp.has_extn("smtputf8") else ascii_domain_form(envelope.sender)
+    else:
+        utf8, sender = False, ascii_domain_form(envelope.sender)
     code, text = smtp.mail(sender, ["SMTPUTF8"] if utf8 else [])
     if code != 250:
         smtp.rset()
@@ -224,12 +227,12 @@ def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
 
 
 def _needs_smtputf8(envelope: Envelope) -> bool:
-    """True when an address or the message cannot be written in ASCII, even with punycode domains."""
+    """True when an address or the message cannot be written in ASCII, even with domains in punycode."""
     addresses = (envelope.sender, *envelope.recipients)
     return not envelope.data.isascii() or not all(ascii_domain_form(a).isascii() for a in addresses)
 
 
-def _refuse_without_smtputf8(envelope: Envelope) -> None:
+def _refuse_without_smtputf8(envelope: Envelope) -> NoReturn:
     """The failure of a mail a server without SMTPUTF8 cannot take: naming the addresses at fault."""
     if not ascii_domain_form(envelope.sender).isascii():
         raise TransportFailure(Outcome.CONFIGURATION,
