@@ -130,7 +130,7 @@ def test_publish_lines_reports_each_bad_line_and_goes_on(unconnected_publisher) 
 # --- one header-text rule, every RFC 2047 form -------------------------------------
 
 ENCODED_FORMS = [
-    "=?utf-8?q?hi?=0D=0ABcc:_evil@x.com?=",      # `?` inside the encoded text
+    "=?utf-8?q?hi?x=0D=0ABcc:_evil@x.com?=",     # `?` inside the encoded text
     "=?UTF-8?Q?hi=0D=0ABcc:_evil@x.com?=",
     "=?utf-8?b?aGkNCkJjYzogZXZpbEB4LmNvbQ==?=",
     "=?iso-8859-1?B?aGkNCg==?=",
