@@ -22,11 +22,11 @@ from workers.transports.base import Delivered, Envelope, TransportFailure
 
 MASK = "********"
 MIN_LENGTH = 4  # a shorter secret is masked only inside the encodings below, not wherever its letters occur
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _URL_RUN = re.compile(r"[^\s&=\"'<>]*%[0-9A-Fa-f]{2}[^\s&=\"'<>]*")
 _USER_FIELDS = ("username", "sender", "client_id", "client_email")
 _CACHE_SIZE = 1024
 _CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], "Scrubber"] = {}
+_BY_OBJECT: dict[int, tuple[ProjectSettings, "Scrubber"]] = {}
 
 
 class Scrubber:
@@ -35,13 +35,21 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str], users: Iterable[str] = ()) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._needles = [s.encode("utf-8") for s in self.secrets]
-        forms = {form for secret in self.secrets for form in _forms(secret, tuple(users))}
+        users = tuple(users)
+        forms = {form for secret in self.secrets for form in _forms(secret, users)}
         self._forms = sorted((f for f in forms if len(f) >= MIN_LENGTH), key=len, reverse=True)
+        # A base64 run shorter than the encoding of the shortest secret cannot decode to something holding it.
+        long_enough = [len(needle) for needle in self._needles if len(needle) >= MIN_LENGTH]
+        shortest = max(8, 4 * min(long_enough) // 3) if long_enough else 8
+        self._base64_run = re.compile(r"[A-Za-z0-9+/_-]{%d,}={0,2}" % shortest)
 
     @classmethod
     def of(cls, settings: ProjectSettings) -> "Scrubber":
         """The scrubber of a project's settings: every x-secret value, with the block's user names for AUTH
         blobs (kept per set of secrets: sends are a hot path)."""
+        known = _BY_OBJECT.get(id(settings))
+        if known is not None and known[0] is settings:  # the settings service hands out one object per version
+            return known[1]
         found: list[str] = []
         for path in schemas.secret_paths(schemas.SETTINGS):
             node: Any = settings.document
@@ -56,6 +64,9 @@ class Scrubber:
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.clear()
             scrubber = _CACHE[key] = cls(found, users)
+        if len(_BY_OBJECT) >= _CACHE_SIZE:
+            _BY_OBJECT.clear()
+        _BY_OBJECT[id(settings)] = (settings, scrubber)
         return scrubber
 
     def text(self, text: str) -> str:
@@ -65,8 +76,9 @@ class Scrubber:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
-        text = _URL_RUN.sub(self._url_run, text)
-        return _BASE64_RUN.sub(self._run, text)
+        if "%" in text:
+            text = _URL_RUN.sub(self._url_run, text)
+        return self._base64_run.sub(self._run, text)
 
     def _url_run(self, match: re.Match[str]) -> str:
         """A percent-encoded run (however much of it an encoder escaped) masked when it decodes to a secret."""
