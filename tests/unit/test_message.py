@@ -147,3 +147,11 @@ def test_domains_go_into_headers_as_punycode_and_local_parts_as_given():
     assert msg["To"].addresses[0].addr_spec == "a@xn--bcher-kva.ch"
     assert msg["Cc"].addresses[0].addr_spec == "ü@xn--bcher-kva.ch"
     assert msg["From"].addresses[0].addr_spec == "desk@xn--exmple-cua.org"
+
+
+def test_graph_and_ews_see_a_unicode_domain_recipient_in_to_as_named_not_as_a_blind_copy():
+    from workers.transports.base import Envelope
+    ev = event(text="x", to=[{"address": "a@bücher.ch"}], bcc=[{"address": "hidden@bücher.ch"}])
+    data = build(ev, Sender("d@example.org"), "<x@e.org>", NOW)
+    envelope = Envelope(uuid.uuid4(), "d@example.org", ("a@bücher.ch", "hidden@bücher.ch"), data, "<x@e.org>")
+    assert envelope.blind_copies() == ["hidden@bücher.ch"]
