@@ -247,3 +247,15 @@ def test_poison_text_from_a_foreign_publisher_ends_rejected_with_the_field_named
     publisher.publish_raw(raw_envelope(ev), ev["event_id"], 1, Queue.ADMIT)
     mail = wait_until(lambda: store.get_mail(ev["event_id"]), timeout=5)
     assert mail.state == "rejected" and "subject:" in mail.detail
+
+
+def test_a_deeply_nested_event_from_a_foreign_publisher_ends_rejected_with_the_field_named(runtime, store, worker,
+                                                                                         publisher):
+    worker()
+    nested: Any = []
+    for _ in range(500):  # refused by depth alone, before any check that recurses (Dramatiq decodes up to ~1,000)
+        nested = [nested]
+    ev = event(extra=nested)
+    publisher.publish_raw(raw_envelope(ev), ev["event_id"], 1, Queue.ADMIT)
+    mail = wait_until(lambda: store.get_mail(ev["event_id"]), timeout=10)
+    assert mail.state == "rejected" and mail.detail.startswith("extra[0]") and "nested more than" in mail.detail
