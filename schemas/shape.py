@@ -14,10 +14,12 @@ from typing import Any
 from schemas.problems import Problem, format_path
 
 MAX_DEPTH = 32  # far above any payload of the three schemas (settings are the deepest, at 4)
-MAX_TEXT_PROBLEMS = 10
+MAX_TEXT_PROBLEMS = 10  # per payload: a million bad strings need not make a million messages
 _UNCARRIABLE = re.compile("[\x00\ud800-\udfff]")
 
 TOO_DEEP = f"is nested more than {MAX_DEPTH} levels deep"
+NOT_A_STRING_KEY = "has a key that is not a string"
+FATAL = frozenset({TOO_DEEP, NOT_A_STRING_KEY})  # the schema's own checks cannot look into such a payload
 
 
 def shape_problems(payload: Any) -> list[Problem]:
@@ -26,17 +28,18 @@ def shape_problems(payload: Any) -> list[Problem]:
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(payload, ())]
     while stack:
         value, parts = stack.pop()
-        if isinstance(value, (dict, list)) and len(parts) >= MAX_DEPTH:
+        if isinstance(value, (dict, list, tuple)) and len(parts) >= MAX_DEPTH:
             return [Problem(format_path(parts), TOO_DEEP)]
         if isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):  # JSON has none; json.dumps would fail on some, rename others
-                    problems.append(Problem(format_path(parts), "has a key that is not a string"))
+                    if len(problems) < MAX_TEXT_PROBLEMS:
+                        problems.append(Problem(format_path(parts), NOT_A_STRING_KEY))
                     continue
                 if len(problems) < MAX_TEXT_PROBLEMS:
                     _text(problems, key, (*parts, key), "its name")
                 stack.append((child, (*parts, key)))
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):  # a Python caller's tuple is encoded as a JSON list
             stack.extend((child, (*parts, index)) for index, child in enumerate(value))
         elif isinstance(value, str) and len(problems) < MAX_TEXT_PROBLEMS:
             _text(problems, value, parts, "the text")

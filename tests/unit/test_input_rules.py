@@ -81,6 +81,19 @@ def test_a_hundred_thousand_nested_brackets_are_refused_with_the_field_named(nam
     assert problem.path.split("[")[0] in ("extra", "action", "smtp")
 
 
+def test_deep_tuples_and_keys_that_are_not_strings_are_refused_too() -> None:
+    nested: Any = ()
+    for _ in range(100_000):
+        nested = (nested,)
+    assert found(EVENT, event(extra=nested))[0][1] == TOO_DEEP
+    assert ("headers", "has a key that is not a string") in found(EVENT, event(headers={("X", "Y"): "v"}))
+
+
+def test_at_most_ten_uncarriable_strings_are_reported() -> None:
+    from schemas.shape import shape_problems
+    assert len(shape_problems(event(headers={f"X-{i}": "\x00" for i in range(1000)}))) == 10
+
+
 def test_nesting_below_the_limit_is_only_checked_by_the_schema() -> None:
     assert TOO_DEEP not in [m for _, m in found(EVENT, event(extra=deep(MAX_DEPTH - 2)))]
 

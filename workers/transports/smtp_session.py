@@ -316,7 +316,8 @@ def _final_reply(smtp: smtplib.SMTP, final_reply_timeout: float) -> str:
             # unread, so the server stopped before it had read the whole message and its final "." — it cannot
             # have taken the mail, and sending it again is safe. A clean close (FIN) or silence after the "."
             # says nothing of the kind: the server may have read everything and queued the mail before going
-            # away, so that stays ambiguous.
+            # away, so that stays ambiguous. (We send nothing while we wait, so no firewall that forgot the
+            # connection has a packet of ours to answer with a reset.)
             raise TransportFailure(Outcome.TRANSIENT,
                                    f"connection reset before the server read the whole message ({waited:.0f} s "
                                    "after the end of DATA); it did not take the mail") from exc
