@@ -245,7 +245,7 @@ def test_poison_text_from_a_foreign_publisher_ends_rejected_with_the_field_named
     worker()
     ev = injected("subject", bad)
     publisher.publish_raw(raw_envelope(ev), ev["event_id"], 1, Queue.ADMIT)
-    mail = wait_until(lambda: store.get_mail(ev["event_id"]), timeout=5)
+    mail = wait_until(lambda: store.get_mail(ev["event_id"]), timeout=3)
     assert mail.state == "rejected" and "subject:" in mail.detail
 
 
