@@ -260,6 +260,9 @@ def publish_lines(publisher: Publisher, lines: Iterable[str],
         except RecursionError:
             yield number, None, "(line): nested too deeply to be an event"
             continue
+        except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+            yield number, None, f"(line): not usable JSON: {str(exc).split(';')[0][:200]}"
+            continue
         if not isinstance(event, dict):
             yield number, None, "(root): an event must be a JSON object"
             continue

@@ -132,12 +132,13 @@ def test_publish_many_names_the_bad_event_by_index(unconnected_publisher) -> Non
 
 def test_publish_lines_reports_each_bad_line_and_goes_on(unconnected_publisher) -> None:
     lines = ["[" * 100_000 + "]" * 100_000, json.dumps(event(text="\ud800")), json.dumps(event(text="a\x00")),
-             '{"a": ' * 100_000]
+             '{"a": ' * 100_000, '{"subject": 1' + "1" * 5000 + "}"]
     results = list(publish_lines(unconnected_publisher, lines))
-    assert [(number, event_id) for number, event_id, _ in results] == [(1, None), (2, None), (3, None), (4, None)]
+    assert [(number, event_id) for number, event_id, _ in results] == [(n, None) for n in range(1, 6)]
     errors = [error for _, _, error in results]
     assert "nested too deeply" in errors[0] and errors[1].startswith("text:") and errors[2].startswith("text:")
     assert "nested too deeply" in errors[3] or "not valid JSON" in errors[3]
+    assert errors[4].startswith("(line): not usable JSON")
 
 
 # --- one header-text rule, every RFC 2047 form -------------------------------------
