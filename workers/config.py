@@ -54,7 +54,7 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
-                "CIDRs that admin-configured mail hosts may resolve to although private or loopback (e.g. 10.0.0.0/8)."),
+                "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
         Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
         Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
                 "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),

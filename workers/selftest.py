@@ -9,6 +9,7 @@ from typing import Any
 from workers.delivery import envelope_for
 from workers.diagnosis import Checkup, Stop
 from workers.runtime import Runtime
+from workers.scrub import Scrubber
 from workers.settings import ProjectSettings
 
 UNSAVED = -1  # settings version of a document tested before it is saved
@@ -36,6 +37,7 @@ def self_test(runtime: Runtime, project: str, to: str | None = None,
     event = test_event(project, to or settings.document["from_address"])
     envelope = envelope_for(event, settings, datetime.now(timezone.utc))
     checkup = Checkup() if checkup is None else checkup
+    checkup.scrub = Scrubber.of(settings).text
     try:
         transport.diagnose(settings, envelope, checkup)
     except Stop:
