@@ -13,24 +13,14 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from workers.config import Config
-from workers.constants import MailService
 from workers.errors import StoreUnavailable
-from workers.records import Requeue
+from workers.handing import Enqueue, hand_on
 from workers.runtime import Runtime
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[MailService, str, int], None]
 Extra = Callable[[], dict[str, int]]
-
-
-def hand_on(enqueue: Enqueue, mails: list[Requeue]) -> int:
-    """Give mails to their transport queues; returns how many."""
-    for mail in mails:
-        if mail.mail_service:
-            enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
-    return len(mails)
 
 
 def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:

@@ -17,7 +17,8 @@ from psycopg_pool import ConnectionPool
 from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
-from workers.records import Admission, Attempt, AttemptOutcome, Claim, GlobalLimits, Mail, Project, Requeue
+from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
+                             GlobalLimits, Mail, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -71,25 +72,16 @@ class Store:
 
     @contextlib.contextmanager
     def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection; driver errors become StoreError here and nowhere else.
-
-        Lost or refused connections become StoreUnavailable (try again later), data PostgreSQL
-        cannot hold becomes DataRefused (trying again cannot help), anything else StoreError.
-        """
-        try:
-            with self.pool.connection(**options) as conn:
-                yield conn
-        except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
-            raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
+        """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
+        with _translated(self.health), self.pool.connection(**options) as conn:
+            yield conn
         self.health.succeeded()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator["Store"]:
+        """A store whose every method runs in one transaction, committed when the block ends."""
+        with self._conn() as conn, conn.transaction():
+            yield _InTransaction(self, conn)
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -125,34 +117,34 @@ class Store:
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, event: dict[str, Any], *, priority: int, recipients: int) -> Admission:
-        """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
-        row = self._one("admit", {
-            "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
-            "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-            "recipients": recipients, "created_at": event.get("created_at"),
-        })
-        assert row is not None
-        return Admission.from_row(row)
+        """Record one event and decide queued or backlog (idempotent on event_id)."""
+        return self.admit_many([(event, priority, recipients)])[0]
 
-    def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
-        """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
-        event = event if isinstance(event, dict) else None
-        project = event.get("project") if event and isinstance(event.get("project"), str) else None
-        kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
-        self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
-                             "detail": _clean(detail, 4000), "raw": _clean(raw, 65536),
-                             "event": Jsonb(event) if event else None})
+    def admit_many(self, items: list[tuple[dict[str, Any], int, int]]) -> list[Admission]:
+        """Record (event, priority, recipients) items and decide each in one transaction; in order."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
+        return [decided[str(e["event_id"])] for e, _, _ in items]
 
-    # -- delivery -----------------------------------------------------------------------------
+    def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
+        """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
+        `service` (the others are taken, done, or belong to another service now)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease,
+                                   "service": service})
+        return [Claim.from_row(r) for r in rows]
 
-    def claim(self, event_id: uuid.UUID | str, worker: str, lease: float) -> Claim | None:
-        """Lease a queued mail to `worker` for `lease` seconds, or None if it is not (or no longer) queued."""
-        row = self._one("claim", {"event_id": event_id, "worker": worker, "lease": lease})
-        return Claim.from_row(row) if row else None
+    def reroute(self, event_ids: list[str], service: str) -> list[Requeue]:
+        """Move queued mails whose project sends through another service than `service` to that service."""
+        rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
+        return [Requeue.from_row(r) for r in rows]
 
-    def enter_data_phase(self, claim: Claim) -> bool:
-        """Note that the worker is about to send DATA; False if its lease was taken over (do not send)."""
-        return self._one("enter_data_phase", {"event_id": claim.event_id, "token": claim.lease_token}) is not None
+    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
+        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
+        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
+                                              "tokens": [c.lease_token for c in claims]})
+        return {r["event_id"] for r in rows}
 
     def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
         """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
@@ -162,16 +154,18 @@ class Store:
                                           "lease": lease})
         return {r["event_id"] for r in rows}
 
-    def record_outcome(self, claim: Claim, worker: str, outcome: AttemptOutcome) -> bool:
-        """Write an attempt's outcome if the lease is still held; returns whether the mail took it."""
-        row = self._one("record_outcome", {
-            "event_id": claim.event_id, "token": claim.lease_token, "attempt": claim.attempt, "worker": worker,
-            "started": claim.claimed_at, "outcome": outcome.label, "state": outcome.state,
-            "reason": outcome.reason, "detail": _clean(outcome.detail), "refused": _json(outcome.refused),
-            "deferred": list(outcome.deferred) or None, "message_id": outcome.message_id,
-            "delay": outcome.delay, "refund": outcome.refund,
-            "config_error": outcome.config_error and _clean(outcome.config_error), "pause": outcome.pause})
-        return bool(row and row["recorded"])
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
+        """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
+        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                for c, o in done]
+        if not rows:
+            return set()
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+                if r["recorded"]}
 
     def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
         """Every delivery attempt of a mail, oldest first."""
@@ -300,16 +294,50 @@ class Store:
         row = self._one("control_answer", {"request_id": request_id})
         return row["answer"] if row else None
 
+    def claim_control_request(self, request_id: str, action: str) -> bool:
+        """Take a request id for applying it now; False if it was applied before (use inside atomic())."""
+        return self._one("claim_control_request", {"request_id": request_id, "action": action}) is not None
+
     def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Record the answer to a control request and its audit entry."""
+        """Record the answer to a claimed control request and its audit entry (use inside atomic())."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(self.q["record_control"], {"request_id": message["request_id"],
-                                                    "action": message["action"], "answer": Jsonb(answer)})
-            params = {k: v for k, v in message.items() if k not in ("signature", "requested_by")}
-            conn.execute(self.q["record_audit"], {
-                "actor": message.get("requested_by", "?"), "action": message["action"],
-                "project": message.get("project"), "params": Jsonb(params),
-                "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+            conn.execute(self.q["answer_control_request"], {"request_id": message["request_id"],
+                                                           "answer": Jsonb(answer)})
+            self._audit(conn, message, answer)
+
+    def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:
+        """Keep a refused control message's reason and audit entry; its request id stays free."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["record_control_refusal"], {"request_id": message.get("request_id"),
+                                                           "reason": reason})
+            self._audit(conn, message, {"ok": False, "error": reason, "touched": 0, "refused": True})
+
+    def control_refusal(self, request_id: str) -> str | None:
+        """Why the newest message carrying this request id was refused, or None."""
+        row = self._one("control_refusal", {"request_id": request_id})
+        return row["reason"] if row else None
+
+    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
+                  if k not in ("signature", "requested_by")}
+        conn.execute(self.q["record_audit"], {
+            "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
+            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+
+    def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
+                      project: str | None = None, kind: str | None = None) -> None:
+        """Keep a message that cannot be admitted as `rejected`: reason, detail, an excerpt and its size."""
+        self._all("keep_rejected", {"event_id": event_id, "project": project and project[:64],
+                                    "kind": kind and kind[:32], "reason": reason, "detail": detail[:4000],
+                                    "raw": excerpt, "raw_size": size})
+
+    def reachable(self) -> bool:
+        """True when PostgreSQL answers (tells a failing statement from a database that is away)."""
+        try:
+            return self._one("reachable") is not None
+        except StoreError:
+            return False
 
     def audit(self, project: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries."""
@@ -331,6 +359,124 @@ class Store:
         row = self._one("sent_today", {"scope": scope, "time_zone": time_zone})
         return int(row["sent"]) if row else 0
 
+    # -- admin console ------------------------------------------------------------------------
+
+    def console_mail_page(self, state: str, filters: dict[str, str | None], after: int = 0,
+                          limit: int = 50) -> list[dict[str, Any]]:
+        """One page of mails in `state` matching the console's filters (project, reason, kind, text)."""
+        return self._all("console_mail_page", {"state": state, **_filters(filters), "after": after, "limit": limit})
+
+    def console_mail_count(self, state: str, filters: dict[str, str | None]) -> dict[str, int]:
+        """{project: n} of the mails in `state` matching the filters."""
+        return {r["project"]: r["n"] for r in self._all("console_mail_count", {"state": state, **_filters(filters)})}
+
+    def console_selection_count(self, ids: list[str], state: str) -> dict[str, int]:
+        """{project: n} of the given mails that are still in `state`."""
+        rows = self._all("console_selection_count", {"ids": [uuid.UUID(str(i)) for i in ids], "state": state})
+        return {r["project"]: r["n"] for r in rows}
+
+    def console_mail_reasons(self, state: str) -> list[str]:
+        """The reasons mails in `state` have, for the filter's choices."""
+        return [r["reason"] for r in self._all("console_mail_reasons", {"state": state})]
+
+    def console_audit(self, *, project: str | None = None, actor: str | None = None, action: str | None = None,
+                      before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries, newest first, filtered; `before` pages by id."""
+        return self._all("console_audit", {"project": project, "actor": actor, "action": action,
+                                           "before": before, "limit": limit})
+
+    def console_audit_actions(self) -> list[str]:
+        """Every action name the audit holds."""
+        return [r["action"] for r in self._all("console_audit_actions")]
+
+    def console_user(self, username: str) -> ConsoleUser | None:
+        """A console account, or None."""
+        row = self._one("console_user_get", {"username": username})
+        return ConsoleUser.from_row(row) if row else None
+
+    def console_users(self) -> list[ConsoleUser]:
+        """Every console account."""
+        return [ConsoleUser.from_row(r) for r in self._all("console_user_list")]
+
+    def add_console_user(self, username: str, password_hash: str | None, role: str) -> bool:
+        """Create a console account; False if the name is taken."""
+        return self._rowcount("console_user_add", {"username": username, "password_hash": password_hash,
+                                                   "role": role}) == 1
+
+    def remove_console_user(self, username: str) -> bool:
+        """Delete a console account and its sessions; False if there was none."""
+        return self._rowcount("console_user_remove", {"username": username}) == 1
+
+    def set_console_password(self, username: str, password_hash: str | None) -> bool:
+        """Replace a console account's password, ending its sessions; False for an unknown account."""
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(self.q["console_user_exists"], {"username": username}).fetchone() is None:
+                return False
+            conn.execute(self.q["console_user_passwd"], {"username": username, "password_hash": password_hash})
+            return True
+
+    def record_console_audit(self, actor: str, action: str, params: dict[str, Any], ok: bool) -> None:
+        """An audit entry for a change of the console's own accounts (no control action covers those)."""
+        self._all("record_audit", {"actor": actor, "action": action, "project": None, "params": Jsonb(params),
+                                   "touched": 0, "result": Jsonb({"ok": ok})})
+
+    def add_console_session(self, token_hash: bytes, username: str, csrf_token: str, via: str,
+                            lifetime: float) -> None:
+        """Open a console session (only the token's hash is kept)."""
+        self._all("console_session_add", {"token_hash": token_hash, "username": username, "csrf_token": csrf_token,
+                                          "via": via, "lifetime": lifetime})
+
+    def console_session(self, token_hash: bytes) -> ConsoleSession | None:
+        """The live session with this token hash, with the user's current role, or None."""
+        row = self._one("console_session_get", {"token_hash": token_hash})
+        return ConsoleSession.from_row(row) if row else None
+
+    def remove_console_session(self, token_hash: bytes) -> None:
+        """End a session (and sweep expired ones)."""
+        self._all("console_session_remove", {"token_hash": token_hash})
+
+    def record_login_attempt(self, username: str, address: str, ok: bool) -> None:
+        """Remember a console login attempt; a success forgets the user's failures."""
+        self._all("console_login_attempt", {"username": username, "address": address, "ok": ok})
+        if ok:
+            self._all("console_login_forget", {"username": username})
+
+    def login_failures(self, username: str, address: str, window: float) -> tuple[int, int]:
+        """Failed console logins within `window` seconds: (for this user, from this address)."""
+        row = self._one("console_login_failures", {"username": username, "address": address, "window": window})
+        return (row["by_user"], row["by_address"]) if row else (0, 0)
+
+    def begin_oidc_login(self, state: str, nonce: str, verifier: str) -> None:
+        """Remember a single sign-on login until the provider calls back."""
+        self._all("console_oidc_begin", {"state": state, "nonce": nonce, "verifier": verifier})
+
+    def finish_oidc_login(self, state: str) -> tuple[str, str] | None:
+        """(nonce, verifier) of a pending login, used up; None if unknown or too old."""
+        row = self._one("console_oidc_finish", {"state": state})
+        return (row["nonce"], row["verifier"]) if row else None
+
+    def add_console_job(self, job_id: uuid.UUID, kind: str, title: str, requested_by: str, project: str | None,
+                        total: int = 0) -> None:
+        """Record a console job as started (and forget those older than a week)."""
+        self._all("console_job_sweep")
+        self._all("console_job_add", {"id": job_id, "kind": kind, "title": title, "requested_by": requested_by,
+                                      "project": project, "total": total})
+
+    def console_job_progress(self, job_id: uuid.UUID, done: int, steps: list) -> None:
+        """Record how far a console job got."""
+        self._all("console_job_progress", {"id": job_id, "done": done, "steps": Jsonb(steps)})
+
+    def finish_console_job(self, job_id: uuid.UUID, done: int, steps: list, ok: bool, summary: str) -> None:
+        """Record a console job's end."""
+        self._all("console_job_finish", {"id": job_id, "done": done, "steps": Jsonb(steps), "ok": ok,
+                                         "summary": summary})
+
+    def console_job(self, job_id: uuid.UUID | str) -> ConsoleJob | None:
+        """A console job, or None."""
+        row = self._one("console_job_get", {"id": job_id})
+        return ConsoleJob.from_row(row) if row else None
+
+
     # -- scheduler ----------------------------------------------------------------------------
 
     def take_due_retries(self, limit: int = 500) -> list[Requeue]:
@@ -346,6 +492,36 @@ class Store:
         """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
         rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+
+class _InTransaction(Store):
+    """The store's methods on one connection inside an open transaction (see Store.atomic)."""
+
+    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+        self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
+
+    @contextlib.contextmanager
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        with _translated(self.health):
+            yield self._held
+
+
+@contextlib.contextmanager
+def _translated(health: Health) -> Iterator[None]:
+    """Driver errors as deskmail's: lost or refused connections become StoreUnavailable (try again
+    later), data PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
+    try:
+        yield
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+        raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
 
 
 def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,
@@ -366,10 +542,13 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _json(value: Any) -> Jsonb | None:
-    if isinstance(value, dict):
-        value = {_clean(str(k), 320): _clean(str(v), 500) for k, v in value.items()}
-    return Jsonb(value) if value else None
+def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
+    """The console's list filters, empty ones as NULL."""
+    return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
+
+
+def _cleaned(refused: dict[str, str]) -> dict[str, str]:
+    return {_clean(str(k), 320): _clean(str(v), 500) for k, v in refused.items()}
 
 
 def _clean(text: str, limit: int = 2000) -> str:

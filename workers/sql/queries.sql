@@ -1,39 +1,57 @@
 -- Named queries: each block starts with `-- name: <name>`; loaded once by workers.sql.
 
 -- name: admit
-SELECT state, reason, detail, mail_service, is_new
-  FROM deskmail_admit(%(event_id)s, %(project)s, %(kind)s, %(priority)s, %(event)s,
-                      %(subject)s, %(recipients)s, %(created_at)s);
-
--- name: reject
-INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
-VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(detail)s, %(raw)s, %(event)s)
-ON CONFLICT (event_id) DO NOTHING;
+-- A batch of events admitted in one transaction (one commit for all): each exactly as
+-- deskmail_admit decides it, so quota is taken mail by mail and never overshot.
+SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
+  FROM jsonb_to_recordset(%(rows)s)
+       AS a(event_id uuid, project text, kind text, priority smallint, event jsonb, subject text,
+            recipients integer, created_at timestamptz)
+ CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
+                                   a.recipients, a.created_at) AS d;
 
 -- name: claim
--- The claim is a lease: a fresh token, renewed while the exchange runs (renew_leases). A mail that
--- was lost inside the DATA window carries duplicate_risk from here on.
+-- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
+-- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
+-- claims a whole batch; mails not queued (taken, done, not due) are simply not returned.
 UPDATE mail m
    SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = %(worker)s,
        lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
        takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
        phase = NULL, updated_at = now()
-  FROM (SELECT p.key, p.settings_version
-          FROM projects p, mail x
-         WHERE x.event_id = %(event_id)s AND p.key IN (x.project, 'default') AND p.settings IS NOT NULL
-         ORDER BY p.key = x.project DESC LIMIT 1) AS s
- WHERE m.event_id = %(event_id)s AND m.state = 'queued'
+  FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-RETURNING m.event_id, m.project, m.kind, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
+RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
           m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
 
+-- name: reroute
+-- Queued mails whose project now sends through another mail service than the queue they came on
+-- go to that service's queue: settings apply to every mail not sent yet (an admin's fix is meant
+-- for them), and a worker deployed for one service never sends through another.
+UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
+  FROM (SELECT x.event_id, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
+RETURNING m.event_id, m.priority, m.mail_service;
+
 -- name: enter_data_phase
--- Written before DATA: from here a loss may have left a copy with the server. No row: the lease
--- was taken over, and this worker must not send.
-UPDATE mail SET phase = 'data'
- WHERE event_id = %(event_id)s AND lease_token = %(token)s AND state = 'sending'
-RETURNING event_id;
+-- Written before DATA: from here a loss may have left a copy with the server. A mail not
+-- returned had its lease taken over, and this worker must not send it.
+UPDATE mail m SET phase = 'data'
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
 -- name: renew_leases
 UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
@@ -41,10 +59,16 @@ UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeov
  WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
 RETURNING m.event_id;
 
--- name: record_outcome
-SELECT deskmail_record_outcome(%(event_id)s, %(token)s, %(attempt)s, %(worker)s, %(started)s, %(outcome)s,
-                               %(state)s, %(reason)s, %(detail)s, %(refused)s, %(deferred)s, %(message_id)s,
-                               %(delay)s, %(refund)s, %(config_error)s, %(pause)s) AS recorded;
+-- name: record_outcomes
+-- The outcomes of a batch of attempts in one round trip (each as deskmail_record_outcome).
+SELECT r.event_id,
+       deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                               r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                               r.config_error, r.pause) AS recorded
+  FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                         outcome text, state text, reason text, detail text, refused jsonb,
+                                         deferred text[], message_id text, delay double precision,
+                                         refund boolean, config_error text, pause text);
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()
@@ -228,3 +252,156 @@ SELECT p.key FROM projects p
 
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
+
+-- name: claim_control_request
+-- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
+-- primary key until this one commits, then finds it applied (no row returned).
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, '{}')
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: answer_control_request
+UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: record_control_refusal
+INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: control_refusal
+SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;
+
+-- name: keep_rejected
+-- A rejected message keeps a bounded excerpt and its size; the whole body is never stored.
+INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, raw_size)
+VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', %(reason)s, %(detail)s, %(raw)s, %(raw_size)s)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: reachable
+SELECT 1 AS up;
+-- Admin console ------------------------------------------------------------------------------
+
+-- name: console_mail_page
+-- One page of mails in a state, in arrival order (keyset on seq), with the console's filters:
+-- project, reason, kind, and text in the subject or any recipient's address or name.
+SELECT m.seq, m.event_id, m.project, m.kind, m.recipients, m.subject, m.reason, m.detail, m.received_at,
+       m.updated_at, m.attempts
+  FROM mail m
+ WHERE m.state = %(state)s AND m.seq > %(after)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ ORDER BY m.seq LIMIT %(limit)s;
+
+-- name: console_mail_count
+-- How many mails match the same filters, per project (the confirmation's quota figures).
+SELECT m.project, count(*)::int AS n
+  FROM mail m
+ WHERE m.state = %(state)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ GROUP BY m.project ORDER BY m.project;
+
+-- name: console_selection_count
+SELECT m.project, count(*)::int AS n FROM mail m
+ WHERE m.event_id = ANY(%(ids)s) AND m.state = %(state)s GROUP BY m.project ORDER BY m.project;
+
+-- name: console_mail_reasons
+SELECT DISTINCT reason FROM mail WHERE state = %(state)s AND reason IS NOT NULL ORDER BY reason;
+
+-- name: console_audit
+SELECT id, at, actor, action, project, params, touched, result FROM audit
+ WHERE (%(project)s::text IS NULL OR project = %(project)s)
+   AND (%(actor)s::text IS NULL OR actor ILIKE '%%' || %(actor)s || '%%')
+   AND (%(action)s::text IS NULL OR action = %(action)s)
+   AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: console_audit_actions
+SELECT DISTINCT action FROM audit ORDER BY action;
+
+-- name: console_user_get
+SELECT username, password_hash, role, created_at, updated_at FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_list
+SELECT username, password_hash, role, created_at, updated_at FROM console_users ORDER BY username;
+
+-- name: console_user_add
+INSERT INTO console_users (username, password_hash, role) VALUES (%(username)s, %(password_hash)s, %(role)s)
+ON CONFLICT (username) DO NOTHING;
+
+-- name: console_user_remove
+DELETE FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_passwd
+-- A new password ends every session of the user.
+WITH changed AS (
+    UPDATE console_users SET password_hash = %(password_hash)s, updated_at = now()
+     WHERE username = %(username)s RETURNING username)
+DELETE FROM console_sessions WHERE username IN (SELECT username FROM changed);
+
+-- name: console_user_exists
+SELECT 1 FROM console_users WHERE username = %(username)s;
+
+-- name: console_session_add
+INSERT INTO console_sessions (token_hash, username, csrf_token, via, expires_at)
+VALUES (%(token_hash)s, %(username)s, %(csrf_token)s, %(via)s, now() + make_interval(secs => %(lifetime)s));
+
+-- name: console_session_get
+-- The role is read from the user on every request: a role change or removal counts at once.
+SELECT s.username, u.role, s.csrf_token, s.via, s.expires_at
+  FROM console_sessions s JOIN console_users u USING (username)
+ WHERE s.token_hash = %(token_hash)s AND s.expires_at > now();
+
+-- name: console_session_remove
+DELETE FROM console_sessions WHERE token_hash = %(token_hash)s OR expires_at < now();
+
+-- name: console_login_attempt
+INSERT INTO console_login_attempts (username, address, ok) VALUES (%(username)s, %(address)s, %(ok)s);
+
+-- name: console_login_failures
+SELECT (SELECT count(*) FROM console_login_attempts
+         WHERE username = %(username)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_user,
+       (SELECT count(*) FROM console_login_attempts
+         WHERE address = %(address)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_address;
+
+-- name: console_login_forget
+-- A successful login forgets the user's failures, and attempts older than a day go.
+DELETE FROM console_login_attempts
+ WHERE (username = %(username)s AND NOT ok) OR at < now() - interval '1 day';
+
+-- name: console_oidc_begin
+INSERT INTO console_oidc_logins (state, nonce, verifier) VALUES (%(state)s, %(nonce)s, %(verifier)s);
+
+-- name: console_oidc_finish
+-- Each state is good for one callback, within ten minutes.
+DELETE FROM console_oidc_logins WHERE state = %(state)s AND created_at > now() - interval '10 minutes'
+RETURNING state, nonce, verifier;
+
+-- name: console_job_add
+INSERT INTO console_jobs (id, kind, title, requested_by, project, total)
+VALUES (%(id)s, %(kind)s, %(title)s, %(requested_by)s, %(project)s, %(total)s);
+
+-- name: console_job_sweep
+DELETE FROM console_jobs WHERE started_at < now() - interval '7 days';
+
+-- name: console_job_progress
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s WHERE id = %(id)s;
+
+-- name: console_job_finish
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary = %(summary)s,
+       finished_at = now()
+ WHERE id = %(id)s;
+
+-- name: console_job_get
+SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
+  FROM console_jobs WHERE id = %(id)s;
