@@ -173,6 +173,7 @@ class PrivateServices:
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         demo.env["DESKMAIL_DATABASE_URL"] = self.database_url
         demo.env["DESKMAIL_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+        demo.env.pop("DESKMAIL_CONTROL_AMQP_URL", None)  # control messages on the same vhost
         self.postoffice_db = f"deskmail_bench_postoffice_{run}"
 
     def close(self) -> None:
@@ -433,11 +434,12 @@ def main() -> int:
                "smtp": {"host": "127.0.0.1", "port": sink_port, "security": "none", "auth": "none"}}
         (demo_dir := ROOT / "var" / "demo").mkdir(parents=True, exist_ok=True)
         (demo_dir / "bench.json").write_text(json.dumps(doc))
-        demo.cli("settings", "set", "bench", "--file", str(demo_dir / "bench.json"))
+        # Settings travel as a control message: the workers (which run the control actor) first.
         demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
                    "--threads", str(args.threads))
         profile.watch("workers", demo.procs[-1].pid)
         time.sleep(3)
+        demo.cli("settings", "set", "bench", "--file", str(demo_dir / "bench.json"))
         factory = lambda: Publisher(config.amqp_url, config.publish_timeout)  # noqa: E731
         warm = [sample(i) for i in range(200)]
         publish_all(factory, warm)
@@ -516,10 +518,10 @@ def main() -> int:
 def soak_only(demo: Demo, store, config, sink_port: int, args: argparse.Namespace) -> int:
     """`--soak N`: the workers' memory over N mails, no other run (not part of CI)."""
     from producers.publisher import Publisher
-    smtp_settings(demo, "bench", sink_port)
     demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
                "--threads", str(args.threads))
     time.sleep(3)
+    smtp_settings(demo, "bench", sink_port)
     factory = lambda: Publisher(config.amqp_url, config.publish_timeout)  # noqa: E731
     print(f"soak: {args.soak} mails, worker RSS every {args.soak_every:.0f} s")
     result = soak(store, factory, demo.procs[-1].pid, args.soak, args.soak_every)
