@@ -438,6 +438,10 @@ def main() -> int:
         demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
                    "--threads", str(args.threads))
         profile.watch("workers", demo.procs[-1].pid)
+        # As in production, a scheduler runs throughout: without it a mail retried after a
+        # transient fault would never be handed back, and the run would wait for it in vain.
+        demo.start("bench-scheduler", str(BIN / "deskmail"), "scheduler")
+        profile.watch("scheduler", demo.procs[-1].pid)
         time.sleep(3)
         demo.cli("settings", "set", "bench", "--file", str(demo_dir / "bench.json"))
         factory = lambda: Publisher(config.amqp_url, config.publish_timeout)  # noqa: E731
@@ -478,8 +482,6 @@ def main() -> int:
             figures.update(latency_p50_ms=round(p50, 1), latency_p99_ms=round(p99, 1),
                            latency_rate=args.latency_rate)
         if "drain" not in args.skip:
-            demo.start("bench-scheduler", str(BIN / "deskmail"), "scheduler")
-            profile.watch("scheduler", demo.procs[-1].pid)
             figures["drain"] = drain = backlog_drain(demo, store, config, factory, sink_port, args.drain_n, profile)
             drain["vs_steady"] = round(drain["drain_mails_per_s"] / throughput, 3)
             print(f"backlog drain: {drain['n']} mails admitted to a paused project's backlog in "
