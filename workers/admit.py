@@ -8,6 +8,7 @@ import uuid
 from typing import Any, Callable
 
 import schemas
+from workers import metrics
 from workers.constants import Kind, MailService, State
 from workers.store import Store
 
@@ -56,6 +57,8 @@ class Admitter:
         kind = Kind(event["kind"])
         recipients = len(schemas.unique_recipients(event))
         admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
+        if admission.is_new:
+            metrics.admitted(event["project"], admission.state, admission.reason)
         if admission.state == State.QUEUED:
             self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
         log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
@@ -72,4 +75,6 @@ class Admitter:
         body = args[0] if len(args) == 1 else None
         event_id = event_id_of(body, raw)
         self.store.reject(event_id, detail, raw, body if isinstance(body, dict) else None)
+        metrics.admitted(body.get("project") if isinstance(body, dict) and isinstance(body.get("project"), str)
+                         else None, State.REJECTED, "invalid_event")
         log.warning("event %s rejected: %s", event_id, detail)

@@ -16,6 +16,8 @@ from workers.constants import MAX_PRIORITY, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
 from workers.logs import configure_logging
+from workers.middleware.logcontext import LogContext
+from workers.middleware.metrics import MetricsEndpoint
 from workers.middleware.redaction import DropTracebacks
 from workers.runtime import Runtime
 from workers.scheduler import hand_on_due
@@ -35,6 +37,7 @@ def build_broker(config: Config) -> dramatiq.Broker:
     """
     broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=False, max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
+    broker.add_middleware(LogContext())
     return broker
 
 
@@ -62,8 +65,10 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
 def setup(config: Config | None = None) -> dramatiq.Broker:
     """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors."""
     config = config or Config.from_env()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     broker = build_broker(config)
+    if config.metrics_port:
+        broker.add_middleware(MetricsEndpoint(config))
     dramatiq.set_broker(broker)
     declare_actors(broker, Runtime(config))
     log.info("deskmail worker ready: %s", config.redacted())

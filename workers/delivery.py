@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers import logcontext, metrics
 from workers.config import Config
 from workers.constants import Reason, State
 from workers.message import Sender, build, message_id_for
@@ -50,24 +52,30 @@ class Deliverer:
         if claim is None:
             log.info("mail %s is not queued (already taken or done); nothing to do", event_id)
             return
+        logcontext.bind(project=claim.project, attempt=claim.attempts)
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
+            logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
             envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
+            metrics.mail_outcome(claim.project, logcontext.current().get("service"), "failed_configuration")
             self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")
             self.store.record_config_error(claim.project, f"cannot prepare mail: {exc}")
             return
+        started = time.perf_counter()
         try:
             delivered = transport.send(settings, envelope)
         except TransportFailure as failure:
+            metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
             self._failed(claim, envelope, failure)
             return
         except Exception as exc:  # noqa: BLE001 - an unforeseen error is retried, never left in `sending`
             log.exception("mail %s: unexpected error in the %s transport", event_id, settings.service)
             self._failed(claim, envelope, TransportFailure(Outcome.TRANSIENT, f"internal error: {type(exc).__name__}"))
             return
+        metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         self._delivered(claim, envelope, delivered)
 
     def _delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> None:
@@ -78,10 +86,13 @@ class Deliverer:
             self._retry(claim, failure, deferred=list(delivered.deferred))
             return
         self.store.mark_sent(claim.event_id, delivered.detail, delivered.refused or None, envelope.message_id)
+        _outcome(claim, "sent")
         log.debug("mail %s sent", claim.event_id)
 
     def _failed(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> None:
         log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
+        if failure.outcome is not Outcome.TRANSIENT:
+            _outcome(claim, OUTCOME_NAMES.get(failure.outcome, str(failure.outcome)))
         if failure.outcome is Outcome.TRANSIENT:
             self._retry(claim, failure)
         elif failure.outcome is Outcome.QUOTA:
@@ -101,7 +112,18 @@ class Deliverer:
         if age > self.config.retry_lifetime:
             self.store.mark_final(claim.event_id, State.FAILED, "expired",
                                   f"gave up after {claim.attempts} attempts: {failure.detail}", failure.refused)
+            _outcome(claim, "failed_expired")
             return
         delay = failure.retry_after or min(self.config.retry_cap,
                                            self.config.retry_base * 2 ** (claim.attempts - 1))
         self.store.mark_retry(claim.event_id, failure.detail, delay, failure.refused or None, deferred)
+        _outcome(claim, "retry")
+
+
+OUTCOME_NAMES = {Outcome.QUOTA: "backlog_provider_quota", Outcome.CONFIGURATION: "failed_configuration",
+                 Outcome.AMBIGUOUS: "ambiguous", Outcome.PERMANENT: "failed_permanent"}
+
+
+def _outcome(claim: Claim, outcome: str) -> None:
+    """Count a recorded outcome under the mail's project and service (from the log context)."""
+    metrics.mail_outcome(claim.project, logcontext.current().get("service"), outcome)

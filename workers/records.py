@@ -106,3 +106,21 @@ class Requeue(_FromRow):
     event_id: uuid.UUID
     priority: int
     mail_service: str | None
+
+
+@dataclass(frozen=True)
+class Heartbeat(_FromRow):
+    """The newest scheduler heartbeat: when, how long ago, and how many schedulers beat within the window."""
+
+    beat_at: datetime | None
+    age: float | None
+    fresh: int
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One sample the metrics endpoint reads from the ledger on a scrape."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
