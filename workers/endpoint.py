@@ -71,6 +71,13 @@ def handler_for(config: Config, exposition: Exposition) -> type[BaseHTTPRequestH
     return Handler
 
 
+def ledger_store(config: Config):  # noqa: ANN201 - workers.store.Store
+    """A small store of the endpoint's own: a scrape while PostgreSQL is down reports deskmail_ledger_up 0
+    within DESKMAIL_HEALTH_TIMEOUT instead of waiting for a busy worker pool."""
+    from workers.store import Store, open_pool
+    return Store(open_pool(config.database_url, 2, name="deskmail-metrics", timeout=config.health_timeout))
+
+
 def server(config: Config, store) -> ThreadingHTTPServer:  # noqa: ANN001 - workers.store.Store
     """A bound server on DESKMAIL_METRICS_HOST:DESKMAIL_METRICS_PORT (not yet serving)."""
     httpd = ThreadingHTTPServer((config.metrics_host, config.metrics_port), handler_for(config, Exposition(config, store)))

@@ -97,8 +97,8 @@ class Scheduler:
             signal.signal(sig, lambda *_: self.stop.set())
         log.info("scheduler running every %s s", self.config.scheduler_interval)
         if self.config.metrics_port:
-            from workers.endpoint import serve_in_thread
-            serve_in_thread(self.config, self.store)
+            from workers.endpoint import ledger_store, serve_in_thread
+            serve_in_thread(self.config, ledger_store(self.config))
         while not self.stop.is_set():
             try:
                 self.tick()

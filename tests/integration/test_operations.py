@@ -270,3 +270,20 @@ def test_healthcheck_reports_a_broker_that_refuses_connections(config):
     status, report, _ = healthcheck(config, "--no-scheduler",
                                     DESKMAIL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
     assert status == 5 and report["cause"] == "broker_unreachable"
+
+
+def test_the_scheduler_serves_its_heartbeat_on_its_own_endpoint(config, runtime, tmp_path):
+    port = free_port()
+    log = (tmp_path / "scheduler.log").open("wb")
+    proc = subprocess.Popen([str(BIN / "deskmail"), "scheduler"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=worker_env(config, DESKMAIL_METRICS_PORT=str(port), DESKMAIL_SCHEDULER_INTERVAL="1"),
+                            start_new_session=True)
+    try:
+        wait_until(lambda: port_open(port), timeout=30)
+        samples = wait_until(lambda: (s := scrape(port)) and value(s, "deskmail_schedulers_alive") == 1 and s,
+                             timeout=30)
+        assert value(samples, "deskmail_scheduler_heartbeat_age_seconds") < 10
+        assert status_of(port, "/healthz")[0] == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

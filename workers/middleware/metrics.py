@@ -47,14 +47,12 @@ def _remove_dead_groups() -> None:
 
 def serve_group() -> int:
     """Serve the group's endpoint until the group stops (runs in a process of its own)."""
-    from workers.endpoint import server
-    from workers.store import Store, open_pool
+    from workers.endpoint import ledger_store, server
     config = Config.from_env()
     if not config.metrics_dir:
         _remove_dead_groups()
     metrics.use_multiprocess_dir(group_dir(config))
-    # A scrape while PostgreSQL is down reports deskmail_ledger_up 0 quickly instead of hanging.
-    store = Store(open_pool(config.database_url, 2, name="deskmail-metrics", timeout=config.health_timeout))
+    store = ledger_store(config)
     httpd = server(config, store)
     try:
         httpd.serve_forever()

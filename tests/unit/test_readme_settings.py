@@ -1,0 +1,15 @@
+"""The README's settings table says what workers/config.py's SETTINGS say, variable by variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workers.config import SETTINGS
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_with_its_default_and_meaning():
+    for setting in SETTINGS.values():
+        default = f"`{setting.default}`" if setting.default else "(unset)"
+        assert f"| `{setting.env}` | {default} | {setting.help} |" in README, setting.env
