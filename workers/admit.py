@@ -10,7 +10,8 @@ from typing import Any, Callable
 import schemas
 from workers import metrics
 from workers.constants import Kind, MailService, State
-from workers.store import Store
+from workers.errors import DataRefused
+from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
@@ -56,7 +57,11 @@ class Admitter:
             return
         kind = Kind(event["kind"])
         recipients = len(schemas.unique_recipients(event))
-        admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
+        try:
+            admission = patiently(lambda: self.store.admit(event, priority=kind.priority, recipients=recipients))
+        except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
+            self._reject(args, kwargs, f"(event): {exc}", keep_event=False)
+            return
         if admission.is_new:
             metrics.admitted(event["project"], admission.state, admission.reason)
         if admission.state == State.QUEUED:
@@ -70,11 +75,11 @@ class Admitter:
         self.store.reject(event_id, detail, raw)
         log.warning("message %s rejected: %s", event_id, detail)
 
-    def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
+    def _reject(self, args: tuple, kwargs: dict, detail: str, keep_event: bool = True) -> None:
         raw = raw_text(args, kwargs)
         body = args[0] if len(args) == 1 else None
         event_id = event_id_of(body, raw)
-        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) else None)
+        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) and keep_event else None)
         metrics.admitted(body.get("project") if isinstance(body, dict) and isinstance(body.get("project"), str)
                          else None, State.REJECTED, "invalid_event")
         log.warning("event %s rejected: %s", event_id, detail)

@@ -6,6 +6,7 @@ Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker proce
 from __future__ import annotations
 
 import logging
+import urllib.parse
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -35,10 +36,21 @@ def build_broker(config: Config) -> dramatiq.Broker:
     message is only a wake-up; one lost in a broker crash is re-sent by the scheduler after
     DESKMAIL_STALE_AFTER. Publishers of events do use confirms (producers/publisher.py).
     """
-    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=False, max_priority=MAX_PRIORITY)
+    broker = RabbitmqBroker(url=with_timeouts(config.amqp_url), confirm_delivery=False, max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
     broker.add_middleware(LogContext())
     return broker
+
+
+BROKER_TIMEOUTS = {"heartbeat": "30", "blocked_connection_timeout": "60", "socket_timeout": "10",
+                   "stack_timeout": "30"}
+
+
+def with_timeouts(url: str) -> str:
+    """The AMQP URL with heartbeats and timeouts, so a dead or stalled broker is noticed; the URL's own win."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode({**BROKER_TIMEOUTS, **query})))
 
 
 def enqueuer(broker: dramatiq.Broker) -> "callable":
@@ -55,7 +67,7 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     store, enqueue = runtime.store, enqueuer(broker)
     dramatiq.Actor(Admitter(store, enqueue), broker=broker, actor_name=Queue.ADMIT,
                    queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
-    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
+    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config, runtime.leases, runtime.worker)
     for service in MailService:
         dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
                        priority=0, options=dict(ACTOR_OPTIONS))

@@ -1,4 +1,10 @@
-"""The transport actor's work: claim the ledger row, build the message, send, record the outcome."""
+"""The transport actor's work: lease the ledger row, build the message, send, record the outcome.
+
+Read top to bottom: `claim` -> `prepare` -> `send` (the phase hook marks the DATA window under the
+lease) -> `judge` (what the attempt came to) -> `record` (until PostgreSQL takes it). Once a
+server has answered, the outcome is written however long the database takes to come back; the
+send is never repeated because of a database fault.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,13 @@ import schemas
 from workers import logcontext, metrics
 from workers.config import Config
 from workers.constants import Reason, State
+from workers.errors import StoreError
+from workers.leases import LeaseKeeper
 from workers.message import Sender, build, message_id_for
-from workers.records import Claim
+from workers.records import AttemptOutcome, Claim
 from workers.settings import ProjectSettings, SettingsService
-from workers.store import Store
+from workers.store import Store, patiently
+from workers.transports import phase
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 log = logging.getLogger(__name__)
@@ -42,88 +51,103 @@ class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
     def __init__(self, store: Store, settings: SettingsService, transports: Mapping[str, Transport],
-                 config: Config, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 config: Config, leases: LeaseKeeper, worker: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.store, self.settings, self.transports = store, settings, transports
-        self.config, self.clock = config, clock
+        self.config, self.leases, self.worker, self.clock = config, leases, worker, clock
 
     def __call__(self, event_id: str) -> None:
         """Deliver one mail by event id; a mail not in `queued` is someone else's (or done)."""
-        claim = self.store.claim(event_id)
+        claim = patiently(lambda: self.store.claim(event_id, self.worker, self.config.lease_seconds))
         if claim is None:
             log.info("mail %s is not queued (already taken or done); nothing to do", event_id)
             return
-        logcontext.bind(project=claim.project, attempt=claim.attempts)
+        logcontext.bind(project=claim.project, attempt=claim.attempt)
+        with self.leases.holding(claim):
+            outcome = self.attempt(claim)
+            self.record(claim, outcome)
+
+    def attempt(self, claim: Claim) -> AttemptOutcome:
+        """Prepare and send one claimed mail; what it came to."""
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
             logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
             envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
-            log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
-            metrics.mail_outcome(claim.project, logcontext.current().get("service"), "failed_configuration")
-            self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")
-            self.store.record_config_error(claim.project, f"cannot prepare mail: {exc}")
-            return
+            log.warning("mail %s cannot be prepared: %s", claim.event_id, type(exc).__name__)
+            detail = f"cannot prepare the mail: {exc}"
+            return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
+                                  config_error=detail)
+        entered: list[bool] = []
         started = time.perf_counter()
         try:
-            delivered = transport.send(settings, envelope)
+            with phase.watching(lambda: self._enter_data(claim, entered)):
+                delivered = transport.send(settings, envelope)
+            metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
             metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
-            self._failed(claim, envelope, failure)
-            return
-        except Exception as exc:  # noqa: BLE001 - an unforeseen error is retried, never left in `sending`
-            log.exception("mail %s: unexpected error in the %s transport", event_id, settings.service)
-            self._failed(claim, envelope, TransportFailure(Outcome.TRANSIENT, f"internal error: {type(exc).__name__}"))
-            return
-        metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
-        self._delivered(claim, envelope, delivered)
+            log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
+            return self.judge_failure(claim, envelope, failure)
+        except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
+            log.exception("mail %s: unexpected error in the %s transport", claim.event_id, settings.service)
+            outcome = Outcome.AMBIGUOUS if entered else Outcome.TRANSIENT
+            return self.judge_failure(claim, envelope, TransportFailure(outcome, f"internal error: {type(exc).__name__}"))
+        return self.judge_delivered(claim, envelope, delivered)
 
-    def _delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> None:
+    def _enter_data(self, claim: Claim, entered: list[bool]) -> None:
+        try:
+            held = self.store.enter_data_phase(claim)
+        except StoreError as exc:
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        if not held:
+            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
+        entered.append(True)
+
+    def judge_delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> AttemptOutcome:
+        """The outcome of a send the server took (perhaps for some recipients only)."""
         if delivered.deferred:
-            failure = TransportFailure(Outcome.TRANSIENT, "some recipients deferred: " +
-                                       "; ".join(f"{a}: {r}" for a, r in delivered.deferred.items()),
-                                       refused={**delivered.refused, **delivered.deferred})
-            self._retry(claim, failure, deferred=list(delivered.deferred))
-            return
-        self.store.mark_sent(claim.event_id, delivered.detail, delivered.refused or None, envelope.message_id)
-        _outcome(claim, "sent")
-        log.debug("mail %s sent", claim.event_id)
+            detail = "some recipients deferred: " + "; ".join(f"{a}: {r}" for a, r in delivered.deferred.items())
+            failure = TransportFailure(Outcome.TRANSIENT, detail, refused={**delivered.refused, **delivered.deferred})
+            return self._retry(claim, failure, "partial", deferred=tuple(delivered.deferred))
+        return AttemptOutcome("partial" if delivered.refused else "sent", State.SENT, delivered.detail,
+                              refused=delivered.refused, message_id=envelope.message_id)
 
-    def _failed(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> None:
-        log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
-        if failure.outcome is not Outcome.TRANSIENT:
-            _outcome(claim, OUTCOME_NAMES.get(failure.outcome, str(failure.outcome)))
+    def judge_failure(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> AttemptOutcome:
+        """The outcome of a send that did not (or may not have) gone through."""
+        never_left = not claim.deferred  # after a partial delivery some recipients already have it
         if failure.outcome is Outcome.TRANSIENT:
-            self._retry(claim, failure)
-        elif failure.outcome is Outcome.QUOTA:
-            self.store.mark_backlog(claim.event_id, Reason.PROVIDER_QUOTA, failure.detail)
-            self.store.pause_project(claim.project, Reason.PROVIDER_QUOTA)
-        elif failure.outcome is Outcome.CONFIGURATION:
-            self.store.mark_final(claim.event_id, State.FAILED, "configuration", failure.detail, failure.refused)
-            self.store.record_config_error(claim.project, failure.detail)
-        elif failure.outcome is Outcome.AMBIGUOUS:
-            self.store.mark_final(claim.event_id, State.AMBIGUOUS, "no_final_reply", failure.detail,
+            return self._retry(claim, failure, "retry")
+        if failure.outcome is Outcome.QUOTA:
+            return AttemptOutcome("quota", State.BACKLOG, failure.detail, Reason.PROVIDER_QUOTA,
+                                  refund=never_left, pause=Reason.PROVIDER_QUOTA)
+        if failure.outcome is Outcome.CONFIGURATION:
+            return AttemptOutcome("configuration", State.FAILED, failure.detail, "configuration",
+                                  failure.refused, refund=never_left, config_error=failure.detail)
+        if failure.outcome is Outcome.AMBIGUOUS:
+            return AttemptOutcome("ambiguous", State.AMBIGUOUS, failure.detail, "no_final_reply",
                                   message_id=envelope.message_id)
-        else:
-            self.store.mark_final(claim.event_id, State.FAILED, "permanent", failure.detail, failure.refused)
+        return AttemptOutcome("failed", State.FAILED, failure.detail, "permanent", failure.refused,
+                              refund=never_left)
 
-    def _retry(self, claim: Claim, failure: TransportFailure, deferred: list[str] | None = None) -> None:
+    def _retry(self, claim: Claim, failure: TransportFailure, label: str,
+               deferred: tuple[str, ...] = ()) -> AttemptOutcome:
         age = (self.clock() - claim.received_at).total_seconds()
         if age > self.config.retry_lifetime:
-            self.store.mark_final(claim.event_id, State.FAILED, "expired",
-                                  f"gave up after {claim.attempts} attempts: {failure.detail}", failure.refused)
-            _outcome(claim, "failed_expired")
-            return
-        delay = failure.retry_after or min(self.config.retry_cap,
-                                           self.config.retry_base * 2 ** (claim.attempts - 1))
-        self.store.mark_retry(claim.event_id, failure.detail, delay, failure.refused or None, deferred)
-        _outcome(claim, "retry")
+            return AttemptOutcome("failed", State.FAILED, f"gave up after {claim.attempt} attempts: {failure.detail}",
+                                  "expired", failure.refused, refund=not claim.deferred and not deferred)
+        delay = failure.retry_after or min(self.config.retry_cap, self.config.retry_base * 2 ** (claim.attempt - 1))
+        return AttemptOutcome(label, State.QUEUED, failure.detail, refused=failure.refused, deferred=deferred,
+                              delay=delay)
 
-
-OUTCOME_NAMES = {Outcome.QUOTA: "backlog_provider_quota", Outcome.CONFIGURATION: "failed_configuration",
-                 Outcome.AMBIGUOUS: "ambiguous", Outcome.PERMANENT: "failed_permanent"}
-
-
-def _outcome(claim: Claim, outcome: str) -> None:
-    """Count a recorded outcome under the mail's project and service (from the log context)."""
-    metrics.mail_outcome(claim.project, logcontext.current().get("service"), outcome)
+    def record(self, claim: Claim, outcome: AttemptOutcome) -> None:
+        """Write the outcome, waiting for PostgreSQL as long as it takes; never sends again for it."""
+        recorded = patiently(lambda: self.store.record_outcome(claim, self.worker, outcome))
+        metrics.mail_outcome(claim.project, logcontext.current().get("service"),
+                             outcome.label if recorded else "lease_lost")
+        if not recorded:
+            log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
+                        claim.event_id, outcome.label)
+        else:
+            log.debug("mail %s: %s", claim.event_id, outcome.label)

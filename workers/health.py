@@ -78,7 +78,7 @@ class OneConnection:
         self.conn = conn
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, **options: object) -> Iterator[psycopg.Connection]:
         """The one connection."""
         yield self.conn
 

@@ -75,7 +75,7 @@ def _safely(func):  # noqa: ANN001, ANN202 - a decorator
 
 @_safely
 def mail_outcome(project: str | None, service: str | None, outcome: str) -> None:
-    """Count an outcome a worker recorded: sent, retry, failed_permanent, failed_configuration, ambiguous, ..."""
+    """Count an outcome a worker recorded: sent, partial, retry, quota, configuration, failed, ambiguous, lease_lost."""
     instruments().outcomes.labels(project or "", service or "", outcome).inc()
 
 

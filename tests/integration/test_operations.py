@@ -76,8 +76,8 @@ def test_a_scrape_during_a_pipeline_run_shows_outcomes_latency_backlog_quota_and
     outcome = "deskmail_mail_outcomes_total"
     assert value(after, outcome, project="alpha", service="smtp", outcome="sent") - \
         value(before, outcome, project="alpha", service="smtp", outcome="sent") == 3
-    assert value(after, outcome, project="beta", service="smtp", outcome="failed_configuration") - \
-        value(before, outcome, project="beta", service="smtp", outcome="failed_configuration") == 1
+    assert value(after, outcome, project="beta", service="smtp", outcome="configuration") - \
+        value(before, outcome, project="beta", service="smtp", outcome="configuration") == 1
     sends = "deskmail_send_duration_seconds_count"
     assert value(after, sends, service="smtp", outcome="delivered") - \
         value(before, sends, service="smtp", outcome="delivered") == 3
