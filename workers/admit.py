@@ -11,12 +11,14 @@ import schemas
 from workers import metrics
 from workers.constants import Kind, MailService, State
 from workers.errors import DataRefused
+from workers.records import Admission
 from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
 
-Enqueue = Callable[[MailService, str, int], None]
+MAX_BATCH = 1000  # events one admit message may carry
+Enqueue = Callable[[MailService, list[str], int], None]
 
 
 def raw_text(args: tuple, kwargs: dict) -> str:
@@ -46,28 +48,54 @@ class Admitter:
         self.enqueue = enqueue
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        """Admit one event; whatever it holds, it ends in a ledger state and the worker goes on."""
-        if len(args) != 1 or kwargs or not isinstance(args[0], dict):
-            self._reject(args, kwargs, "(root): the message must carry exactly one event object as its only argument")
+        """Admit one event, or a batch of them (a list), in one transaction; whatever a message holds,
+        each event ends in a ledger state and the worker goes on."""
+        if len(args) != 1 or kwargs or not isinstance(args[0], (dict, list)):
+            self._reject(args, kwargs, "(root): the message must carry one event object, or a list of them, "
+                                       "as its only argument")
             return
+        bodies = [args[0]] if isinstance(args[0], dict) else args[0][:MAX_BATCH]
+        for extra in args[0][MAX_BATCH:] if isinstance(args[0], list) else ():
+            self._reject((extra,), {}, f"(root): a batch carries at most {MAX_BATCH} events")
+        items = [item for item in map(self._checked, bodies) if item is not None]
         try:
-            event = schemas.normalize_event(args[0])
+            admissions = patiently(lambda: self.store.admit_many(items))
+        except DataRefused:  # some event's data cannot be stored: admit one by one, reject that one alone
+            admissions = [self._admit_alone(item) for item in items]
+        self._hand_on([(event, admission) for (event, _, _), admission in zip(items, admissions) if admission])
+
+    def _checked(self, body: Any) -> tuple[dict, int, int] | None:
+        """The normalized event with its priority and recipient count, or None once rejected."""
+        if not isinstance(body, dict):
+            self._reject((body,), {}, "(root): an event must be a JSON object")
+            return None
+        try:
+            event = schemas.normalize_event(body)
         except schemas.InvalidPayload as exc:
-            self._reject(args, kwargs, str(exc))
-            return
-        kind = Kind(event["kind"])
-        recipients = len(schemas.unique_recipients(event))
+            self._reject((body,), {}, str(exc))
+            return None
+        return event, Kind(event["kind"]).priority, len(schemas.unique_recipients(event))
+
+    def _admit_alone(self, item: tuple[dict, int, int]) -> Admission | None:
         try:
-            admission = patiently(lambda: self.store.admit(event, priority=kind.priority, recipients=recipients))
+            return patiently(lambda: self.store.admit_many([item]))[0]
         except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
-            self._reject(args, kwargs, f"(event): {exc}", keep_event=False)
-            return
-        if admission.is_new:
-            metrics.admitted(event["project"], admission.state, admission.reason)
-        if admission.state == State.QUEUED:
-            self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
-        log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
-                 f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            self._reject((item[0],), {}, f"(event): {exc}", keep_event=False)
+            return None
+
+    def _hand_on(self, admitted: list[tuple[dict, Admission]]) -> None:
+        """One transport message per mail service and kind for the queued mails (records first)."""
+        groups: dict[tuple[str, int], list[str]] = {}
+        for event, admission in admitted:
+            if admission.is_new:
+                metrics.admitted(event["project"], admission.state, admission.reason)
+            log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
+                      f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            if admission.state == State.QUEUED:
+                key = (admission.mail_service or "", Kind(event["kind"]).priority)
+                groups.setdefault(key, []).append(str(event["event_id"]))
+        for (service, priority), ids in sorted(groups.items(), key=lambda g: -g[0][1]):
+            self.enqueue(MailService(service), ids, priority)
 
     def reject_raw(self, raw: str, detail: str) -> None:
         """Keep a message that is not even an envelope as `rejected`, with its raw text."""

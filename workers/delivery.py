@@ -28,6 +28,8 @@ from workers.transports import phase
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 1000  # event ids one transport message may carry
+CHUNK = 10        # mails whose DATA phase and outcomes are written in one statement each
 
 
 def sender_of(settings: ProjectSettings) -> Sender:
@@ -56,19 +58,28 @@ class Deliverer:
         self.store, self.settings, self.transports = store, settings, transports
         self.config, self.leases, self.worker, self.clock = config, leases, worker, clock
 
-    def __call__(self, event_id: str) -> None:
-        """Deliver one mail by event id; a mail not in `queued` is someone else's (or done)."""
-        claim = patiently(lambda: self.store.claim(event_id, self.worker, self.config.lease_seconds))
-        if claim is None:
-            log.info("mail %s is not queued (already taken or done); nothing to do", event_id)
-            return
-        logcontext.bind(project=claim.project, attempt=claim.attempt)
-        with self.leases.holding(claim):
-            outcome = self.attempt(claim)
-            self.record(claim, outcome)
+    def __call__(self, event_ids: str | list[str]) -> None:
+        """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
 
-    def attempt(self, claim: Claim) -> AttemptOutcome:
+        Mails not in `queued` are someone else's (or done). The batch is sent in chunks: the DATA
+        phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
+        """
+        ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
+        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds))
+        if len(claims) < len(ids):
+            log.info("%d of %d mails are not queued (taken or done); nothing to do for them",
+                     len(ids) - len(claims), len(ids))
+        claims.sort(key=lambda c: -c.priority)
+        with self.leases.holding(claims):
+            for start in range(0, len(claims), CHUNK):
+                chunk = claims[start:start + CHUNK]
+                gate = DataGate(self.store, chunk)
+                self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
+
+    def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
+        # every line logged from here on is about this mail (the middleware restores the context after the call)
+        logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
             logcontext.bind(service=settings.service)
@@ -79,10 +90,9 @@ class Deliverer:
             detail = f"cannot prepare the mail: {exc}"
             return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
                                   config_error=detail)
-        entered: list[bool] = []
         started = time.perf_counter()
         try:
-            with phase.watching(lambda: self._enter_data(claim, entered)):
+            with phase.watching(lambda: gate.enter(claim)):
                 delivered = transport.send(settings, envelope)
             metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
@@ -91,19 +101,9 @@ class Deliverer:
             return self.judge_failure(claim, envelope, failure)
         except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
             log.exception("mail %s: unexpected error in the %s transport", claim.event_id, settings.service)
-            outcome = Outcome.AMBIGUOUS if entered else Outcome.TRANSIENT
+            outcome = Outcome.AMBIGUOUS if gate.entered(claim) else Outcome.TRANSIENT
             return self.judge_failure(claim, envelope, TransportFailure(outcome, f"internal error: {type(exc).__name__}"))
         return self.judge_delivered(claim, envelope, delivered)
-
-    def _enter_data(self, claim: Claim, entered: list[bool]) -> None:
-        try:
-            held = self.store.enter_data_phase(claim)
-        except StoreError as exc:
-            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
-                from exc
-        if not held:
-            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
-        entered.append(True)
 
     def judge_delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> AttemptOutcome:
         """The outcome of a send the server took (perhaps for some recipients only)."""
@@ -141,13 +141,53 @@ class Deliverer:
         return AttemptOutcome(label, State.QUEUED, failure.detail, refused=failure.refused, deferred=deferred,
                               delay=delay)
 
-    def record(self, claim: Claim, outcome: AttemptOutcome) -> None:
-        """Write the outcome, waiting for PostgreSQL as long as it takes; never sends again for it."""
-        recorded = patiently(lambda: self.store.record_outcome(claim, self.worker, outcome))
-        metrics.mail_outcome(claim.project, logcontext.current().get("service"),
-                             outcome.label if recorded else "lease_lost")
-        if not recorded:
-            log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
-                        claim.event_id, outcome.label)
-        else:
-            log.debug("mail %s: %s", claim.event_id, outcome.label)
+    def record(self, done: list[tuple[Claim, AttemptOutcome]]) -> None:
+        """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
+        taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
+        for claim, outcome in done:
+            metrics.mail_outcome(claim.project, self._service_of(claim),
+                                 outcome.label if claim.event_id in taken else "lease_lost")
+            if claim.event_id not in taken:
+                log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
+                            claim.event_id, outcome.label)
+
+    def _service_of(self, claim: Claim) -> str:
+        """The mail service a claim was sent through (settings are cached by version), for the metrics."""
+        try:
+            return self.settings.load(claim.settings_key, claim.settings_version).service
+        except Exception:  # noqa: BLE001 - settings that cannot be loaded were a configuration outcome
+            return ""
+
+
+class DataGate:
+    """The DATA phase of a chunk of claims, written in one statement when the first of them reaches DATA.
+
+    Marking the chunk at once costs one round trip per chunk instead of per mail; a worker lost
+    before the chunk's outcomes are written leaves all its mails flagged, as the DATA window requires.
+    """
+
+    def __init__(self, store: Store, claims: list[Claim]) -> None:
+        self.store, self.claims = store, claims
+        self.held: set[uuid.UUID] = set()
+        self.asked: set[uuid.UUID] = set()
+        self._entered: set[uuid.UUID] = set()
+
+    def enter(self, claim: Claim) -> None:
+        """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
+        if claim.event_id not in self.asked:
+            self._mark([c for c in self.claims if c.event_id not in self.asked])
+        if claim.event_id not in self.held:
+            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
+        self._entered.add(claim.event_id)
+
+    def entered(self, claim: Claim) -> bool:
+        """Whether claim's mail may have been handed over."""
+        return claim.event_id in self._entered
+
+    def _mark(self, claims: list[Claim]) -> None:
+        try:
+            self.held |= self.store.enter_data_phase(claims)
+        except StoreError as exc:
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        self.asked |= {c.event_id for c in claims}

@@ -32,16 +32,17 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def holding(self, claim: Claim) -> Iterator[None]:
-        """Keep claim's lease alive while the block runs."""
+    def holding(self, claims: list[Claim]) -> Iterator[None]:
+        """Keep the claims' leases alive while the block runs."""
         self._start()
         with self._lock:
-            self._held[claim.event_id] = claim.lease_token
+            self._held.update((c.event_id, c.lease_token) for c in claims)
         try:
             yield
         finally:
             with self._lock:
-                self._held.pop(claim.event_id, None)
+                for claim in claims:
+                    self._held.pop(claim.event_id, None)
 
     def renew(self) -> set[uuid.UUID]:
         """Renew every held lease now; returns the ids still held (the others were taken over)."""

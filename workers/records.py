@@ -33,6 +33,7 @@ class Claim(_FromRow):
     event_id: uuid.UUID
     project: str
     kind: str
+    priority: int
     event: dict
     message_id: str
     attempt: int

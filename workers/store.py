@@ -125,14 +125,16 @@ class Store:
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, event: dict[str, Any], *, priority: int, recipients: int) -> Admission:
-        """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
-        row = self._one("admit", {
-            "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
-            "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-            "recipients": recipients, "created_at": event.get("created_at"),
-        })
-        assert row is not None
-        return Admission.from_row(row)
+        """Record one event and decide queued or backlog (idempotent on event_id)."""
+        return self.admit_many([(event, priority, recipients)])[0]
+
+    def admit_many(self, items: list[tuple[dict[str, Any], int, int]]) -> list[Admission]:
+        """Record (event, priority, recipients) items and decide each in one transaction; in order."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
+        return [decided[str(e["event_id"])] for e, _, _ in items]
 
     def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
         """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
@@ -145,14 +147,16 @@ class Store:
 
     # -- delivery -----------------------------------------------------------------------------
 
-    def claim(self, event_id: uuid.UUID | str, worker: str, lease: float) -> Claim | None:
-        """Lease a queued mail to `worker` for `lease` seconds, or None if it is not (or no longer) queued."""
-        row = self._one("claim", {"event_id": event_id, "worker": worker, "lease": lease})
-        return Claim.from_row(row) if row else None
+    def claim(self, event_ids: list[str], worker: str, lease: float) -> list[Claim]:
+        """Lease the queued ones of these mails to `worker` for `lease` seconds (others are taken or done)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease})
+        return [Claim.from_row(r) for r in rows]
 
-    def enter_data_phase(self, claim: Claim) -> bool:
-        """Note that the worker is about to send DATA; False if its lease was taken over (do not send)."""
-        return self._one("enter_data_phase", {"event_id": claim.event_id, "token": claim.lease_token}) is not None
+    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
+        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
+        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
+                                              "tokens": [c.lease_token for c in claims]})
+        return {r["event_id"] for r in rows}
 
     def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
         """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
@@ -162,16 +166,18 @@ class Store:
                                           "lease": lease})
         return {r["event_id"] for r in rows}
 
-    def record_outcome(self, claim: Claim, worker: str, outcome: AttemptOutcome) -> bool:
-        """Write an attempt's outcome if the lease is still held; returns whether the mail took it."""
-        row = self._one("record_outcome", {
-            "event_id": claim.event_id, "token": claim.lease_token, "attempt": claim.attempt, "worker": worker,
-            "started": claim.claimed_at, "outcome": outcome.label, "state": outcome.state,
-            "reason": outcome.reason, "detail": _clean(outcome.detail), "refused": _json(outcome.refused),
-            "deferred": list(outcome.deferred) or None, "message_id": outcome.message_id,
-            "delay": outcome.delay, "refund": outcome.refund,
-            "config_error": outcome.config_error and _clean(outcome.config_error), "pause": outcome.pause})
-        return bool(row and row["recorded"])
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
+        """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
+        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                for c, o in done]
+        if not rows:
+            return set()
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+                if r["recorded"]}
 
     def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
         """Every delivery attempt of a mail, oldest first."""
@@ -407,10 +413,8 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _json(value: Any) -> Jsonb | None:
-    if isinstance(value, dict):
-        value = {_clean(str(k), 320): _clean(str(v), 500) for k, v in value.items()}
-    return Jsonb(value) if value else None
+def _cleaned(refused: dict[str, str]) -> dict[str, str]:
+    return {_clean(str(k), 320): _clean(str(v), 500) for k, v in refused.items()}
 
 
 def _clean(text: str, limit: int = 2000) -> str:

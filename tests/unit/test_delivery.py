@@ -29,23 +29,23 @@ class FakeStore:
         self.recorded: list[AttemptOutcome] = []
         self.record_calls = 0
 
-    def claim(self, event_id, worker, lease) -> Claim:  # noqa: ANN001
+    def claim(self, event_ids, worker, lease) -> list[Claim]:  # noqa: ANN001
         event = {"event_id": str(self.event_id), "project": "alpha", "kind": "notification",
                  "to": [{"address": "user@example.com"}], "subject": "Hi", "text": "Hello.\n"}
-        return Claim(self.event_id, "alpha", "notification", event, "<m@x>", 1, uuid.uuid4(), NOW, NOW, None,
-                     "alpha", 1)
+        return [Claim(self.event_id, "alpha", "notification", 1, event, "<m@x>", 1, uuid.uuid4(), NOW, NOW, None,
+                      "alpha", 1)]
 
-    def enter_data_phase(self, claim: Claim) -> bool:
+    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
         if isinstance(self.phase_answer, Exception):
             raise self.phase_answer
-        return self.phase_answer
+        return {c.event_id for c in claims} if self.phase_answer else set()
 
-    def record_outcome(self, claim: Claim, worker: str, outcome: AttemptOutcome) -> bool:
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
         self.record_calls += 1
         if self.record_calls <= self.outcome_faults:
             raise StoreUnavailable("PostgreSQL: OperationalError: server closed the connection unexpectedly")
-        self.recorded.append(outcome)
-        return True
+        self.recorded.extend(outcome for _, outcome in done)
+        return {claim.event_id for claim, _ in done}
 
 
 class FakeSettings:
@@ -70,7 +70,7 @@ class FakeTransport(Transport):
 
 
 class NoLeases:
-    def holding(self, claim):  # noqa: ANN001
+    def holding(self, claims):  # noqa: ANN001
         import contextlib
         return contextlib.nullcontext()
 

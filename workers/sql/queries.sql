@@ -1,9 +1,14 @@
 -- Named queries: each block starts with `-- name: <name>`; loaded once by workers.sql.
 
 -- name: admit
-SELECT state, reason, detail, mail_service, is_new
-  FROM deskmail_admit(%(event_id)s, %(project)s, %(kind)s, %(priority)s, %(event)s,
-                      %(subject)s, %(recipients)s, %(created_at)s);
+-- A batch of events admitted in one transaction (one commit for all): each exactly as
+-- deskmail_admit decides it, so quota is taken mail by mail and never overshot.
+SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
+  FROM jsonb_to_recordset(%(rows)s)
+       AS a(event_id uuid, project text, kind text, priority smallint, event jsonb, subject text,
+            recipients integer, created_at timestamptz)
+ CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
+                                   a.recipients, a.created_at) AS d;
 
 -- name: reject
 INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
@@ -11,29 +16,33 @@ VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(deta
 ON CONFLICT (event_id) DO NOTHING;
 
 -- name: claim
--- The claim is a lease: a fresh token, renewed while the exchange runs (renew_leases). A mail that
--- was lost inside the DATA window carries duplicate_risk from here on.
+-- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
+-- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
+-- claims a whole batch; mails not queued (taken, done, not due) are simply not returned.
 UPDATE mail m
    SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = %(worker)s,
        lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
        takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
        phase = NULL, updated_at = now()
-  FROM (SELECT p.key, p.settings_version
-          FROM projects p, mail x
-         WHERE x.event_id = %(event_id)s AND p.key IN (x.project, 'default') AND p.settings IS NOT NULL
-         ORDER BY p.key = x.project DESC LIMIT 1) AS s
- WHERE m.event_id = %(event_id)s AND m.state = 'queued'
+  FROM (SELECT x.event_id, s.key, s.settings_version
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued'
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-RETURNING m.event_id, m.project, m.kind, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
+RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
           m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
 
 -- name: enter_data_phase
--- Written before DATA: from here a loss may have left a copy with the server. No row: the lease
--- was taken over, and this worker must not send.
-UPDATE mail SET phase = 'data'
- WHERE event_id = %(event_id)s AND lease_token = %(token)s AND state = 'sending'
-RETURNING event_id;
+-- Written before DATA: from here a loss may have left a copy with the server. A mail not
+-- returned had its lease taken over, and this worker must not send it.
+UPDATE mail m SET phase = 'data'
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
 -- name: renew_leases
 UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
@@ -41,10 +50,16 @@ UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeov
  WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
 RETURNING m.event_id;
 
--- name: record_outcome
-SELECT deskmail_record_outcome(%(event_id)s, %(token)s, %(attempt)s, %(worker)s, %(started)s, %(outcome)s,
-                               %(state)s, %(reason)s, %(detail)s, %(refused)s, %(deferred)s, %(message_id)s,
-                               %(delay)s, %(refund)s, %(config_error)s, %(pause)s) AS recorded;
+-- name: record_outcomes
+-- The outcomes of a batch of attempts in one round trip (each as deskmail_record_outcome).
+SELECT r.event_id,
+       deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                               r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                               r.config_error, r.pause) AS recorded
+  FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                         outcome text, state text, reason text, detail text, refused jsonb,
+                                         deferred text[], message_id text, delay double precision,
+                                         refund boolean, config_error text, pause text);
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()
