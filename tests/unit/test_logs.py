@@ -20,7 +20,9 @@ def stream():
     out = io.StringIO()
     root.handlers = [logging.StreamHandler(out)]
     root.setLevel(logging.DEBUG)
+    outside = logcontext.start()  # no mail, whatever an earlier test left in this thread
     yield out
+    logcontext.end(outside)
     root.handlers, root.level = saved[0], saved[1]
 
 
