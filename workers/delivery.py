@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Mapping
 import schemas
 from workers import logcontext, metrics
 from workers.config import Config
-from workers.constants import Reason, State
+from workers.constants import MailService, Reason, State
 from workers.errors import StoreError
+from workers.handing import Enqueue, hand_on
 from workers.leases import LeaseKeeper
 from workers.message import Sender, build, message_id_for
 from workers.records import AttemptOutcome, Claim
@@ -52,11 +53,11 @@ def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
 class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
-    def __init__(self, store: Store, settings: SettingsService, transports: Mapping[str, Transport],
-                 config: Config, leases: LeaseKeeper, worker: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
-        self.store, self.settings, self.transports = store, settings, transports
-        self.config, self.leases, self.worker, self.clock = config, leases, worker, clock
+    def __init__(self, service: MailService, store: Store, settings: SettingsService,
+                 transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
+                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.service, self.store, self.settings, self.transports = service, store, settings, transports
+        self.config, self.leases, self.worker, self.enqueue, self.clock = config, leases, worker, enqueue, clock
 
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
@@ -65,16 +66,23 @@ class Deliverer:
         phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
         """
         ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
-        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds))
+        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds, self.service))
         if len(claims) < len(ids):
-            log.info("%d of %d mails are not queued (taken or done); nothing to do for them",
-                     len(ids) - len(claims), len(ids))
+            self._not_claimed(ids, claims)
         claims.sort(key=lambda c: -c.priority)
         with self.leases.holding(claims):
             for start in range(0, len(claims), CHUNK):
                 chunk = claims[start:start + CHUNK]
                 gate = DataGate(self.store, chunk)
                 self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
+                self.leases.release(chunk)
+
+    def _not_claimed(self, ids: list[str], claims: list[Claim]) -> None:
+        claimed = {str(c.event_id) for c in claims}
+        rest = [i for i in ids if i not in claimed]
+        moved = hand_on(self.enqueue, patiently(lambda: self.store.reroute(rest, self.service)))
+        log.info("%d of %d mails not sent here: %d now go through another mail service, the others are "
+                 "taken, done or not due", len(rest), len(ids), moved)
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
@@ -145,18 +153,12 @@ class Deliverer:
         """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
         taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
         for claim, outcome in done:
-            metrics.mail_outcome(claim.project, self._service_of(claim),
+            metrics.mail_outcome(claim.project, self.service,
                                  outcome.label if claim.event_id in taken else "lease_lost")
             if claim.event_id not in taken:
                 log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
                             claim.event_id, outcome.label)
 
-    def _service_of(self, claim: Claim) -> str:
-        """The mail service a claim was sent through (settings are cached by version), for the metrics."""
-        try:
-            return self.settings.load(claim.settings_key, claim.settings_version).service
-        except Exception:  # noqa: BLE001 - settings that cannot be loaded were a configuration outcome
-            return ""
 
 
 class DataGate:

@@ -127,29 +127,41 @@ def _database(config: Config, heartbeat: bool) -> tuple[list[Check], set[str] | 
 
 
 def _broker(config: Config) -> tuple[Check, dict[str, int]]:
-    """Connect and read each deskmail queue's consumer count with a passive declare (no management API)."""
-    where = redact_url(config.amqp_url)
-    params = pika.URLParameters(config.amqp_url)
-    params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = config.health_timeout
+    """Connect and read each deskmail queue's consumer count with a passive declare (no management API);
+    deskmail.control is looked up on the control vhost when DESKMAIL_CONTROL_AMQP_URL sets one."""
+    where: dict[str, list[str]] = {}
+    for queue in Queue:
+        where.setdefault(config.control_url if queue is Queue.CONTROL else config.amqp_url, []).append(queue)
+    consumers: dict[str, int] = {}
+    for url, queues in where.items():
+        failed = _count_consumers(url, queues, config.health_timeout, consumers)
+        if failed:
+            return Check("broker", False, f"cannot connect to {redact_url(url)}: {failed}",
+                         Cause.BROKER_UNREACHABLE), consumers
+    return Check("broker", True, "connected to " + ", ".join(redact_url(u) for u in where)), consumers
+
+
+def _count_consumers(url: str, queues: list[str], timeout: float, into: dict[str, int]) -> str | None:
+    """Fill `into` with each queue's consumer count (-1: not declared); the connection failure, or None."""
+    params = pika.URLParameters(url)
+    params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = timeout
     params.connection_attempts, params.retry_delay = 1, 0
     try:
         conn = pika.BlockingConnection(params)
     except Exception as exc:  # noqa: BLE001 - every pika failure means "unreachable" here
         said = str(exc.args[0]) if exc.args else ""
-        return Check("broker", False, f"cannot connect to {where}: {type(exc).__name__} {said[:300]}".strip(),
-                     Cause.BROKER_UNREACHABLE), {}
-    consumers: dict[str, int] = {}
+        return f"{type(exc).__name__} {said[:300]}".strip()
     try:
-        for queue in Queue:
+        for queue in queues:
             channel = conn.channel()
             try:
-                consumers[queue] = channel.queue_declare(queue, passive=True).method.consumer_count
+                into[queue] = channel.queue_declare(queue, passive=True).method.consumer_count
                 channel.close()
             except pika.exceptions.ChannelClosedByBroker:  # 404: never declared, so nobody consumes it
-                consumers[queue] = -1
+                into[queue] = -1
     finally:
         conn.close()
-    return Check("broker", True, f"connected to {where}"), consumers
+    return None
 
 
 def _consumers(consumers: dict[str, int], required: list[str]) -> Check:

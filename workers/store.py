@@ -71,25 +71,16 @@ class Store:
 
     @contextlib.contextmanager
     def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection; driver errors become StoreError here and nowhere else.
-
-        Lost or refused connections become StoreUnavailable (try again later), data PostgreSQL
-        cannot hold becomes DataRefused (trying again cannot help), anything else StoreError.
-        """
-        try:
-            with self.pool.connection(**options) as conn:
-                yield conn
-        except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
-            raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
+        """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
+        with _translated(self.health), self.pool.connection(**options) as conn:
+            yield conn
         self.health.succeeded()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator["Store"]:
+        """A store whose every method runs in one transaction, committed when the block ends."""
+        with self._conn() as conn, conn.transaction():
+            yield _InTransaction(self, conn)
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -136,21 +127,17 @@ class Store:
         decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
         return [decided[str(e["event_id"])] for e, _, _ in items]
 
-    def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
-        """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
-        event = event if isinstance(event, dict) else None
-        project = event.get("project") if event and isinstance(event.get("project"), str) else None
-        kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
-        self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
-                             "detail": _clean(detail, 4000), "raw": _clean(raw, 65536),
-                             "event": Jsonb(event) if event else None})
-
-    # -- delivery -----------------------------------------------------------------------------
-
-    def claim(self, event_ids: list[str], worker: str, lease: float) -> list[Claim]:
-        """Lease the queued ones of these mails to `worker` for `lease` seconds (others are taken or done)."""
-        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease})
+    def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
+        """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
+        `service` (the others are taken, done, or belong to another service now)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease,
+                                   "service": service})
         return [Claim.from_row(r) for r in rows]
+
+    def reroute(self, event_ids: list[str], service: str) -> list[Requeue]:
+        """Move queued mails whose project sends through another service than `service` to that service."""
+        rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
+        return [Requeue.from_row(r) for r in rows]
 
     def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
         """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
@@ -306,16 +293,50 @@ class Store:
         row = self._one("control_answer", {"request_id": request_id})
         return row["answer"] if row else None
 
+    def claim_control_request(self, request_id: str, action: str) -> bool:
+        """Take a request id for applying it now; False if it was applied before (use inside atomic())."""
+        return self._one("claim_control_request", {"request_id": request_id, "action": action}) is not None
+
     def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Record the answer to a control request and its audit entry."""
+        """Record the answer to a claimed control request and its audit entry (use inside atomic())."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(self.q["record_control"], {"request_id": message["request_id"],
-                                                    "action": message["action"], "answer": Jsonb(answer)})
-            params = {k: v for k, v in message.items() if k not in ("signature", "requested_by")}
-            conn.execute(self.q["record_audit"], {
-                "actor": message.get("requested_by", "?"), "action": message["action"],
-                "project": message.get("project"), "params": Jsonb(params),
-                "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+            conn.execute(self.q["answer_control_request"], {"request_id": message["request_id"],
+                                                           "answer": Jsonb(answer)})
+            self._audit(conn, message, answer)
+
+    def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:
+        """Keep a refused control message's reason and audit entry; its request id stays free."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["record_control_refusal"], {"request_id": message.get("request_id"),
+                                                           "reason": reason})
+            self._audit(conn, message, {"ok": False, "error": reason, "touched": 0, "refused": True})
+
+    def control_refusal(self, request_id: str) -> str | None:
+        """Why the newest message carrying this request id was refused, or None."""
+        row = self._one("control_refusal", {"request_id": request_id})
+        return row["reason"] if row else None
+
+    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
+                  if k not in ("signature", "requested_by")}
+        conn.execute(self.q["record_audit"], {
+            "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
+            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+
+    def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
+                      project: str | None = None, kind: str | None = None) -> None:
+        """Keep a message that cannot be admitted as `rejected`: reason, detail, an excerpt and its size."""
+        self._all("keep_rejected", {"event_id": event_id, "project": project and project[:64],
+                                    "kind": kind and kind[:32], "reason": reason, "detail": detail[:4000],
+                                    "raw": excerpt, "raw_size": size})
+
+    def reachable(self) -> bool:
+        """True when PostgreSQL answers (tells a failing statement from a database that is away)."""
+        try:
+            return self._one("reachable") is not None
+        except StoreError:
+            return False
 
     def audit(self, project: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries."""
@@ -393,6 +414,36 @@ class Store:
             for r in rows("gauge_oldest_waiting"):
                 out.append(Gauge("oldest_waiting_seconds", (("project", r["project"]),), r["value"]))
         return out
+
+
+class _InTransaction(Store):
+    """The store's methods on one connection inside an open transaction (see Store.atomic)."""
+
+    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+        self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
+
+    @contextlib.contextmanager
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        with _translated(self.health):
+            yield self._held
+
+
+@contextlib.contextmanager
+def _translated(health: Health) -> Iterator[None]:
+    """Driver errors as deskmail's: lost or refused connections become StoreUnavailable (try again
+    later), data PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
+    try:
+        yield
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+        raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
 
 
 def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,

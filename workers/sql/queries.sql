@@ -10,11 +10,6 @@ SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
  CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
                                    a.recipients, a.created_at) AS d;
 
--- name: reject
-INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
-VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(detail)s, %(raw)s, %(event)s)
-ON CONFLICT (event_id) DO NOTHING;
-
 -- name: claim
 -- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
 -- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
@@ -24,17 +19,31 @@ UPDATE mail m
        lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
        takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
        phase = NULL, updated_at = now()
-  FROM (SELECT x.event_id, s.key, s.settings_version
+  FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
           FROM mail x
-          CROSS JOIN LATERAL (SELECT p.key, p.settings_version FROM projects p
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
                                WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
                                ORDER BY p.key = x.project DESC LIMIT 1) AS s
          WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
- WHERE m.event_id = s.event_id AND m.state = 'queued'
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
 RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
           m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
+
+-- name: reroute
+-- Queued mails whose project now sends through another mail service than the queue they came on
+-- go to that service's queue: settings apply to every mail not sent yet (an admin's fix is meant
+-- for them), and a worker deployed for one service never sends through another.
+UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
+  FROM (SELECT x.event_id, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
+RETURNING m.event_id, m.priority, m.mail_service;
 
 -- name: enter_data_phase
 -- Written before DATA: from here a loss may have left a copy with the server. A mail not
@@ -297,3 +306,28 @@ SELECT coalesce(project, '(none)') AS project,
        extract(epoch FROM now() - min(coalesce(next_attempt_at, received_at)))::float8 AS value
   FROM mail WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
  GROUP BY 1;
+
+-- name: claim_control_request
+-- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
+-- primary key until this one commits, then finds it applied (no row returned).
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, '{}')
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: answer_control_request
+UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: record_control_refusal
+INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: control_refusal
+SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;
+
+-- name: keep_rejected
+-- A rejected message keeps a bounded excerpt and its size; the whole body is never stored.
+INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, raw_size)
+VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', %(reason)s, %(detail)s, %(raw)s, %(raw_size)s)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: reachable
+SELECT 1 AS up;
