@@ -11,6 +11,7 @@ import contextlib
 import enum
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -52,6 +53,7 @@ class Report:
 
     checks: tuple[Check, ...]
     consumers: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -68,7 +70,7 @@ class Report:
         return {"ok": self.ok, "exit_status": int(self.cause), "cause": self.cause.name.lower(),
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail,
                             **({"cause": c.cause.name.lower()} if not c.ok else {})} for c in self.checks],
-                "consumers": self.consumers}
+                "consumers": self.consumers, "seconds": round(self.seconds, 3)}
 
 
 class OneConnection:
@@ -185,6 +187,7 @@ def run(config: Config, *, queues: list[str] | None = None, consumers: bool = Tr
     # A passive declare of a queue nobody declared yet is answered 404; that is a finding, not a warning.
     # pika logs every failed connection attempt with a traceback; the report says it in one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    started = time.monotonic()
     pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="health")
     db, mq = pool.submit(_database, config, heartbeat), pool.submit(_broker, config)
     pool.shutdown(wait=False)
@@ -204,4 +207,4 @@ def run(config: Config, *, queues: list[str] | None = None, consumers: bool = Tr
     checks = [*db_checks, broker]
     if consumers and broker.ok:
         checks.append(_consumers(counts, queues or required_queues(services)))
-    return Report(tuple(checks), counts)
+    return Report(tuple(checks), counts, time.monotonic() - started)

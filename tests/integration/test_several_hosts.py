@@ -89,6 +89,7 @@ class Site:
             db = through(db, self.hosts.gateway, self.forwarder.ports["postgres"])
             mq = through(mq, self.hosts.gateway, self.forwarder.ports["rabbitmq"])
         env.update({"DESKMAIL_DATABASE_URL": db, "DESKMAIL_AMQP_URL": mq, "DESKMAIL_SECRET_KEYS": TEST_KEY,
+                    "DESKMAIL_CONTROL_KEY": self.config.control_key,
                     "DESKMAIL_OUTBOUND_ALLOW": f"{self.hosts.net}.0/24", "DESKMAIL_LOG_LEVEL": "INFO", **extra})
         return env
 

@@ -10,6 +10,8 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_with_its_default_and_meaning():
+    rows = {line.split("|")[1].strip(" `"): line.replace("`", "") for line in README.splitlines()
+            if line.startswith("| `")}
     for setting in SETTINGS.values():
-        default = f"`{setting.default}`" if setting.default else "(unset)"
-        assert f"| `{setting.env}` | {default} | {setting.help} |" in README, setting.env
+        default = setting.default or "(unset)"
+        assert rows.get(setting.env) == f"| {setting.env} | {default} | {setting.help.replace('`', '')} |", setting.env
