@@ -2,7 +2,9 @@
 
 Services (RabbitMQ, PostgreSQL) are made sure of by the Makefile; this script creates a demo
 database, starts a local SMTP sink, two worker processes and the scheduler, configures two
-projects, publishes a few hundred events (some over a daily limit), waits, and reports.
+projects, publishes a few hundred events (some over a daily limit), waits, and reports. The admin
+console runs alongside (its address and a demo login are printed); from a terminal it stays up until
+Enter is pressed.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ def main() -> int:
     demo.start("sink", str(BIN / "deskmail"), "sink", "--port", str(demo.sink_port), "--dir", str(demo.mail_dir))
     demo.start("workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2", "--threads", "8")
     demo.start("scheduler", str(BIN / "deskmail"), "scheduler")
+    url = start_console(demo)
     try:
         demo.settings("helpdesk", None)
         demo.settings("facilities", 50)
@@ -164,10 +167,38 @@ def main() -> int:
         summary(demo, ids, states, elapsed)
         admin_steps(demo, ids)
         forged_steps(demo)
+        print(f"\nthe admin console: {url}  (log in as {CONSOLE_LOGIN[0]} / {CONSOLE_LOGIN[1]})")
+        if sys.stdin.isatty():
+            input("it stays up until you press Enter ")
     finally:
         demo.stop_all()
     print("all demo processes stopped.")
     return 0
+
+
+CONSOLE_LOGIN = ("demo", "demo-console-password")
+
+
+def start_console(demo: Demo) -> str:
+    """`deskmail console` on a free loopback port with an admin account; returns its address."""
+    import urllib.request
+    port = free_port()
+    demo.env["DESKMAIL_CONSOLE_PORT"] = str(port)
+    demo.cli("console-user", "add", CONSOLE_LOGIN[0], "--role", "admin", "--password-stdin",
+             stdin=CONSOLE_LOGIN[1] + "\n")
+    demo.start("console", str(BIN / "deskmail"), "console")
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "login", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the console did not answer at {url}; see {VAR / 'console.log'}")
+            time.sleep(0.3)
+    print(f"the admin console: {url}  (log in as {CONSOLE_LOGIN[0]} / {CONSOLE_LOGIN[1]})")
+    return url
 
 
 def summary(demo: Demo, ids: list[str], states: dict[str, str], elapsed: float) -> None:

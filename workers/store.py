@@ -17,7 +17,8 @@ from psycopg_pool import ConnectionPool
 from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
-from workers.records import Admission, Attempt, AttemptOutcome, Claim, Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue
+from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
+                             Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -358,6 +359,124 @@ class Store:
         row = self._one("sent_today", {"scope": scope, "time_zone": time_zone})
         return int(row["sent"]) if row else 0
 
+    # -- admin console ------------------------------------------------------------------------
+
+    def console_mail_page(self, state: str, filters: dict[str, str | None], after: int = 0,
+                          limit: int = 50) -> list[dict[str, Any]]:
+        """One page of mails in `state` matching the console's filters (project, reason, kind, text)."""
+        return self._all("console_mail_page", {"state": state, **_filters(filters), "after": after, "limit": limit})
+
+    def console_mail_count(self, state: str, filters: dict[str, str | None]) -> dict[str, int]:
+        """{project: n} of the mails in `state` matching the filters."""
+        return {r["project"]: r["n"] for r in self._all("console_mail_count", {"state": state, **_filters(filters)})}
+
+    def console_selection_count(self, ids: list[str], state: str) -> dict[str, int]:
+        """{project: n} of the given mails that are still in `state`."""
+        rows = self._all("console_selection_count", {"ids": [uuid.UUID(str(i)) for i in ids], "state": state})
+        return {r["project"]: r["n"] for r in rows}
+
+    def console_mail_reasons(self, state: str) -> list[str]:
+        """The reasons mails in `state` have, for the filter's choices."""
+        return [r["reason"] for r in self._all("console_mail_reasons", {"state": state})]
+
+    def console_audit(self, *, project: str | None = None, actor: str | None = None, action: str | None = None,
+                      before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries, newest first, filtered; `before` pages by id."""
+        return self._all("console_audit", {"project": project, "actor": actor, "action": action,
+                                           "before": before, "limit": limit})
+
+    def console_audit_actions(self) -> list[str]:
+        """Every action name the audit holds."""
+        return [r["action"] for r in self._all("console_audit_actions")]
+
+    def console_user(self, username: str) -> ConsoleUser | None:
+        """A console account, or None."""
+        row = self._one("console_user_get", {"username": username})
+        return ConsoleUser.from_row(row) if row else None
+
+    def console_users(self) -> list[ConsoleUser]:
+        """Every console account."""
+        return [ConsoleUser.from_row(r) for r in self._all("console_user_list")]
+
+    def add_console_user(self, username: str, password_hash: str | None, role: str) -> bool:
+        """Create a console account; False if the name is taken."""
+        return self._rowcount("console_user_add", {"username": username, "password_hash": password_hash,
+                                                   "role": role}) == 1
+
+    def remove_console_user(self, username: str) -> bool:
+        """Delete a console account and its sessions; False if there was none."""
+        return self._rowcount("console_user_remove", {"username": username}) == 1
+
+    def set_console_password(self, username: str, password_hash: str | None) -> bool:
+        """Replace a console account's password, ending its sessions; False for an unknown account."""
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(self.q["console_user_exists"], {"username": username}).fetchone() is None:
+                return False
+            conn.execute(self.q["console_user_passwd"], {"username": username, "password_hash": password_hash})
+            return True
+
+    def record_console_audit(self, actor: str, action: str, params: dict[str, Any], ok: bool) -> None:
+        """An audit entry for a change of the console's own accounts (no control action covers those)."""
+        self._all("record_audit", {"actor": actor, "action": action, "project": None, "params": Jsonb(params),
+                                   "touched": 0, "result": Jsonb({"ok": ok})})
+
+    def add_console_session(self, token_hash: bytes, username: str, csrf_token: str, via: str,
+                            lifetime: float) -> None:
+        """Open a console session (only the token's hash is kept)."""
+        self._all("console_session_add", {"token_hash": token_hash, "username": username, "csrf_token": csrf_token,
+                                          "via": via, "lifetime": lifetime})
+
+    def console_session(self, token_hash: bytes) -> ConsoleSession | None:
+        """The live session with this token hash, with the user's current role, or None."""
+        row = self._one("console_session_get", {"token_hash": token_hash})
+        return ConsoleSession.from_row(row) if row else None
+
+    def remove_console_session(self, token_hash: bytes) -> None:
+        """End a session (and sweep expired ones)."""
+        self._all("console_session_remove", {"token_hash": token_hash})
+
+    def record_login_attempt(self, username: str, address: str, ok: bool) -> None:
+        """Remember a console login attempt; a success forgets the user's failures."""
+        self._all("console_login_attempt", {"username": username, "address": address, "ok": ok})
+        if ok:
+            self._all("console_login_forget", {"username": username})
+
+    def login_failures(self, username: str, address: str, window: float) -> tuple[int, int]:
+        """Failed console logins within `window` seconds: (for this user, from this address)."""
+        row = self._one("console_login_failures", {"username": username, "address": address, "window": window})
+        return (row["by_user"], row["by_address"]) if row else (0, 0)
+
+    def begin_oidc_login(self, state: str, nonce: str, verifier: str) -> None:
+        """Remember a single sign-on login until the provider calls back."""
+        self._all("console_oidc_begin", {"state": state, "nonce": nonce, "verifier": verifier})
+
+    def finish_oidc_login(self, state: str) -> tuple[str, str] | None:
+        """(nonce, verifier) of a pending login, used up; None if unknown or too old."""
+        row = self._one("console_oidc_finish", {"state": state})
+        return (row["nonce"], row["verifier"]) if row else None
+
+    def add_console_job(self, job_id: uuid.UUID, kind: str, title: str, requested_by: str, project: str | None,
+                        total: int = 0) -> None:
+        """Record a console job as started (and forget those older than a week)."""
+        self._all("console_job_sweep")
+        self._all("console_job_add", {"id": job_id, "kind": kind, "title": title, "requested_by": requested_by,
+                                      "project": project, "total": total})
+
+    def console_job_progress(self, job_id: uuid.UUID, done: int, steps: list) -> None:
+        """Record how far a console job got."""
+        self._all("console_job_progress", {"id": job_id, "done": done, "steps": Jsonb(steps)})
+
+    def finish_console_job(self, job_id: uuid.UUID, done: int, steps: list, ok: bool, summary: str) -> None:
+        """Record a console job's end."""
+        self._all("console_job_finish", {"id": job_id, "done": done, "steps": Jsonb(steps), "ok": ok,
+                                         "summary": summary})
+
+    def console_job(self, job_id: uuid.UUID | str) -> ConsoleJob | None:
+        """A console job, or None."""
+        row = self._one("console_job_get", {"id": job_id})
+        return ConsoleJob.from_row(row) if row else None
+
+
     # -- scheduler ----------------------------------------------------------------------------
 
     def take_due_retries(self, limit: int = 500) -> list[Requeue]:
@@ -462,6 +581,11 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
         else:
             out[key] = done
     return out
+
+
+def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
+    """The console's list filters, empty ones as NULL."""
+    return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
 
 
 def _cleaned(refused: dict[str, str]) -> dict[str, str]:

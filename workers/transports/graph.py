@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import requests
 
+from schemas.addresses import ascii_domain_form
 from workers.diagnosis import AUTHENTICATION, SENDER
 from workers.transports import https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
@@ -45,7 +46,7 @@ def with_bcc(envelope: Envelope) -> bytes:
     hidden = envelope.blind_copies()
     if not hidden:
         return envelope.data
-    return ("Bcc: " + ",\r\n ".join(hidden) + "\r\n").encode("utf-8") + envelope.data
+    return ("Bcc: " + ",\r\n ".join(map(ascii_domain_form, hidden)) + "\r\n").encode("utf-8") + envelope.data
 
 
 def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
