@@ -10,6 +10,7 @@ from typing import Any
 from dramatiq.middleware import CurrentMessage
 
 import schemas
+from workers import metrics
 from workers.constants import Kind, State
 from workers.errors import DataRefused
 from workers.handing import Enqueue, hand_on
@@ -91,6 +92,8 @@ class Admitter:
         """One transport message per mail service and kind for the queued mails (records first)."""
         queued = []
         for event, admission in admitted:
+            if admission.is_new:
+                metrics.admitted(event["project"], admission.state, admission.reason)
             log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
                       f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
             if admission.state == State.QUEUED:
@@ -105,3 +108,5 @@ class Admitter:
         body = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
         self.rejects.keep(own_event_id(body), raw_bytes(args, kwargs), "invalid_event", detail,
                           body.get("project"), body.get("kind"))
+        project = body.get("project")
+        metrics.admitted(project if isinstance(project, str) else None, State.REJECTED, "invalid_event")

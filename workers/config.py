@@ -55,7 +55,22 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
                 "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
-        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
+        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
+        Setting("DESKMAIL_LOG_FORMAT", "text",
+                "`text` (one line per record) or `json` (one JSON object per line, with event_id, project, service, "
+                "attempt and host on every line about a mail)."),
+        Setting("DESKMAIL_METRICS_PORT", "",
+                "Port of the /metrics, /healthz and /readyz endpoint of a worker process group (`dramatiq`) or the "
+                "scheduler; empty or 0: no endpoint."),
+        Setting("DESKMAIL_METRICS_HOST", "127.0.0.1",
+                "Address the metrics endpoint listens on (0.0.0.0 in containers)."),
+        Setting("DESKMAIL_METRICS_DIR", "",
+                "Folder for the per-process metric files of a `dramatiq -p N` group (PROMETHEUS_MULTIPROC_DIR); "
+                "empty: a folder per group under the system's temporary folder."),
+        Setting("DESKMAIL_HEARTBEAT_MAX_AGE", "60",
+                "Seconds after which `deskmail healthcheck` calls the scheduler's last heartbeat stale."),
+        Setting("DESKMAIL_HEALTH_TIMEOUT", "3",
+                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it unreachable."),
         Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
                 "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
         Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
@@ -110,6 +125,12 @@ class Config:
     log_level: str = "INFO"
     global_per_day: int | None = None
     global_recipients_per_mail: int | None = None
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_dir: str = ""
+    heartbeat_max_age: float = 60.0
+    health_timeout: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -141,6 +162,12 @@ class Config:
             log_level=get("DESKMAIL_LOG_LEVEL"),
             global_per_day=_optional_int(get("MAIL_LIMIT_PER_DAY_SMTP")),
             global_recipients_per_mail=_optional_int(get("RECIPIENTS_LIMIT_PER_MAIL_SMTP")),
+            log_format=get("DESKMAIL_LOG_FORMAT").strip().lower() or "text",
+            metrics_port=_optional_int(get("DESKMAIL_METRICS_PORT")) or 0,
+            metrics_host=get("DESKMAIL_METRICS_HOST"),
+            metrics_dir=get("DESKMAIL_METRICS_DIR"),
+            heartbeat_max_age=float(get("DESKMAIL_HEARTBEAT_MAX_AGE")),
+            health_timeout=float(get("DESKMAIL_HEALTH_TIMEOUT")),
         )
 
     def __post_init__(self) -> None:

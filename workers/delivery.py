@@ -9,11 +9,13 @@ send is never repeated because of a database fault.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers import logcontext, metrics
 from workers.config import Config
 from workers.constants import MailService, Reason, State
 from workers.errors import StoreError
@@ -84,8 +86,11 @@ class Deliverer:
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
+        # every line logged from here on is about this mail (the middleware restores the context after the call)
+        logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
+            logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
             envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
@@ -93,10 +98,13 @@ class Deliverer:
             detail = f"cannot prepare the mail: {exc}"
             return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
                                   config_error=detail)
+        started = time.perf_counter()
         try:
             with phase.watching(lambda: gate.enter(claim)):
                 delivered = transport.send(settings, envelope)
+            metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
+            metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
             log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
             return self.judge_failure(claim, envelope, failure)
         except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
@@ -145,9 +153,12 @@ class Deliverer:
         """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
         taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
         for claim, outcome in done:
+            metrics.mail_outcome(claim.project, self.service,
+                                 outcome.label if claim.event_id in taken else "lease_lost")
             if claim.event_id not in taken:
                 log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
                             claim.event_id, outcome.label)
+
 
 
 class DataGate:

@@ -18,7 +18,7 @@ from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
 from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             GlobalLimits, Mail, Project, Requeue)
+                             Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -492,6 +492,47 @@ class Store:
         """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
         rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def record_heartbeat(self, scheduler: str) -> None:
+        """Record that the scheduler `host:pid` is alive and reaches the database."""
+        self._all("record_heartbeat", {"scheduler": scheduler})
+
+    def last_heartbeat(self, max_age: float) -> Heartbeat:
+        """The newest scheduler heartbeat, and how many schedulers beat within max_age seconds."""
+        return Heartbeat.from_row(self._one("last_heartbeat", {"max_age": max_age}) or {"fresh": 0})
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database."""
+        return [r["name"] for r in self._all("applied_migrations")]
+
+    def services_in_use(self) -> set[str]:
+        """The mail services some project with settings uses (their queues need a consumer)."""
+        return {r["mail_service"] for r in self._all("services_in_use")}
+
+    def gauges(self) -> list[Gauge]:
+        """Ledger-wide gauges for a metrics scrape, read on one connection."""
+        out: list[Gauge] = []
+        with self._conn() as conn:
+            def rows(name: str) -> list[dict[str, Any]]:
+                return conn.execute(self.q[name]).fetchall()
+            for r in rows("gauge_mails"):
+                out.append(Gauge("mails", (("project", r["project"]), ("state", r["state"])), r["value"]))
+            for r in rows("gauge_backlog"):
+                out.append(Gauge(f"{r['state']}_mails", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_quota"):
+                scope = (("scope", "global" if r["scope"] == "*" else r["scope"]),)
+                out += [Gauge("quota_used", scope, r["used"]), Gauge("quota_limit", scope, r["lim"])]
+            for r in rows("gauge_paused"):
+                out.append(Gauge("project_paused_seconds", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_config_errors"):
+                out.append(Gauge("project_config_error_seconds", (("project", r["project"]),), r["value"]))
+            for r in rows("gauge_oldest_waiting"):
+                out.append(Gauge("oldest_waiting_seconds", (("project", r["project"]),), r["value"]))
+        return out
 
 
 class _InTransaction(Store):

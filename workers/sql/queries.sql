@@ -253,6 +253,60 @@ SELECT p.key FROM projects p
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
 
+-- Operations: the scheduler's heartbeat and the gauges the metrics endpoint computes on each scrape.
+-- Each gauge block returns label columns and a `value` column.
+
+-- name: record_heartbeat
+WITH gone AS (DELETE FROM scheduler_heartbeats WHERE beat_at < now() - interval '1 day')
+INSERT INTO scheduler_heartbeats (scheduler) VALUES (%(scheduler)s)
+ON CONFLICT (scheduler) DO UPDATE SET beat_at = now();
+
+-- name: last_heartbeat
+SELECT max(beat_at) AS beat_at, extract(epoch FROM now() - max(beat_at))::float8 AS age,
+       count(*) FILTER (WHERE beat_at > now() - make_interval(secs => %(max_age)s))::int AS fresh
+  FROM scheduler_heartbeats;
+
+-- name: applied_migrations
+SELECT name FROM deskmail_migrations ORDER BY name;
+
+-- name: services_in_use
+SELECT DISTINCT mail_service FROM projects WHERE mail_service IS NOT NULL AND settings IS NOT NULL;
+
+-- name: gauge_mails
+-- Sent and rejected mails pile up forever and are counted by the workers' counters instead.
+SELECT coalesce(project, '(none)') AS project, state, count(*)::float8 AS value
+  FROM mail WHERE state NOT IN ('sent', 'rejected') GROUP BY 1, 2;
+
+-- name: gauge_backlog
+SELECT coalesce(project, '(none)') AS project, state, coalesce(reason, '') AS reason, count(*)::float8 AS value
+  FROM mail WHERE state IN ('backlog', 'suspended') GROUP BY 1, 2, 3;
+
+-- name: gauge_quota
+-- Today's units and the limit per project (in its time zone) and globally ('*'); limit 0: none.
+SELECT p.key AS scope, coalesce(q.sent, 0)::float8 AS used, coalesce(p.per_day, 0)::float8 AS lim
+  FROM projects p
+  LEFT JOIN quota_counters q ON q.scope = p.key AND q.day = (now() AT TIME ZONE p.time_zone)::date
+UNION ALL
+SELECT '*', coalesce(q.sent, 0)::float8, coalesce(g.per_day, 0)::float8
+  FROM global_limits g
+  LEFT JOIN quota_counters q ON q.scope = '*' AND q.day = (now() AT TIME ZONE g.time_zone)::date;
+
+-- name: gauge_paused
+SELECT key AS project, paused_reason AS reason,
+       extract(epoch FROM now() - coalesce(paused_at, now()))::float8 AS value
+  FROM projects WHERE paused_reason IS NOT NULL;
+
+-- name: gauge_config_errors
+SELECT key AS project, extract(epoch FROM now() - coalesce(config_error_at, now()))::float8 AS value
+  FROM projects WHERE config_error IS NOT NULL;
+
+-- name: gauge_oldest_waiting
+-- Mails that could be sent now and are not: queued and due (a retry's wait is not waiting).
+SELECT coalesce(project, '(none)') AS project,
+       extract(epoch FROM now() - min(coalesce(next_attempt_at, received_at)))::float8 AS value
+  FROM mail WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ GROUP BY 1;
+
 -- name: claim_control_request
 -- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
 -- primary key until this one commits, then finds it applied (no row returned).
