@@ -16,10 +16,12 @@ import kombu
 import kombu.exceptions
 
 import schemas
+from schemas.mail_parts import AttachmentCaps, size_problems
+from workers.config import Config
 from workers.constants import Kind, Queue
 from workers.errors import BrokerError
 
-EVENT_SCHEMA = "notification-event.v1"
+EVENT_SCHEMA = schemas.EVENT
 
 
 class InvalidEvent(schemas.InvalidPayload):
@@ -51,10 +53,13 @@ class Prepared:
     priority: int
 
 
-def prepare(event: dict[str, Any]) -> Prepared:
-    """Complete and validate an event and build its envelope (InvalidEvent when it breaks the contract)."""
+def prepare(event: dict[str, Any], caps: AttachmentCaps | None = None) -> Prepared:
+    """Complete and validate an event and build its envelope (InvalidEvent when it breaks the contract or its
+    attachments pass the caps, by default those of the DESKMAIL_* settings in the environment)."""
     event = complete(event)
     problems = schemas.validate(EVENT_SCHEMA, event)
+    if not problems and event.get("attachments"):
+        problems = size_problems(event, caps or Config.from_env().attachment_caps())
     if problems:
         raise InvalidEvent(tuple(problems))
     return Prepared(event["event_id"], envelope(event), Kind(event["kind"]).priority)
@@ -63,8 +68,10 @@ def prepare(event: dict[str, Any]) -> Prepared:
 class Publisher:
     """Thread-safe event publisher over a kombu connection pool with publisher confirms."""
 
-    def __init__(self, amqp_url: str, timeout: float = 10.0, pool_size: int = 4) -> None:
+    def __init__(self, amqp_url: str, timeout: float = 10.0, pool_size: int = 4,
+                 caps: AttachmentCaps | None = None) -> None:
         self.timeout = timeout
+        self.caps = caps  # attachment caps; None: those of the environment's DESKMAIL_* settings
         self._connection = kombu.Connection(amqp_url, connect_timeout=timeout,
                                             transport_options={"confirm_publish": True})
         self._pool = self._connection.Pool(limit=pool_size)
@@ -72,7 +79,7 @@ class Publisher:
 
     def publish(self, event: dict[str, Any]) -> str:
         """Validate and publish one event; return its event id once the broker has confirmed it."""
-        item = prepare(event)
+        item = prepare(event, self.caps)
         self._send(item.body, item.event_id, item.priority, Queue.ADMIT)
         return item.event_id
 
@@ -84,7 +91,7 @@ class Publisher:
         batch = []
         for index, event in enumerate(events):
             try:
-                batch.append(prepare(event))
+                batch.append(prepare(event, self.caps))
             except InvalidEvent as exc:
                 raise InvalidEvent(tuple(schemas.Problem(f"events[{index}].{p.path}", p.message)
                                          for p in exc.problems)) from None

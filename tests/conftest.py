@@ -81,7 +81,7 @@ def config(database_url: str, amqp_url: str):
         smtp_final_reply_timeout=5.0, stale_after=2.0, db_pool_max=12)
 
 
-TABLES = ("mail", "quota_counters", "projects", "audit", "control_requests")
+TABLES = ("mail", "quota_counters", "projects", "audit", "control_requests", "attachment_blobs", "mail_attachments")
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import uuid
 from typing import Any, Callable
 
 import schemas
+from schemas.mail_parts import AttachmentCaps, size_problems
+from workers import attachments
 from workers.constants import Kind, MailService, State
 from workers.store import Store
 
@@ -39,9 +41,10 @@ def event_id_of(body: Any, raw: str) -> uuid.UUID:
 class Admitter:
     """Callable behind the `deskmail.admit` actor."""
 
-    def __init__(self, store: Store, enqueue: Enqueue) -> None:
+    def __init__(self, store: Store, enqueue: Enqueue, caps: AttachmentCaps | None = None) -> None:
         self.store = store
         self.enqueue = enqueue
+        self.caps = caps or AttachmentCaps()
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Admit one event; whatever it holds, it ends in a ledger state and the worker goes on."""
@@ -53,9 +56,16 @@ class Admitter:
         except schemas.InvalidPayload as exc:
             self._reject(args, kwargs, str(exc))
             return
+        if too_large := size_problems(event, self.caps):
+            self._reject(args, kwargs, str(schemas.InvalidPayload(too_large)))
+            return
         kind = Kind(event["kind"])
         recipients = len(schemas.unique_recipients(event))
-        admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
+        if event.get("attachments"):
+            event, blobs = attachments.extract(event)
+            admission = self.store.admit_with_attachments(event, blobs, priority=kind.priority, recipients=recipients)
+        else:
+            admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
         if admission.state == State.QUEUED:
             self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
         log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
@@ -68,6 +78,7 @@ class Admitter:
         log.warning("message %s rejected: %s", event_id, detail)
 
     def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
+        args = tuple(attachments.without_contents(arg) for arg in args)
         raw = raw_text(args, kwargs)
         body = args[0] if len(args) == 1 else None
         event_id = event_id_of(body, raw)

@@ -50,7 +50,7 @@ def enqueuer(broker: dramatiq.Broker) -> "callable":
 def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     """Declare the admit actor and one transport actor per mail service on `broker`."""
     store, enqueue = runtime.store, enqueuer(broker)
-    dramatiq.Actor(Admitter(store, enqueue), broker=broker, actor_name=Queue.ADMIT,
+    dramatiq.Actor(Admitter(store, enqueue, runtime.config.attachment_caps()), broker=broker, actor_name=Queue.ADMIT,
                    queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
     deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
     for service in MailService:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
+from schemas.mail_parts import AttachmentCaps
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -43,6 +45,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
                 "CIDRs that admin-configured mail hosts may resolve to although private or loopback (e.g. 10.0.0.0/8)."),
         Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
+        Setting("DESKMAIL_ATTACHMENT_MAX_BYTES", "26214400",
+                "Largest attachment, decoded, in bytes (25 MB); checked by the publisher and at admission."),
+        Setting("DESKMAIL_ATTACHMENTS_MAX_BYTES", "26214400",
+                "Largest total of one mail's attachments, decoded, in bytes (25 MB, Gmail's cap)."),
+        Setting("DESKMAIL_ATTACHMENTS_MAX_COUNT", "20", "Most attachments one mail may carry."),
+        Setting("DESKMAIL_ATTACHMENT_RETENTION", "604800",
+                "Seconds a failed or ambiguous mail keeps its attachments for a retry or resend (7 days)."),
         Setting("MAIL_LIMIT_PER_DAY_SMTP", "",
                 "Global mails per day over all projects; applied by `deskmail db migrate` when set (0 = no limit)."),
         Setting("RECIPIENTS_LIMIT_PER_MAIL_SMTP", "",
@@ -77,6 +86,10 @@ class Config:
     log_level: str = "INFO"
     global_per_day: int | None = None
     global_recipients_per_mail: int | None = None
+    attachment_max_bytes: int = 26214400
+    attachments_max_bytes: int = 26214400
+    attachments_max_count: int = 20
+    attachment_retention: float = 604800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -104,7 +117,15 @@ class Config:
             log_level=get("DESKMAIL_LOG_LEVEL"),
             global_per_day=_optional_int(get("MAIL_LIMIT_PER_DAY_SMTP")),
             global_recipients_per_mail=_optional_int(get("RECIPIENTS_LIMIT_PER_MAIL_SMTP")),
+            attachment_max_bytes=int(get("DESKMAIL_ATTACHMENT_MAX_BYTES")),
+            attachments_max_bytes=int(get("DESKMAIL_ATTACHMENTS_MAX_BYTES")),
+            attachments_max_count=int(get("DESKMAIL_ATTACHMENTS_MAX_COUNT")),
+            attachment_retention=float(get("DESKMAIL_ATTACHMENT_RETENTION")),
         )
+
+    def attachment_caps(self) -> AttachmentCaps:
+        """The attachment caps the publisher and admission check."""
+        return AttachmentCaps(self.attachment_max_bytes, self.attachments_max_bytes, self.attachments_max_count)
 
     def redacted(self) -> dict[str, object]:
         """The configuration as a dict with secrets and URL passwords masked, for logs."""

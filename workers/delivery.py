@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers.attachments import attachments_of
 from workers.config import Config
 from workers.constants import Reason, State
 from workers.message import Sender, build, message_id_for
@@ -22,18 +23,21 @@ log = logging.getLogger(__name__)
 def sender_of(settings: ProjectSettings) -> Sender:
     """The From of a project's mail."""
     doc = settings.document
-    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"))
+    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"),
+                  doc.get("list_unsubscribe_url"), doc.get("list_unsubscribe_post", True))
 
 
 def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
-                 only: Iterable[str] | None = None) -> Envelope:
+                 only: Iterable[str] | None = None, contents: Mapping[str, bytes] | None = None) -> Envelope:
     """Build the message of an event with the project's sender; `only` limits the recipients (on a retry
-    after a partial delivery, those that were deferred)."""
+    after a partial delivery, those that were deferred); `contents` holds its attachments' bytes by sha256."""
     sender = sender_of(settings)
     message_id = message_id_for(event["event_id"], sender.address.rpartition("@")[2])
-    data = build(event, sender, message_id, now)
+    files = attachments_of(event, contents or {})
+    data = build(event, sender, message_id, now, files)
     recipients = tuple(only) if only else tuple(schemas.unique_recipients(event))
-    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id)
+    bare = (lambda: build(event, sender, message_id, now)) if files else None
+    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id, files, bare)
 
 
 class Deliverer:
@@ -53,7 +57,8 @@ class Deliverer:
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
             transport = self.transports[settings.service]
-            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
+            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred,
+                                    self.store.attachment_contents(claim.event))
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
             self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import uuid
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import psycopg
 from psycopg.rows import dict_row
@@ -89,6 +89,23 @@ class Store:
         assert row is not None
         return Admission.from_row(row)
 
+    def admit_with_attachments(self, event: dict[str, Any], blobs: Mapping[str, bytes], *, priority: int,
+                               recipients: int) -> Admission:
+        """`admit` for an event whose attachments refer to blobs ({sha256: bytes}): in one transaction the blobs
+        are stored once per hash, the event admitted, and the mail linked to them (idempotent on event_id)."""
+        with self._conn() as conn, conn.transaction():
+            for digest in sorted(blobs):  # one order for every admission: two never wait on each other's rows
+                conn.execute(self.q["store_attachment_blob"], {"sha256": digest, "size": len(blobs[digest]),
+                                                               "content": blobs[digest]})
+            row = conn.execute(self.q["admit"], {
+                "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
+                "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
+                "recipients": recipients, "created_at": event.get("created_at"),
+            }).fetchone()
+            conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": sorted(blobs)})
+        assert row is not None
+        return Admission.from_row(row)
+
     def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
         """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
         event = event if isinstance(event, dict) else None
@@ -133,6 +150,18 @@ class Store:
     def record_config_error(self, project: str, detail: str) -> None:
         """Show a configuration error on the project's status (the next successful send clears it)."""
         self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+
+    def attachment_contents(self, event: dict[str, Any]) -> dict[str, bytes]:
+        """{sha256: bytes} of the blobs an admitted event's attachments refer to; no query without attachments."""
+        hashes = sorted({a["sha256"] for a in event.get("attachments") or () if "sha256" in a})
+        if not hashes:
+            return {}
+        return {r["sha256"]: bytes(r["content"]) for r in self._all("attachment_contents", {"hashes": hashes})}
+
+    def delete_unused_attachments(self, grace: float, retention: float, limit: int = 1000) -> int:
+        """Delete up to `limit` blobs no mail that can still be sent (or retried within `retention` seconds)
+        refers to and no admission used in the last `grace` seconds; returns how many (for the scheduler)."""
+        return self._rowcount("delete_unused_attachments", {"grace": grace, "retention": retention, "limit": limit})
 
     # -- reading ------------------------------------------------------------------------------
 

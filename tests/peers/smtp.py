@@ -114,6 +114,8 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Demand AUTH if configured, then accept the sender unless a `mail_from_reply` is scripted."""
+        self.peer.mail_from_count += 1
+        self.peer.mail_options.append(list(options))
         if self.peer.auth_required and not session.authenticated:
             return AUTH_REQUIRED
         reply = self.peer.mail_from_reply or "250 OK"
@@ -189,6 +191,7 @@ class SmtpPeer:
         mail_from_reply: str | None = None,
         data_reply: DataReply = None,
         before_data_reply: BeforeData = None,
+        data_size_limit: int = 64 * 1024 * 1024,
         ready_timeout: float = 5.0,
     ) -> None:
         """Configure the peer; nothing listens until `start()` or `with`."""
@@ -205,6 +208,9 @@ class SmtpPeer:
         self.mail_from_reply = mail_from_reply
         self.data_reply = data_reply
         self.before_data_reply = before_data_reply
+        self.data_size_limit = data_size_limit  # offered as SIZE; a larger message is refused after DATA
+        self.mail_from_count = 0  # MAIL commands received, whatever their answer
+        self.mail_options: list[list[str]] = []  # the parameters of each MAIL command (e.g. SIZE=n)
         self.ready_timeout = ready_timeout
         self._inbox: Inbox[Received] = Inbox("SMTP message")
         self._controller: Controller | None = None
@@ -284,6 +290,7 @@ class SmtpPeer:
             auth_required=False,
             authenticator=handler.check_password,
             auth_exclude_mechanism=self._excluded_mechanisms(),
+            data_size_limit=self.data_size_limit,
         )
 
     def _excluded_mechanisms(self) -> list[str]:

@@ -202,9 +202,33 @@ def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float)
     return deliver(smtp, envelope, final_reply_timeout)
 
 
+def size_limit(smtp: smtplib.SMTP) -> int | None:
+    """The largest message the server takes (RFC 1870 SIZE), or None when it names no limit."""
+    if not smtp.has_extn("size"):
+        return None
+    try:
+        return int(smtp.esmtp_features["size"].split()[0]) or None
+    except (ValueError, IndexError):
+        return None
+
+
+def check_size(smtp: smtplib.SMTP, envelope: Envelope) -> None:
+    """Refuse a message larger than the server's SIZE before MAIL FROM, so nothing is uploaded in vain."""
+    limit = size_limit(smtp)
+    size = len(envelope.data)
+    if limit is not None and size > limit:
+        raise TransportFailure(Outcome.PERMANENT,
+                               f"the message is {size} bytes ({envelope.attachment_bytes} bytes of attachments "
+                               f"before encoding), over the {limit} bytes {getattr(smtp, '_host', 'the server')} "
+                               "takes (SIZE); send smaller or fewer attachments")
+
+
 def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
-    """MAIL FROM; a refused sender is the project's settings, not the mail."""
+    """MAIL FROM (with SIZE when offered); a refused sender is the project's settings, not the mail."""
+    check_size(smtp, envelope)
     options = ["SMTPUTF8"] if not envelope.data.isascii() and smtp.has_extn("smtputf8") else []
+    if smtp.has_extn("size"):
+        options.append(f"SIZE={len(envelope.data)}")
     code, text = smtp.mail(envelope.sender, options)
     if code != 250:
         smtp.rset()
