@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _CRLF = "\r\n"
 _ATTRIBUTE_CHARS = "!#$&+-.^_`|~"  # RFC 2231 attribute-char besides letters and digits (percent-quote the rest)
-_CHUNK = 60                         # characters of a file name parameter per header line
+_CHUNK = 50                         # characters of a file name per header line (the line stays under 78)
 MAX_LINE = 998
 Part = Callable[[str, str], str]    # workers.message's text part: (text, subtype) -> headers and body
 

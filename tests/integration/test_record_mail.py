@@ -300,3 +300,13 @@ def test_caps_are_checked_by_the_publisher_and_again_at_admission_naming_the_att
     assert mail.state == "rejected" and "'huge.bin' is 1001 bytes" in mail.detail
     assert "base64 characters, not kept" in json.dumps(mail.event)
     assert Config.from_env({}).attachment_caps().per_event == 25 * 1024 * 1024
+
+
+def test_the_test_action_can_send_a_small_attachment_through_each_service(runtime, service):
+    from workers.selftest import TEST_ATTACHMENT, self_test
+    runtime.settings.save("alpha", service.settings)
+    checkup = self_test(runtime, "alpha", attachment=True)
+    assert checkup.accepted, checkup.as_dict()
+    [data] = service.received(1)
+    [(name, (_, _, disposition))] = files_of(strict(data)).items()
+    assert (name, disposition) == (TEST_ATTACHMENT, "attachment")
