@@ -33,6 +33,7 @@ _CRLF = "\r\n"
 _ATTRIBUTE_CHARS = "!#$&+-.^_`|~"  # RFC 2231 attribute-char besides letters and digits (percent-quote the rest)
 _CHUNK = 50                         # characters of a file name per header line (the line stays under 78)
 MAX_LINE = 998
+_AUTOMATIC = ["Auto-Submitted: auto-generated", "X-Auto-Response-Suppress: All"]  # RFC 3834; Exchange's own
 Part = Callable[[str, str], str]    # workers.message's text part: (text, subtype) -> headers and body
 
 
@@ -67,22 +68,22 @@ def threading(event: dict, domain: str) -> tuple[str | None, list[str]]:
 
 def headers(event: dict, sender: "Sender") -> list[str]:
     """Threading headers, and for notifications the RFC 3834 auto-reply headers and List-Unsubscribe."""
-    domain = sender.address.rpartition("@")[2]
-    in_reply_to, references = threading(event, domain)
+    if event.get("kind") == "notification" and "in_reply_to" not in event and "references" not in event:
+        return _AUTOMATIC + _unsubscribe(event, sender) if sender.list_unsubscribe else _AUTOMATIC  # the hot path
+    in_reply_to, references = threading(event, sender.address.rpartition("@")[2])
     lines = []
     if in_reply_to:
         lines.append(f"In-Reply-To: {in_reply_to}")
     if references:
         lines.append("References: " + (_CRLF + " ").join(references))
     if event.get("kind") == "notification":
-        lines += ["Auto-Submitted: auto-generated", "X-Auto-Response-Suppress: All"]
-        lines += _unsubscribe(event, sender)
+        lines += _AUTOMATIC + _unsubscribe(event, sender)
     return lines
 
 
 def _unsubscribe(event: dict, sender: "Sender") -> list[str]:
     """RFC 8058 List-Unsubscribe from the project's URL template, or nothing."""
-    template = getattr(sender, "list_unsubscribe", None)
+    template = sender.list_unsubscribe
     if not template:
         return []
     first = next((r["address"] if isinstance(r, dict) else r for r in event.get("to") or ()), "")
@@ -96,7 +97,7 @@ def _unsubscribe(event: dict, sender: "Sender") -> list[str]:
                     event["event_id"], len(url))
         return []
     return [line] + (["List-Unsubscribe-Post: List-Unsubscribe=One-Click"]
-                     if getattr(sender, "list_unsubscribe_post", True) else [])
+                     if sender.list_unsubscribe_post else [])
 
 
 def content(event: dict, attachments: Sequence[Attachment], part: Part) -> str:
