@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
-from workers.attachments import attachments_of
+from workers.attachments import MissingAttachment, attachments_of
 from workers.config import Config
 from workers.constants import Reason, State
 from workers.message import Sender, build, message_id_for
@@ -59,6 +59,9 @@ class Deliverer:
             transport = self.transports[settings.service]
             envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred,
                                     self.store.attachment_contents(claim.event))
+        except MissingAttachment as exc:  # the mail's fault (kept past its retention), not the settings'
+            self.store.mark_final(claim.event_id, State.FAILED, "permanent", str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
             self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")

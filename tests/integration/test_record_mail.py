@@ -310,3 +310,25 @@ def test_the_test_action_can_send_a_small_attachment_through_each_service(runtim
     [data] = service.received(1)
     [(name, (_, _, disposition))] = files_of(strict(data)).items()
     assert (name, disposition) == (TEST_ATTACHMENT, "attachment")
+
+
+def test_a_mail_whose_attachment_was_cleaned_up_fails_naming_it_and_the_settings_stay_unblamed(
+        runtime, store, worker, publisher, tls_ca):
+    with contextlib.ExitStack() as stack:
+        service = _service("smtp", tls_ca, stack)
+        service.settings["limits"] = {"per_day": 0}
+        runtime.settings.save("alpha", service.settings)
+        store.set_pause("alpha", "paused by a test")
+        ev = ticket_reply()
+        worker()
+        publisher.publish(ev)
+        wait_until(lambda: (m := store.get_mail(ev["event_id"])) and m.state == "backlog")
+        with store.pool.connection() as conn:
+            conn.execute("DELETE FROM attachment_blobs WHERE size = %s", (len(LOG),))
+        store.move([ev["event_id"]], "alpha", "backlog", "queued", "resumed by a test")
+        from workers.app import enqueuer
+        from workers.scheduler import hand_on_due
+        hand_on_due(store, enqueuer(worker()))
+        mail = wait_until(lambda: (m := store.get_mail(ev["event_id"])) and m.state == "failed" and m)
+    assert mail.reason == "permanent" and "attachment 'drucker.log' is no longer stored" in mail.detail
+    assert store.get_project("alpha").config_error is None and service.peer.mail_from_count == 0
