@@ -78,7 +78,8 @@ def size_problems(event: dict[str, Any], caps: AttachmentCaps) -> list[Problem]:
                                     f"over the {caps.per_attachment} bytes allowed per attachment "
                                     "(DESKMAIL_ATTACHMENT_MAX_BYTES)"))
     if total > caps.per_event:
-        names = ", ".join(_shown(a.get("filename")) for a in attachments[:5]) + (", ..." if len(attachments) > 5 else "")
+        names = ", ".join(_shown(a.get("filename")) for a in attachments[:5])
+        names += ", ..." if len(attachments) > 5 else ""
         problems.append(Problem("attachments", f"{names} are {total} bytes together, over the {caps.per_event} "
                                                "bytes allowed per mail (DESKMAIL_ATTACHMENTS_MAX_BYTES)"))
     return problems

@@ -11,9 +11,12 @@ import binascii
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from workers.errors import DeskmailError
+
+if TYPE_CHECKING:
+    from workers.store import Store
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 3600.0  # a blob an admission used this recently is never deleted (see 0008_attachments.sql)
@@ -85,7 +88,7 @@ def attachments_of(event: Mapping[str, Any], contents: Mapping[str, bytes]) -> t
     return tuple(out)
 
 
-def clean_up(store: Any, retention: float, grace: float = GRACE_SECONDS, batch: int = 1000) -> int:
+def clean_up(store: Store, retention: float, grace: float = GRACE_SECONDS, batch: int = 1000) -> int:
     """One scheduler step: delete blobs no mail needs any more, in batches; returns how many were deleted."""
     deleted = 0
     while (count := store.delete_unused_attachments(grace, retention, batch)) > 0:
@@ -97,6 +100,6 @@ def clean_up(store: Any, retention: float, grace: float = GRACE_SECONDS, batch: 
     return deleted
 
 
-def clean_up_step(store: Any, retention: float) -> Callable[[], dict[str, int]]:
+def clean_up_step(store: Store, retention: float) -> Callable[[], dict[str, int]]:
     """The scheduler step (an entry of Scheduler.extras) that deletes attachment blobs no mail needs any more."""
     return lambda: {"attachments_deleted": clean_up(store, retention)}

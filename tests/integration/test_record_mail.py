@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import email
 import email.message
 import email.policy
@@ -17,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import dramatiq
 import pytest
 
 from producers.publisher import InvalidEvent, envelope
@@ -26,7 +28,11 @@ from tests.peers.ews import EwsPeer
 from tests.peers.google_token import GoogleTokenPeer
 from tests.peers.microsoft import MicrosoftPeer
 from tests.peers.smtp import SmtpPeer
+from workers.app import enqueuer
 from workers.attachments import clean_up
+from workers.config import Config
+from workers.scheduler import hand_on_due
+from workers.selftest import TEST_ATTACHMENT, self_test
 
 SENDER = "desk@example.org"
 PASSWORD = "s3cret-Pa55"
@@ -272,8 +278,6 @@ def test_backlog_mail_keeps_its_attachments_and_clean_up_deletes_only_what_no_ma
         store.move([waiting["event_id"]], "alpha", "backlog", "suspended", "suspended by a test")
         assert clean_up(store, retention=0, grace=0) == 0  # suspended mail is kept, with its attachments
         store.move([waiting["event_id"]], "alpha", "suspended", "queued", "resumed by a test")
-        from workers.scheduler import hand_on_due
-        from workers.app import enqueuer
         hand_on_due(store, enqueuer(worker()))
         wait_until(lambda: store.get_mail(waiting["event_id"]).state == "sent", timeout=30)
         _, data = service.received(2)
@@ -283,8 +287,7 @@ def test_backlog_mail_keeps_its_attachments_and_clean_up_deletes_only_what_no_ma
 
 def test_caps_are_checked_by_the_publisher_and_again_at_admission_naming_the_attachment(runtime, store, worker,
                                                                                         publisher, config):
-    from workers.config import Config
-    import dataclasses
+
     small = dataclasses.replace(config, attachment_max_bytes=1000)
     too_big = ticket_reply(attachments=[{"filename": "huge.bin", "content_type": "application/octet-stream",
                                          "content": b64(os.urandom(1001))}])
@@ -293,7 +296,6 @@ def test_caps_are_checked_by_the_publisher_and_again_at_admission_naming_the_att
         publisher.publish(too_big)
     broker = worker(cfg=small)
     body = json.loads(envelope(too_big))
-    import dramatiq
     broker.enqueue(dramatiq.Message(queue_name="deskmail.admit", actor_name="deskmail.admit", args=body["args"],
                                     kwargs={}, options={}))
     mail = wait_until(lambda: store.get_mail(too_big["event_id"]))
@@ -303,7 +305,6 @@ def test_caps_are_checked_by_the_publisher_and_again_at_admission_naming_the_att
 
 
 def test_the_test_action_can_send_a_small_attachment_through_each_service(runtime, service):
-    from workers.selftest import TEST_ATTACHMENT, self_test
     runtime.settings.save("alpha", service.settings)
     checkup = self_test(runtime, "alpha", attachment=True)
     assert checkup.accepted, checkup.as_dict()
@@ -326,8 +327,6 @@ def test_a_mail_whose_attachment_was_cleaned_up_fails_naming_it_and_the_settings
         with store.pool.connection() as conn:
             conn.execute("DELETE FROM attachment_blobs WHERE size = %s", (len(LOG),))
         store.move([ev["event_id"]], "alpha", "backlog", "queued", "resumed by a test")
-        from workers.app import enqueuer
-        from workers.scheduler import hand_on_due
         hand_on_due(store, enqueuer(worker()))
         mail = wait_until(lambda: (m := store.get_mail(ev["event_id"])) and m.state == "failed" and m)
     assert mail.reason == "permanent" and "attachment 'drucker.log' is no longer stored" in mail.detail

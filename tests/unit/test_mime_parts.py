@@ -16,9 +16,8 @@ from schemas.mail_parts import AttachmentCaps, decoded_size, size_problems
 from workers.attachments import Attachment, MissingAttachment, attachments_of, extract, without_contents
 from workers.message import Sender, build
 from workers.mime_parts import thread_root, threading
-from workers.transports.base import Envelope
+from workers.transports.base import Envelope, TransportFailure
 from workers.transports.gmail_oauth2 import MAX_ATTACHMENT_BYTES, check_gmail_cap
-from workers.transports.base import TransportFailure
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 SENDER = Sender("desk@example.org", "Service Desk")
