@@ -78,10 +78,11 @@ def config(database_url: str, amqp_url: str):
     return dataclasses.replace(
         Config.from_env({}), database_url=database_url, amqp_url=amqp_url, secret_keys=(TEST_KEY,),
         outbound_allow=(ipaddress.ip_network("127.0.0.0/8"),), retry_base=0.2, retry_cap=1.0,
-        smtp_final_reply_timeout=5.0, stale_after=2.0, db_pool_max=12)
+        smtp_final_reply_timeout=5.0, stale_after=2.0, lease_seconds=2.0, takeover_grace=1.0, db_pool_max=12)
 
 
-TABLES = ("mail", "quota_counters", "projects", "audit", "control_requests", "attachment_blobs", "mail_attachments")
+TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "attachment_blobs",
+          "mail_attachments")
 
 
 @pytest.fixture

@@ -11,12 +11,15 @@ import schemas
 from schemas.mail_parts import AttachmentCaps, size_problems
 from workers import attachments
 from workers.constants import Kind, MailService, State
-from workers.store import Store
+from workers.errors import DataRefused
+from workers.records import Admission
+from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
 
-Enqueue = Callable[[MailService, str, int], None]
+MAX_BATCH = 1000  # events one admit message may carry
+Enqueue = Callable[[MailService, list[str], int], None]
 
 
 def raw_text(args: tuple, kwargs: dict) -> str:
@@ -47,29 +50,66 @@ class Admitter:
         self.caps = caps or AttachmentCaps()
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        """Admit one event; whatever it holds, it ends in a ledger state and the worker goes on."""
-        if len(args) != 1 or kwargs or not isinstance(args[0], dict):
-            self._reject(args, kwargs, "(root): the message must carry exactly one event object as its only argument")
+        """Admit one event, or a batch of them (a list), in one transaction; whatever a message holds,
+        each event ends in a ledger state and the worker goes on."""
+        if len(args) != 1 or kwargs or not isinstance(args[0], (dict, list)):
+            self._reject(args, kwargs, "(root): the message must carry one event object, or a list of them, "
+                                       "as its only argument")
             return
+        bodies = [args[0]] if isinstance(args[0], dict) else args[0][:MAX_BATCH]
+        for extra in args[0][MAX_BATCH:] if isinstance(args[0], list) else ():
+            self._reject((extra,), {}, f"(root): a batch carries at most {MAX_BATCH} events")
+        blobs: dict[str, bytes] = {}  # attachment bytes by sha256, moved out of the events by _checked
+        items = [item for item in (self._checked(body, blobs) for body in bodies) if item is not None]
         try:
-            event = schemas.normalize_event(args[0])
+            admissions = patiently(lambda: self._admit(items, blobs))
+        except DataRefused:  # some event's data cannot be stored: admit one by one, reject that one alone
+            admissions = [self._admit_alone(item, blobs) for item in items]
+        self._hand_on([(event, admission) for (event, _, _), admission in zip(items, admissions) if admission])
+
+    def _checked(self, body: Any, blobs: dict[str, bytes]) -> tuple[dict, int, int] | None:
+        """The normalized event (attachment bytes moved into blobs) with its priority and recipient count, or
+        None once rejected."""
+        if not isinstance(body, dict):
+            self._reject((body,), {}, "(root): an event must be a JSON object")
+            return None
+        try:
+            event = schemas.normalize_event(body)
         except schemas.InvalidPayload as exc:
-            self._reject(args, kwargs, str(exc))
-            return
+            self._reject((body,), {}, str(exc))
+            return None
         if too_large := size_problems(event, self.caps):
-            self._reject(args, kwargs, str(schemas.InvalidPayload(too_large)))
-            return
-        kind = Kind(event["kind"])
-        recipients = len(schemas.unique_recipients(event))
-        if event.get("attachments"):
-            event, blobs = attachments.extract(event)
-            admission = self.store.admit_with_attachments(event, blobs, priority=kind.priority, recipients=recipients)
-        else:
-            admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
-        if admission.state == State.QUEUED:
-            self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
-        log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
-                 f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            self._reject((body,), {}, str(schemas.InvalidPayload(too_large)))
+            return None
+        if event.get("attachments"):  # the bytes leave the event here: the ledger keeps references
+            event, stored = attachments.extract(event)
+            blobs.update(stored)
+        return event, Kind(event["kind"]).priority, len(schemas.unique_recipients(event))
+
+    def _admit(self, items: list[tuple[dict, int, int]], blobs: dict[str, bytes]) -> list[Admission]:
+        """Admit items in one transaction, storing their attachments' blobs in it when there are any."""
+        if not blobs:
+            return self.store.admit_many(items)
+        return self.store.admit_with_attachments(items, blobs)
+
+    def _admit_alone(self, item: tuple[dict, int, int], blobs: dict[str, bytes]) -> Admission | None:
+        try:
+            return patiently(lambda: self._admit([item], attachments.blobs_of(item[0], blobs)))[0]
+        except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
+            self._reject((item[0],), {}, f"(event): {exc}", keep_event=False)
+            return None
+
+    def _hand_on(self, admitted: list[tuple[dict, Admission]]) -> None:
+        """One transport message per mail service and kind for the queued mails (records first)."""
+        groups: dict[tuple[str, int], list[str]] = {}
+        for event, admission in admitted:
+            log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
+                      f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            if admission.state == State.QUEUED:
+                key = (admission.mail_service or "", Kind(event["kind"]).priority)
+                groups.setdefault(key, []).append(str(event["event_id"]))
+        for (service, priority), ids in sorted(groups.items(), key=lambda g: -g[0][1]):
+            self.enqueue(MailService(service), ids, priority)
 
     def reject_raw(self, raw: str, detail: str) -> None:
         """Keep a message that is not even an envelope as `rejected`, with its raw text."""
@@ -77,10 +117,10 @@ class Admitter:
         self.store.reject(event_id, detail, raw)
         log.warning("message %s rejected: %s", event_id, detail)
 
-    def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
+    def _reject(self, args: tuple, kwargs: dict, detail: str, keep_event: bool = True) -> None:
         args = tuple(attachments.without_contents(arg) for arg in args)
         raw = raw_text(args, kwargs)
         body = args[0] if len(args) == 1 else None
         event_id = event_id_of(body, raw)
-        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) else None)
+        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) and keep_event else None)
         log.warning("event %s rejected: %s", event_id, detail)

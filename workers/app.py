@@ -6,13 +6,15 @@ Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker proce
 from __future__ import annotations
 
 import logging
+import urllib.parse
+from typing import Callable
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from workers.admit import Admitter
 from workers.config import Config
-from workers.constants import MAX_PRIORITY, MailService, Queue
+from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
 from workers.logs import configure_logging
@@ -33,29 +35,47 @@ def build_broker(config: Config) -> dramatiq.Broker:
     message is only a wake-up; one lost in a broker crash is re-sent by the scheduler after
     DESKMAIL_STALE_AFTER. Publishers of events do use confirms (producers/publisher.py).
     """
-    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=False, max_priority=MAX_PRIORITY)
+    broker = RabbitmqBroker(url=with_timeouts(config.amqp_url), confirm_delivery=False, max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
     return broker
 
 
-def enqueuer(broker: dramatiq.Broker) -> "callable":
-    """A function handing an event id to its transport's queue, with the mail's priority."""
-    def enqueue(service: MailService, event_id: str, priority: int) -> None:
+BROKER_TIMEOUTS = {"heartbeat": "30", "blocked_connection_timeout": "60", "socket_timeout": "10",
+                   "stack_timeout": "30"}
+
+
+def with_timeouts(url: str) -> str:
+    """The AMQP URL with heartbeats and timeouts, so a dead or stalled broker is noticed; the URL's own win."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode({**BROKER_TIMEOUTS, **query})))
+
+
+def enqueuer(broker: dramatiq.Broker) -> Callable[[MailService, list[str], int], None]:
+    """A function handing event ids to their transport's queue as one message, with the mails' priority.
+
+    Record mails go to the record actor of the queue, which workers run before notifications.
+    """
+    def enqueue(service: MailService, event_ids: list[str], priority: int) -> None:
         queue = service.queue
-        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=queue, args=(str(event_id),), kwargs={},
-                                        options={"broker_priority": priority}))
+        actor = queue.record_actor if priority >= Kind.RECORD.priority else queue
+        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=([str(i) for i in event_ids],),
+                                        kwargs={}, options={"broker_priority": priority}))
     return enqueue
 
 
 def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     """Declare the admit actor and one transport actor per mail service on `broker`."""
     store, enqueue = runtime.store, enqueuer(broker)
-    dramatiq.Actor(Admitter(store, enqueue, runtime.config.attachment_caps()), broker=broker, actor_name=Queue.ADMIT,
-                   queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
-    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
-    for service in MailService:
-        dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
-                       priority=0, options=dict(ACTOR_OPTIONS))
+    admitter = Admitter(store, enqueue, runtime.config.attachment_caps())
+    for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
+        dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
+                       options=dict(ACTOR_OPTIONS))
+    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config, runtime.leases, runtime.worker)
+    for service in MailService:  # in a worker, a lower priority number runs first
+        for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
+            dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
+                           priority=priority, options=dict(ACTOR_OPTIONS))
     declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
 
 

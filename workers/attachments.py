@@ -103,3 +103,8 @@ def clean_up(store: Store, retention: float, grace: float = GRACE_SECONDS, batch
 def clean_up_step(store: Store, retention: float) -> Callable[[], dict[str, int]]:
     """The scheduler step (an entry of Scheduler.extras) that deletes attachment blobs no mail needs any more."""
     return lambda: {"attachments_deleted": clean_up(store, retention)}
+
+
+def blobs_of(event: Mapping[str, Any], blobs: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The blobs an admitted event's attachments refer to, out of those of a whole batch."""
+    return {a["sha256"]: blobs[a["sha256"]] for a in event.get("attachments") or () if a["sha256"] in blobs}

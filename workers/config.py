@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from schemas.mail_parts import AttachmentCaps
+from workers.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_RETRY_CAP", "3600", "Longest wait between two retries, in seconds."),
         Setting("DESKMAIL_RETRY_LIFETIME", "432000", "Seconds after which a mail still failing transiently is `failed` (5 days)."),
         Setting("DESKMAIL_STALE_AFTER", "900",
-                "Seconds after which the scheduler re-enqueues a queued mail nobody took, or recovers a `sending` one."),
+                "Seconds after which the scheduler hands a queued mail nobody took to the broker again (a lost wake-up)."),
+        Setting("DESKMAIL_LEASE_SECONDS", "60",
+                "Seconds a worker's claim on a mail lasts; renewed every quarter of it while the exchange runs."),
+        Setting("DESKMAIL_TAKEOVER_GRACE", "30",
+                "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
                 "CIDRs that admin-configured mail hosts may resolve to although private or loopback (e.g. 10.0.0.0/8)."),
@@ -81,6 +86,8 @@ class Config:
     retry_cap: float = 3600.0
     retry_lifetime: float = 432000.0
     stale_after: float = 900.0
+    lease_seconds: float = 60.0
+    takeover_grace: float = 30.0
     scheduler_interval: float = 5.0
     outbound_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
     log_level: str = "INFO"
@@ -110,6 +117,8 @@ class Config:
             retry_cap=float(get("DESKMAIL_RETRY_CAP")),
             retry_lifetime=float(get("DESKMAIL_RETRY_LIFETIME")),
             stale_after=float(get("DESKMAIL_STALE_AFTER")),
+            lease_seconds=float(get("DESKMAIL_LEASE_SECONDS")),
+            takeover_grace=float(get("DESKMAIL_TAKEOVER_GRACE")),
             scheduler_interval=float(get("DESKMAIL_SCHEDULER_INTERVAL")),
             outbound_allow=tuple(
                 ipaddress.ip_network(c.strip(), strict=False) for c in get("DESKMAIL_OUTBOUND_ALLOW").split(",") if c.strip()
@@ -122,6 +131,23 @@ class Config:
             attachments_max_count=int(get("DESKMAIL_ATTACHMENTS_MAX_COUNT")),
             attachment_retention=float(get("DESKMAIL_ATTACHMENT_RETENTION")),
         )
+
+    def __post_init__(self) -> None:
+        """Refuse timings that would let a live worker's mail be taken over."""
+        if self.lease_seconds < 2:
+            raise ConfigurationError(f"DESKMAIL_LEASE_SECONDS: {self.lease_seconds:g} is too short; give 2 or more "
+                                     "(the lease is renewed every quarter of it)")
+        if self.takeover_grace < self.lease_seconds / 2:
+            raise ConfigurationError(
+                f"DESKMAIL_TAKEOVER_GRACE: {self.takeover_grace:g} s cannot cover two missed renewals of a "
+                f"{self.lease_seconds:g} s lease; give at least {self.lease_seconds / 2:g}")
+        if self.stale_after <= 0:
+            raise ConfigurationError("DESKMAIL_STALE_AFTER: give a number of seconds above 0")
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between two renewals of the leases a worker holds."""
+        return self.lease_seconds / 4
 
     def attachment_caps(self) -> AttachmentCaps:
         """The attachment caps the publisher and admission check."""

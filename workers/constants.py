@@ -15,6 +15,11 @@ class Queue(enum.StrEnum):
     EXCHANGE_OAUTH2 = "deskmail.exchange_oauth2"
     GMAIL_OAUTH2 = "deskmail.gmail_oauth2"
 
+    @property
+    def record_actor(self) -> str:
+        """The actor on this queue for record mails, which a worker runs before the queue's own actor."""
+        return f"{self.value}.record"
+
 
 class MailService(enum.StrEnum):
     """The outgoing mail service a project picks, as in the product's SMTP Settings screen."""

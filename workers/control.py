@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import schemas
 from workers.constants import State
-from workers.store import Store
+from workers.store import MOVED, Store
 
 log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
@@ -56,7 +56,7 @@ class Controller:
             return  # applied before: a redelivery or a replay
         answer = self._apply(message)
         self.store.record_control(message, answer)
-        if answer.get("touched") and message["action"] != "backlog.suspend":
+        if answer.get("touched") and message["action"] not in ("backlog.suspend", "ambiguous.close"):
             self.hand_on()
 
     def _refusal(self, message: dict[str, Any]) -> str | None:
@@ -91,7 +91,7 @@ class Controller:
         ids = None if message.get("all") else message["ids"]
         detail = f"{message['action']} by {message['requested_by']}"
         outcomes = self.store.move(ids, message.get("project"), from_state, to_state, detail)
-        done = sum(1 for v in outcomes.values() if v in ("resumed", to_state))
+        done = sum(1 for v in outcomes.values() if v == MOVED[to_state])
         return {"ok": True, "touched": done, "outcomes": outcomes}
 
     def _backlog_resume(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +102,15 @@ class Controller:
 
     def _suspended_resume(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._move(message, State.SUSPENDED, State.QUEUED)
+
+    def _failed_retry(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(message, State.FAILED, State.QUEUED)
+
+    def _ambiguous_resend(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(message, State.AMBIGUOUS, State.QUEUED)
+
+    def _ambiguous_close(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(message, State.AMBIGUOUS, State.SENT)
 
     def _limits_set(self, message: dict[str, Any]) -> dict[str, Any]:
         limits = {k: message[k] for k in ("per_day", "recipients_per_mail") if k in message}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -33,13 +33,46 @@ class Claim(_FromRow):
     event_id: uuid.UUID
     project: str
     kind: str
+    priority: int
     event: dict
     message_id: str
-    attempts: int
+    attempt: int
+    lease_token: uuid.UUID
+    claimed_at: datetime
     received_at: datetime
     deferred: list[str] | None
     settings_key: str
     settings_version: int
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one delivery attempt came to, as the ledger records it."""
+
+    label: str                      # sent, partial, retry, failed, configuration, ambiguous, quota, not_sent
+    state: str                      # the mail's next state
+    detail: str
+    reason: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+    deferred: tuple[str, ...] = ()  # recipients still to send to, on a retry
+    message_id: str | None = None
+    delay: float = 0.0              # seconds before the retry
+    refund: bool = False            # the mail certainly never left: give its unit of quota back
+    config_error: str | None = None
+    pause: str | None = None        # pause the project with this reason (a provider's quota)
+
+
+@dataclass(frozen=True)
+class Attempt(_FromRow):
+    """One row of a mail's attempt history."""
+
+    attempt: int
+    worker: str
+    started_at: datetime
+    ended_at: datetime
+    phase: str | None
+    outcome: str
+    detail: str | None
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,10 @@ class Mail(_FromRow):
     message_id: str | None
     attempts: int
     takeovers: int
+    duplicate_risk: bool
+    phase: str | None
+    claimed_by: str | None
+    lease_until: datetime | None
     refused: dict | None
     next_attempt_at: datetime | None
     created_at: datetime | None

@@ -1,4 +1,4 @@
-"""The scheduler: timed work that must not wait in the broker (retries, recovery, auto resume).
+"""The scheduler: timed work that must not wait in the broker (retries, takeovers, auto resume).
 
 Every pass is a handful of SKIP LOCKED statements, so two schedulers running at once do no harm.
 """
@@ -14,21 +14,26 @@ from typing import Callable
 
 from workers.config import Config
 from workers.constants import MailService
+from workers.errors import StoreUnavailable
 from workers.records import Requeue
 from workers.runtime import Runtime
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[MailService, str, int], None]
+Enqueue = Callable[[MailService, list[str], int], None]
 Extra = Callable[[], dict[str, int]]
 
 
-def hand_on(enqueue: Enqueue, mails: list[Requeue]) -> int:
-    """Give mails to their transport queues; returns how many."""
+def hand_on(enqueue: Enqueue, mails: list[Requeue], batch: int = 100) -> int:
+    """Give mails to their transport queues, a message per service, priority and `batch` mails; returns how many."""
+    groups: dict[tuple[str, int], list[str]] = {}
     for mail in mails:
         if mail.mail_service:
-            enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
+            groups.setdefault((mail.mail_service, mail.priority), []).append(str(mail.event_id))
+    for (service, priority), ids in sorted(groups.items(), key=lambda g: -g[0][1]):
+        for start in range(0, len(ids), batch):
+            enqueue(MailService(service), ids[start:start + batch], priority)
     return len(mails)
 
 
@@ -44,7 +49,7 @@ def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datet
 
 @dataclass
 class Scheduler:
-    """One pass hands due retries and lost or stuck mails back to their transport queues."""
+    """One pass hands due retries, lost wake-ups and mails of lost workers back to their transport queues."""
 
     store: Store
     enqueue: Enqueue
@@ -64,15 +69,23 @@ class Scheduler:
                    [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def tick(self) -> dict[str, int]:
-        """One pass; returns how many mails each part touched."""
+        """One pass; returns how many mails each step touched. A step that fails is logged and
+        skipped, so one bad mail or dead letter never stops the others."""
+        steps: list[Extra] = [
+            *self.extras,
+            lambda: {"due": hand_on_due(self.store, self.enqueue)},
+            lambda: {"stale_queued": hand_on(self.enqueue, self.store.take_stale_queued(self.config.stale_after))},
+            lambda: {"taken_over": hand_on(self.enqueue, self.store.take_over(self.config.takeover_grace))},
+        ]
         done: dict[str, int] = {}
-        for extra in self.extras:
-            done.update(extra())
-        done |= {
-            "due": hand_on_due(self.store, self.enqueue),
-            "stale_queued": hand_on(self.enqueue, self.store.take_stale_queued(self.config.stale_after)),
-            "recovered": hand_on(self.enqueue, self.store.recover_stale_sending(self.config.stale_after)),
-        }
+        for step in steps:
+            try:
+                done.update(step())
+            except StoreUnavailable:  # the store says so once, not every pass
+                done["failed_steps"] = done.get("failed_steps", 0) + 1
+            except Exception:  # noqa: BLE001 - the next step and the next pass still run
+                log.exception("scheduler step failed; the other steps go on")
+                done["failed_steps"] = done.get("failed_steps", 0) + 1
         if any(done.values()):
             log.info("scheduler pass: %s", done)
         return done
@@ -83,8 +96,5 @@ class Scheduler:
             signal.signal(sig, lambda *_: self.stop.set())
         log.info("scheduler running every %s s", self.config.scheduler_interval)
         while not self.stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - a failed pass (database restart) is retried next time
-                log.exception("scheduler pass failed; trying again in %s s", self.config.scheduler_interval)
+            self.tick()
             self.stop.wait(self.config.scheduler_interval)

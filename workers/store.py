@@ -4,29 +4,61 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 import uuid
 from datetime import datetime
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from workers import sql
-from workers.errors import StoreError
-from workers.records import Admission, Claim, GlobalLimits, Mail, Project, Requeue
+from workers.database import open_pool
+from workers.errors import DataRefused, StoreError, StoreUnavailable
+from workers.records import Admission, Attempt, AttemptOutcome, Claim, GlobalLimits, Mail, Project, Requeue
 
+__all__ = ["Store", "open_pool"]
+MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
+MOVE_QUERY = {"queued": "requeue_resumed", "suspended": "suspend_selected", "sent": "close_ambiguous"}
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
 
 
-def open_pool(database_url: str, max_size: int = 10, name: str = "deskmail") -> ConnectionPool:
-    """A connection pool returning dict rows; opened lazily so nothing connects at import."""
-    return ConnectionPool(
-        database_url, min_size=1, max_size=max(2, max_size), name=name, open=True,
-        kwargs={"row_factory": dict_row, "autocommit": True}, timeout=30,
-    )
+def patiently(call: Callable[[], T], cap: float = 5.0) -> T:
+    """Run a store call until PostgreSQL answers it (the store logs the outage once, not per call)."""
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            time.sleep(delay)
+            delay = min(cap, delay * 2)
+
+
+class Health:
+    """Says once that PostgreSQL is unreachable, and once that it is back, however many calls fail."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failed call; logs only the first of a run."""
+        with self._lock:
+            first, self.down = not self.down, True
+        if first:
+            log.error("PostgreSQL unreachable (%s); waiting for it, mail is kept", _first_line(exc))
+
+    def succeeded(self) -> None:
+        """Note a call that worked; logs only the first after an outage."""
+        if self.down:
+            with self._lock:
+                back, self.down = self.down, False
+            if back:
+                log.warning("PostgreSQL reachable again")
 
 
 class Store:
@@ -35,17 +67,29 @@ class Store:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.q = sql.queries()
+        self.health = Health()
 
     @contextlib.contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; driver errors become StoreError here and nowhere else."""
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        """A pooled connection; driver errors become StoreError here and nowhere else.
+
+        Lost or refused connections become StoreUnavailable (try again later), data PostgreSQL
+        cannot hold becomes DataRefused (trying again cannot help), anything else StoreError.
+        """
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(**options) as conn:
                 yield conn
+        except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+            raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.health.failed(exc)
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {str(exc).strip()}") from exc
+            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
         except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-            raise StoreError(f"PostgreSQL: no connection available: {exc}") from exc
+            self.health.failed(exc)
+            raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
+        self.health.succeeded()
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -65,7 +109,8 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, in order, under an advisory lock; return their names."""
         applied: list[str] = []
-        with self._conn() as conn, conn.transaction():
+        with self._conn(deadline=None) as conn, conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS deskmail_migrations "
                          "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -80,31 +125,35 @@ class Store:
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, event: dict[str, Any], *, priority: int, recipients: int) -> Admission:
-        """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
-        row = self._one("admit", {
-            "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
-            "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-            "recipients": recipients, "created_at": event.get("created_at"),
-        })
-        assert row is not None
-        return Admission.from_row(row)
+        """Record one event and decide queued or backlog (idempotent on event_id)."""
+        return self.admit_many([(event, priority, recipients)])[0]
 
-    def admit_with_attachments(self, event: dict[str, Any], blobs: Mapping[str, bytes], *, priority: int,
-                               recipients: int) -> Admission:
-        """`admit` for an event whose attachments refer to blobs ({sha256: bytes}): in one transaction the blobs
-        are stored once per hash, the event admitted, and the mail linked to them (idempotent on event_id)."""
+    def admit_many(self, items: list[tuple[dict[str, Any], int, int]]) -> list[Admission]:
+        """Record (event, priority, recipients) items and decide each in one transaction; in order."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
+        return [decided[str(e["event_id"])] for e, _, _ in items]
+
+    def admit_with_attachments(self, items: list[tuple[dict[str, Any], int, int]],
+                               blobs: Mapping[str, bytes]) -> list[Admission]:
+        """`admit_many` for events whose attachments refer to blobs ({sha256: bytes}): in one transaction the
+        blobs are stored once per hash, the events admitted, and each mail linked to its blobs (idempotent)."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
         with self._conn() as conn, conn.transaction():
             for digest in sorted(blobs):  # one order for every admission: two never wait on each other's rows
                 conn.execute(self.q["store_attachment_blob"], {"sha256": digest, "size": len(blobs[digest]),
                                                                "content": blobs[digest]})
-            row = conn.execute(self.q["admit"], {
-                "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
-                "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-                "recipients": recipients, "created_at": event.get("created_at"),
-            }).fetchone()
-            conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": sorted(blobs)})
-        assert row is not None
-        return Admission.from_row(row)
+            decided = {str(r["event_id"]): Admission.from_row(r)
+                       for r in conn.execute(self.q["admit"], {"rows": Jsonb(rows)}).fetchall()}
+            for event, _, _ in items:
+                hashes = sorted({a["sha256"] for a in event.get("attachments") or ()})
+                if hashes:
+                    conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": hashes})
+        return [decided[str(e["event_id"])] for e, _, _ in items]
 
     def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
         """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
@@ -112,36 +161,46 @@ class Store:
         project = event.get("project") if event and isinstance(event.get("project"), str) else None
         kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
         self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
-                             "detail": detail[:4000], "raw": raw[:65536], "event": Jsonb(event) if event else None})
+                             "detail": _clean(detail, 4000), "raw": _clean(raw, 65536),
+                             "event": Jsonb(event) if event else None})
 
     # -- delivery -----------------------------------------------------------------------------
 
-    def claim(self, event_id: uuid.UUID | str) -> Claim | None:
-        """Move a queued mail to `sending` for this worker, or None if it is not (or no longer) queued."""
-        row = self._one("claim", {"event_id": event_id})
-        return Claim.from_row(row) if row else None
+    def claim(self, event_ids: list[str], worker: str, lease: float) -> list[Claim]:
+        """Lease the queued ones of these mails to `worker` for `lease` seconds (others are taken or done)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease})
+        return [Claim.from_row(r) for r in rows]
 
-    def mark_sent(self, event_id: uuid.UUID, detail: str, refused: dict[str, str] | None,
-                  message_id: str) -> None:
-        """Record the server's acceptance (and recipients refused one by one); clears a config error."""
-        self._all("mark_sent", {"event_id": event_id, "detail": detail[:2000], "refused": _json(refused),
-                                "message_id": message_id})
+    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
+        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
+        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
+                                              "tokens": [c.lease_token for c in claims]})
+        return {r["event_id"] for r in rows}
 
-    def mark_final(self, event_id: uuid.UUID, state: str, reason: str | None, detail: str,
-                   refused: dict[str, str] | None = None, message_id: str | None = None) -> None:
-        """Record a final outcome other than sent: failed or ambiguous."""
-        self._all("mark_final", {"event_id": event_id, "state": state, "reason": reason,
-                                 "detail": detail[:2000], "refused": _json(refused), "message_id": message_id})
+    def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
+        """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
+        if not held:
+            return set()
+        rows = self._all("renew_leases", {"ids": [e for e, _ in held], "tokens": [t for _, t in held],
+                                          "lease": lease})
+        return {r["event_id"] for r in rows}
 
-    def mark_retry(self, event_id: uuid.UUID, detail: str, delay: float,
-                   refused: dict[str, str] | None = None, deferred: list[str] | None = None) -> None:
-        """Put a mail back to `queued` with its next attempt time (the scheduler re-enqueues it)."""
-        self._all("mark_retry", {"event_id": event_id, "detail": detail[:2000], "delay": delay,
-                                 "refused": _json(refused), "deferred": deferred})
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
+        """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
+        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                for c, o in done]
+        if not rows:
+            return set()
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+                if r["recorded"]}
 
-    def mark_backlog(self, event_id: uuid.UUID, reason: str, detail: str) -> None:
-        """Divert a claimed mail to the backlog (a provider's own quota was hit)."""
-        self._all("mark_backlog", {"event_id": event_id, "reason": reason, "detail": detail[:2000]})
+    def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
+        """Every delivery attempt of a mail, oldest first."""
+        return [Attempt.from_row(r) for r in self._all("list_attempts", {"event_id": event_id})]
 
     def pause_project(self, project: str, reason: str) -> None:
         """Pause a project's sending unless it is paused already."""
@@ -215,21 +274,24 @@ class Store:
 
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
              detail: str) -> dict[str, str]:
-        """Resume (to `queued`) or suspend selected mails in one transaction; an answer per id.
+        """Move selected mails between states in one transaction; an answer per id.
 
-        `ids=None` selects every mail in from_state (of the project, if given) and unpauses.
-        Resumed mails count in their day's totals (an admin override of the limit) and become due.
+        To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
+        hold no unit take one of today (an admin override of the limit) and become due. To
+        `suspended`: suspend. To `sent`: close an ambiguous mail the admin checked was delivered.
+        `ids=None` selects every mail in from_state (of the project, if given); resuming the whole
+        backlog also unpauses.
         """
+        done = MOVED[to_state]
         with self._conn() as conn, conn.transaction():
             rows = self._lock(conn, ids, project, from_state)
-            outcomes = _outcomes(rows, ids, project, from_state, "resumed" if to_state == "queued" else to_state)
-            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v in ("resumed", to_state)]
-            if chosen and to_state == "queued":
-                self._count_resumed(conn, chosen)
-                conn.execute(self.q["requeue_resumed"], {"ids": chosen, "detail": detail})
-            elif chosen:
-                conn.execute(self.q["suspend_selected"], {"ids": chosen, "detail": detail})
-            if ids is None and to_state == "queued":
+            outcomes = _outcomes(rows, ids, project, from_state, done)
+            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v == done]
+            if chosen:
+                if to_state == "queued":
+                    self._count_resumed(conn, chosen)
+                conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
+            if ids is None and to_state == "queued" and from_state == "backlog":
                 conn.execute(self.q["unpause_project"] if project else self.q["unpause_all"], {"project": project})
             return outcomes
 
@@ -242,8 +304,9 @@ class Store:
     def _count_resumed(self, conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
         for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
             conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
-        day = conn.execute(self.q["global_day"]).fetchone()["day"]
-        conn.execute(self.q["add_quota"], {"scope": "*", "day": day, "n": len(ids)})
+        glob = conn.execute(self.q["count_resumed_global"], {"ids": ids}).fetchone()
+        if glob and glob["n"]:
+            conn.execute(self.q["add_quota"], {"scope": "*", "day": glob["day"], "n": glob["n"]})
 
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""
@@ -316,9 +379,9 @@ class Store:
         return [Requeue.from_row(r) for r in
                 self._all("take_stale_queued", {"stale_after": stale_after, "limit": limit})]
 
-    def recover_stale_sending(self, stale_after: float, limit: int = 500) -> list[Requeue]:
-        """Mails stuck in `sending` (a worker died): queue once more, ambiguous the second time."""
-        rows = self._all("recover_stale_sending", {"stale_after": stale_after, "limit": limit})
+    def take_over(self, grace: float, limit: int = 500) -> list[Requeue]:
+        """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
+        rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
 
 
@@ -340,6 +403,16 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _json(value: Any) -> Jsonb | None:
-    return Jsonb(value) if value else None
+def _cleaned(refused: dict[str, str]) -> dict[str, str]:
+    return {_clean(str(k), 320): _clean(str(v), 500) for k, v in refused.items()}
+
+
+def _clean(text: str, limit: int = 2000) -> str:
+    """Peer text as the ledger can hold it: no NUL, no lone surrogate, bounded."""
+    return text[:limit].replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.cli import admin, backlog, controls, dev, mail
+from producers.cli import admin, backlog, controls, dev, mail, problems
 from producers.cli.context import Context, CommandError
 from workers.errors import DeskmailError
 
-GROUPS = (dev, mail, admin, backlog, controls)
+GROUPS = (dev, mail, admin, backlog, controls, problems)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -133,6 +133,7 @@ def project_status(ctx: Context, project) -> dict:  # noqa: ANN001 - workers.rec
         "per_day": project.per_day or None, "recipients_per_mail": project.recipients_per_mail or None,
         "time_zone": project.time_zone, "auto_resume": project.auto_resume,
         "backlog": counts.get("backlog", 0), "suspended": counts.get("suspended", 0),
+        "failed": counts.get("failed", 0), "ambiguous": counts.get("ambiguous", 0),
         "counts": counts, "config_error": project.config_error,
     }
 
@@ -153,14 +154,15 @@ def show_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def format_status(rows: list[dict], glob: dict) -> str:
     """The status as an aligned table."""
-    head = f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}  AUTO-RESUME  SENT/FAILED/REJECTED"
+    head = (f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}{'FAILED':>8}"
+            f"{'AMBIGUOUS':>11}  AUTO-RESUME  SENT/REJECTED")
     lines = [head]
     for r in rows:
         today = f"{r['sent_today']}/{r['per_day'] or '-'}"
         c = r["counts"]
-        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}  "
-                     f"{'on' if r['auto_resume'] else 'off':<13}"
-                     f"{c.get('sent', 0)}/{c.get('failed', 0)}/{c.get('rejected', 0)}")
+        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}"
+                     f"{r['failed']:>8}{r['ambiguous']:>11}  {'on' if r['auto_resume'] else 'off':<13}"
+                     f"{c.get('sent', 0)}/{c.get('rejected', 0)}")
         if r["config_error"]:
             lines.append(f"  configuration error: {r['config_error']}")
     lines.append(f"global: {glob['sent_today']}/{glob['MAIL_LIMIT_PER_DAY_SMTP'] or '-'} today "

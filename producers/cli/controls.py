@@ -47,7 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _selection(parser: argparse.ArgumentParser, allow_all: bool) -> None:
     parser.add_argument("ids", nargs="*", metavar="ID", help="event ids")
     if allow_all:
-        parser.add_argument("--all", action="store_true", help="every mail of the backlog (of --project)")
+        parser.add_argument("--all", action="store_true", help="every mail in that list (of --project)")
     parser.add_argument("--project")
     parser.add_argument("--json", action="store_true")
 

@@ -213,6 +213,8 @@ def test_an_unreadable_ca_file_fails_the_mail_as_configuration(runtime, store, w
     with SmtpPeer(security="tls", cert=tls_ca.issue(), users={"desk": PASSWORD}) as peer:
         runtime.settings.save("alpha", smtp_settings(peer, tmp_path / "missing-ca.pem", security="tls"))
         worker()
-        mail = wait_state(store, publisher.publish(event()), "failed", "queued")
+        event_id = publisher.publish(event())
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.attempts >= 1 and m.state in ("failed", "queued"))
+        mail = store.get_mail(event_id)
         assert peer.messages == []
     assert mail.state == "failed" and mail.reason == "configuration" and "missing-ca.pem" in mail.detail

@@ -416,8 +416,9 @@ def test_control_message_field_errors_name_their_paths() -> None:
 
 def test_unknown_action_lists_the_allowed_ones() -> None:
     assert found(CONTROL, control(action="backlog.delete", all=True)) == [
-        ("action", "must be one of: backlog.resume, backlog.suspend, suspended.resume, "
-                   "auto_resume.set, limits.set, project.pause, project.unpause")
+        ("action", "must be one of: backlog.resume, backlog.suspend, suspended.resume, failed.retry, "
+                   "ambiguous.resend, ambiguous.close, auto_resume.set, limits.set, project.pause, "
+                   "project.unpause")
     ]
 
 

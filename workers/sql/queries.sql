@@ -1,9 +1,14 @@
 -- Named queries: each block starts with `-- name: <name>`; loaded once by workers.sql.
 
 -- name: admit
-SELECT state, reason, detail, mail_service, is_new
-  FROM deskmail_admit(%(event_id)s, %(project)s, %(kind)s, %(priority)s, %(event)s,
-                      %(subject)s, %(recipients)s, %(created_at)s);
+-- A batch of events admitted in one transaction (one commit for all): each exactly as
+-- deskmail_admit decides it, so quota is taken mail by mail and never overshot.
+SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
+  FROM jsonb_to_recordset(%(rows)s)
+       AS a(event_id uuid, project text, kind text, priority smallint, event jsonb, subject text,
+            recipients integer, created_at timestamptz)
+ CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
+                                   a.recipients, a.created_at) AS d;
 
 -- name: reject
 INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
@@ -11,44 +16,50 @@ VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(deta
 ON CONFLICT (event_id) DO NOTHING;
 
 -- name: claim
+-- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
+-- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
+-- claims a whole batch; mails not queued (taken, done, not due) are simply not returned.
 UPDATE mail m
-   SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), updated_at = now()
-  FROM (SELECT p.key, p.settings_version
-          FROM projects p, mail x
-         WHERE x.event_id = %(event_id)s AND p.key IN (x.project, 'default') AND p.settings IS NOT NULL
-         ORDER BY p.key = x.project DESC LIMIT 1) AS s
- WHERE m.event_id = %(event_id)s AND m.state = 'queued'
+   SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = %(worker)s,
+       lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
+       takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
+       phase = NULL, updated_at = now()
+  FROM (SELECT x.event_id, s.key, s.settings_version
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued'
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-RETURNING m.event_id, m.project, m.kind, m.event, m.message_id, m.attempts, m.received_at, m.deferred,
+RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
+          m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
 
--- name: mark_sent
--- Also clears the project's configuration error: a send that works proves the settings right.
-WITH sent AS (
-    UPDATE mail SET state = 'sent', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
-           message_id = %(message_id)s, deferred = NULL, sent_at = now(), updated_at = now(),
-           next_attempt_at = NULL
-     WHERE event_id = %(event_id)s AND state = 'sending'
-    RETURNING project)
-UPDATE projects SET config_error = NULL, config_error_at = NULL
- WHERE key = (SELECT project FROM sent) AND config_error IS NOT NULL;
+-- name: enter_data_phase
+-- Written before DATA: from here a loss may have left a copy with the server. A mail not
+-- returned had its lease taken over, and this worker must not send it.
+UPDATE mail m SET phase = 'data'
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
--- name: mark_final
-UPDATE mail SET state = %(state)s, reason = %(reason)s, detail = %(detail)s,
-       refused = coalesce(%(refused)s, refused), message_id = coalesce(%(message_id)s, message_id),
-       updated_at = now(), next_attempt_at = NULL
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- name: renew_leases
+UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
--- name: mark_retry
-UPDATE mail SET state = 'queued', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
-       deferred = coalesce(%(deferred)s, deferred),
-       next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
- WHERE event_id = %(event_id)s AND state = 'sending';
-
--- name: mark_backlog
-UPDATE mail SET state = 'backlog', reason = %(reason)s, detail = %(detail)s, updated_at = now(),
-       next_attempt_at = NULL
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- name: record_outcomes
+-- The outcomes of a batch of attempts in one round trip (each as deskmail_record_outcome).
+SELECT r.event_id,
+       deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                               r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                               r.config_error, r.pause) AS recorded
+  FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                         outcome text, state text, reason text, detail text, refused jsonb,
+                                         deferred text[], message_id text, delay double precision,
+                                         refund boolean, config_error text, pause text);
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()
@@ -60,8 +71,8 @@ UPDATE projects SET config_error = %(detail)s, config_error_at = now()
 
 -- name: get_mail
 SELECT event_id, seq, project, kind, priority, state, reason, detail, subject, recipients, mail_service,
-       message_id, attempts, takeovers, refused, next_attempt_at, created_at, received_at, updated_at,
-       claimed_at, sent_at, event
+       message_id, attempts, takeovers, duplicate_risk, phase, claimed_by, lease_until, refused, next_attempt_at,
+       created_at, received_at, updated_at, claimed_at, sent_at, event
   FROM mail WHERE event_id = %(event_id)s;
 
 -- name: get_project
@@ -122,17 +133,12 @@ UPDATE mail SET updated_at = now()
                      ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING event_id, priority, mail_service;
 
--- name: recover_stale_sending
-UPDATE mail
-   SET state = CASE WHEN takeovers >= 1 THEN 'ambiguous' ELSE 'queued' END,
-       detail = CASE WHEN takeovers >= 1
-                     THEN 'worker stopped twice while sending; the mail may or may not have been delivered'
-                     ELSE 'worker stopped while sending; sent again with the same Message-ID' END,
-       takeovers = takeovers + 1, updated_at = now(), next_attempt_at = NULL
- WHERE event_id IN (SELECT event_id FROM mail WHERE state = 'sending'
-                      AND claimed_at < now() - make_interval(secs => %(stale_after)s)
-                    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING event_id, state, priority, mail_service;
+-- name: take_over
+SELECT event_id, state, priority, mail_service FROM deskmail_take_over(%(grace)s, %(limit)s);
+
+-- name: list_attempts
+SELECT attempt, worker, started_at, ended_at, phase, outcome, detail
+  FROM attempts WHERE event_id = %(event_id)s ORDER BY attempt;
 
 -- name: replace_secrets
 UPDATE projects SET secrets = %(new)s WHERE key = %(key)s AND secrets = %(old)s;
@@ -159,20 +165,36 @@ SELECT m.event_id, m.project, m.state FROM mail m
 -- name: requeue_resumed
 -- Resumed mails become due now; the scheduler and the control actor hand them to the broker
 -- in bounded batches, so a large backlog interleaves with fresh mail instead of starving it.
-UPDATE mail SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(),
-       updated_at = now()
- WHERE event_id = ANY(%(ids)s);
+-- Mails that hold no unit (backlog, suspended, failed) take one, of today, as an admin override;
+-- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist.
+UPDATE mail m
+   SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(), updated_at = now(),
+       duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
+       quota_day = coalesce(m.quota_day, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date),
+       global_quota_day = coalesce(m.global_quota_day, (SELECT (now() AT TIME ZONE g.time_zone)::date
+                                                          FROM global_limits g))
+  FROM mail o LEFT JOIN projects p ON p.key = o.project
+ WHERE o.event_id = m.event_id AND m.event_id = ANY(%(ids)s);
 
 -- name: count_resumed_quota
+-- Only mails that hold no unit yet take one (an ambiguous mail still holds its own).
 SELECT m.project, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day, count(*)::int AS n
   FROM mail m LEFT JOIN projects p ON p.key = m.project
- WHERE m.event_id = ANY(%(ids)s) GROUP BY m.project, p.time_zone;
+ WHERE m.event_id = ANY(%(ids)s) AND m.quota_day IS NULL GROUP BY m.project, p.time_zone;
+
+-- name: count_resumed_global
+SELECT (now() AT TIME ZONE g.time_zone)::date AS day,
+       (SELECT count(*)::int FROM mail m WHERE m.event_id = ANY(%(ids)s) AND m.global_quota_day IS NULL) AS n
+  FROM global_limits g;
+
+-- name: close_ambiguous
+-- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
+UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s, updated_at = now(),
+       sent_at = coalesce(sent_at, now())
+ WHERE event_id = ANY(%(ids)s);
 
 -- name: add_quota
 SELECT deskmail_add_quota(%(scope)s, %(day)s, %(n)s);
-
--- name: global_day
-SELECT (now() AT TIME ZONE time_zone)::date AS day FROM global_limits;
 
 -- name: suspend_selected
 UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()

@@ -16,7 +16,7 @@ import requests
 
 from workers.attachments import Attachment
 from workers.diagnosis import AUTHENTICATION, SENDER
-from workers.transports import https, tls
+from workers.transports import https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
@@ -72,7 +72,9 @@ def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token:
     if len(body) > MIME_LIMIT and envelope.without_attachments is not None:
         return send_large(session, mailbox, envelope, token, drop)
     for attempt in (1, 2):
-        response = _post(session, mailbox, body, token())
+        bearer = token()
+        phase.before_data()
+        response = _post(session, mailbox, body, bearer)
         if response.status_code == 401 and attempt == 1:
             drop()
             continue

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-from workers.transports import netpolicy, tls
+from workers.transports import netpolicy, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 
 QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
@@ -245,6 +245,7 @@ def deliver(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) 
     if len(refused) + len(deferred) == len(envelope.recipients):
         smtp.rset()
         return _all_refused(refused, deferred)
+    phase.before_data()
     return Delivered(_data(smtp, envelope.data, final_reply_timeout), refused, deferred)
 
 
