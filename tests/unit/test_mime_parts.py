@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 import schemas
+from producers.publisher import batches, prepare
 from schemas.mail_parts import AttachmentCaps, decoded_size, size_problems
 from workers.attachments import Attachment, MissingAttachment, attachments_of, extract, without_contents
 from workers.message import Sender, build
@@ -179,3 +180,12 @@ def test_gmail_refuses_more_than_25_mb_of_attachments_before_connecting():
     check_gmail_cap(envelope(MAX_ATTACHMENT_BYTES))
     with pytest.raises(TransportFailure, match=f"{MAX_ATTACHMENT_BYTES + 1} bytes together, over Gmail's cap"):
         check_gmail_cap(envelope(MAX_ATTACHMENT_BYTES + 1))
+
+
+def test_publish_many_sends_an_event_with_attachments_alone_in_its_broker_message():
+    caps = AttachmentCaps()
+    plain = [prepare(event(kind="notification"), caps) for _ in range(3)]
+    attached = [prepare(event(kind="notification", attachments=[attachment()]), caps) for _ in range(2)]
+    sent = batches([attached[0], *plain, attached[1]])
+    assert [len(b.event_ids) for b in sent] == [3, 1, 1]
+    assert [b.event_ids[0] for b in sent[1:]] == [a.event_id for a in attached]
