@@ -26,7 +26,7 @@ from tests.conftest import wait_until
 from tests.integration.helpers import gmail_settings, smtp_settings
 from tests.peers.ews import EwsPeer
 from tests.peers.google_token import GoogleTokenPeer
-from tests.peers.microsoft import MicrosoftPeer
+from tests.peers.microsoft import MicrosoftPeer, graph_error
 from tests.peers.smtp import SmtpPeer
 from workers.app import enqueuer
 from workers.attachments import clean_up
@@ -331,3 +331,24 @@ def test_a_mail_whose_attachment_was_cleaned_up_fails_naming_it_and_the_settings
         mail = wait_until(lambda: (m := store.get_mail(ev["event_id"])) and m.state == "failed" and m)
     assert mail.reason == "permanent" and "attachment 'drucker.log' is no longer stored" in mail.detail
     assert store.get_project("alpha").config_error is None and service.peer.mail_from_count == 0
+
+
+def test_a_large_graph_mail_refused_at_send_is_retried_with_a_new_draft_and_the_old_one_deleted(
+        runtime, store, worker, publisher, tls_ca):
+    with contextlib.ExitStack() as stack:
+        graph = _service("exchange_oauth2", tls_ca, stack)
+        graph.peer.graph_replies.append(graph_error(503, "ServiceUnavailable", "Try again later.",
+                                                    **{"Retry-After": "0"}))
+        large = ticket_reply(attachments=[{"filename": "scan.tif", "content_type": "image/tiff",
+                                           "content": b64(big := os.urandom(5 * 1024 * 1024))}])
+        runtime.settings.save("alpha", graph.settings)
+        enqueue = enqueuer(worker())
+        publisher.publish(large)
+        wait_until(lambda: store.get_mail(large["event_id"]) and graph.peer.deleted_drafts, timeout=60)
+        retried = wait_until(lambda: (m := store.get_mail(large["event_id"])) and m.state == "queued" and m)
+        assert retried.attempts == 1 and "503" in retried.detail and graph.peer.sent.snapshot() == []
+        wait_until(lambda: hand_on_due(store, enqueue), timeout=10)  # the scheduler's part: the retry is due
+        mail = wait_until(lambda: (m := store.get_mail(large["event_id"])) and m.state == "sent" and m, timeout=60)
+        [sent] = graph.peer.sent.wait_for(1, timeout=10)
+    assert sent.path == "draft" and files_of(strict(sent.data)) == {"scan.tif": (sha(big), None, "attachment")}
+    assert mail.attempts == 2 and len(graph.peer.deleted_drafts) == 1 and graph.peer.drafts == {}

@@ -95,10 +95,11 @@ def send_large(session: requests.Session, mailbox: Mailbox, envelope: Envelope, 
     try:
         for attachment in envelope.attachments:
             _upload(session, mailbox, envelope, message_url, attachment, token, drop)
-    except TransportFailure:
-        _delete_quietly(session, mailbox, message_url, token)
+        sent = _authorized(session, mailbox, envelope, "POST", f"{message_url}/send", token, drop, sending=True)
+    except TransportFailure as failure:
+        if failure.outcome is not Outcome.AMBIGUOUS:  # not sent: a retry makes a new draft, this one goes
+            _delete_quietly(session, mailbox, message_url, token)
         raise
-    sent = _authorized(session, mailbox, envelope, "POST", f"{message_url}/send", token, drop, sending=True)
     request_id = sent.headers.get("request-id", "")
     return Delivered(f"{sent.status_code} accepted by Microsoft Graph for {mailbox.sender} (draft with "
                      f"{len(envelope.attachments)} attachment(s) uploaded, {envelope.attachment_bytes} bytes)"
