@@ -143,8 +143,14 @@ def test_a_ticket_reply_arrives_intact_threaded_and_under_the_agents_name(runtim
     if service.name == "smtp":
         VAR.mkdir(exist_ok=True)
         (VAR / "ticket-reply.eml").write_bytes(data)
+    assert_intact_ticket_reply(data, ev)
+    assert mail.message_id == f"<{ev['event_id']}@example.org>"
+
+
+def assert_intact_ticket_reply(data: bytes, ev: dict) -> None:
+    """The ticket reply as sent: threaded, from the agent, its files byte-identical, the logo inline."""
     message = strict(data)
-    assert message["Message-ID"] == mail.message_id == f"<{ev['event_id']}@example.org>"
+    assert message["Message-ID"] == f"<{ev['event_id']}@example.org>"
     assert message["In-Reply-To"] == CUSTOMER_MAIL
     assert message["References"].split() == [EARLIER_MAIL, CUSTOMER_MAIL]
     assert message["From"] == "Alice via Service Desk <desk@example.org>"
@@ -157,6 +163,28 @@ def test_a_ticket_reply_arrives_intact_threaded_and_under_the_agents_name(runtim
     assert [p.get_content_type() for p in message.walk()] == [
         "multipart/mixed", "multipart/alternative", "text/plain", "multipart/related", "text/html", "image/png",
         "application/pdf", "text/plain"]
+
+
+@pytest.mark.parametrize("route", ["smtp", "ews"])
+def test_a_ticket_reply_arrives_intact_over_the_smtp_and_ews_routes_of_exchange_oauth2(runtime, store, worker,
+                                                                                       publisher, tls_ca, route):
+    with contextlib.ExitStack() as stack:
+        graph = _service("exchange_oauth2", tls_ca, stack)
+        block = graph.settings["exchange_oauth2"]
+        if route == "smtp":
+            outlook = "https://outlook.office365.com/.default"
+            peer = stack.enter_context(SmtpPeer(security="starttls", cert=tls_ca.issue(),
+                                                xoauth2_tokens={graph.peer.token_for(outlook)}))
+            block.update(route="smtp", smtp_host=peer.host, smtp_port=peer.port)
+            received = lambda: peer.wait_for(1, timeout=30)[0].data  # noqa: E731
+        else:
+            peer = stack.enter_context(EwsPeer(tls_ca.issue()))
+            peer.tokens.add(graph.peer.token_for(f"https://{peer.host}:{peer.port}/.default"))
+            block.update(route="ews", ews_url=peer.url)
+            received = lambda: peer.received.wait_for(1, timeout=30)[0].mime  # noqa: E731
+        ev = ticket_reply()
+        send_one(runtime, store, worker, publisher, graph, ev)
+        assert_intact_ticket_reply(received(), ev)
 
 
 def test_a_20_mb_attachment_with_an_umlaut_name_round_trips(runtime, store, worker, publisher, service):
