@@ -142,8 +142,10 @@ def _parameter(name: str, value: str) -> str:
     """name="value" for printable ASCII, else RFC 2231 name*=utf-8''percent-encoded, continued when long."""
     if value.isascii() and value.isprintable() and len(value) <= 200:
         return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    tokens = [chr(b) if chr(b).isalnum() and b < 128 or chr(b) in _ATTRIBUTE_CHARS else f"%{b:02X}"
-              for b in value.encode("utf-8")]
+    # one token per character, so a continuation never splits a character's UTF-8 bytes (some clients decode
+    # each piece alone)
+    tokens = [char if char.isascii() and (char.isalnum() or char in _ATTRIBUTE_CHARS) else
+              "".join(f"%{b:02X}" for b in char.encode("utf-8")) for char in value]
     chunks, current = [], ""
     for token in tokens:
         if len(current) + len(token) > _CHUNK:

@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import hashlib
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 
@@ -124,6 +125,9 @@ def test_a_long_non_ascii_file_name_is_sent_as_rfc_2231_continuations_and_read_b
     stored, blobs = extract(ev)
     raw = build(stored, SENDER, "<x@example.org>", NOW, attachments_of(stored, blobs)).decode()
     assert " filename*0*=utf-8''Pr%C3%BCfbericht" in raw and max(map(len, raw.splitlines())) <= 78
+    pieces = [line.split("=", 1)[1].rstrip(";").removeprefix("utf-8''") for line in raw.splitlines()
+              if line.startswith(" filename*")]
+    assert len(pieces) > 3 and all(urllib.parse.unquote(p, errors="strict") for p in pieces)  # whole characters
 
 
 def test_inline_images_without_html_are_attached_and_html_only_mail_gets_related():
