@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import schemas
 from schemas.mail_parts import AttachmentCaps, size_problems
 from workers import attachments
-from workers.constants import Kind, MailService, State
+from workers.constants import Kind, State
 from workers.errors import DataRefused
-from workers.records import Admission
+from workers.handing import Enqueue, hand_on
+from workers.records import Admission, Requeue
 from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
 
 MAX_BATCH = 1000  # events one admit message may carry
-Enqueue = Callable[[MailService, list[str], int], None]
 
 
 def raw_text(args: tuple, kwargs: dict) -> str:
@@ -101,15 +101,13 @@ class Admitter:
 
     def _hand_on(self, admitted: list[tuple[dict, Admission]]) -> None:
         """One transport message per mail service and kind for the queued mails (records first)."""
-        groups: dict[tuple[str, int], list[str]] = {}
+        queued = []
         for event, admission in admitted:
             log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
                       f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
             if admission.state == State.QUEUED:
-                key = (admission.mail_service or "", Kind(event["kind"]).priority)
-                groups.setdefault(key, []).append(str(event["event_id"]))
-        for (service, priority), ids in sorted(groups.items(), key=lambda g: -g[0][1]):
-            self.enqueue(MailService(service), ids, priority)
+                queued.append(Requeue(event["event_id"], Kind(event["kind"]).priority, admission.mail_service))
+        hand_on(self.enqueue, queued)
 
     def reject_raw(self, raw: str, detail: str) -> None:
         """Keep a message that is not even an envelope as `rejected`, with its raw text."""

@@ -71,8 +71,9 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
     for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
         dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
                        options=dict(ACTOR_OPTIONS))
-    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config, runtime.leases, runtime.worker)
     for service in MailService:  # in a worker, a lower priority number runs first
+        deliverer = Deliverer(service, store, runtime.settings, runtime.transports, runtime.config, runtime.leases,
+                              runtime.worker, enqueue)
         for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
             dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
                            priority=priority, options=dict(ACTOR_OPTIONS))

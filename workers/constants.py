@@ -72,3 +72,7 @@ class Reason(enum.StrEnum):
 
 MAX_PRIORITY = 10
 """x-max-priority of every deskmail queue; publishers must not declare queues with other arguments."""
+
+TRANSPORT_BATCH = 20
+"""Most event ids per transport message: big enough to share a claim, small enough that a record mail
+arriving behind a batch waits for at most one of them per worker thread."""

@@ -16,8 +16,9 @@ from typing import Callable, Iterable, Mapping
 import schemas
 from workers.attachments import MissingAttachment, attachments_of
 from workers.config import Config
-from workers.constants import Reason, State
+from workers.constants import MailService, Reason, State
 from workers.errors import StoreError
+from workers.handing import Enqueue, hand_on
 from workers.leases import LeaseKeeper
 from workers.message import Sender, build, message_id_for
 from workers.records import AttemptOutcome, Claim
@@ -54,11 +55,11 @@ def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
 class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
-    def __init__(self, store: Store, settings: SettingsService, transports: Mapping[str, Transport],
-                 config: Config, leases: LeaseKeeper, worker: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
-        self.store, self.settings, self.transports = store, settings, transports
-        self.config, self.leases, self.worker, self.clock = config, leases, worker, clock
+    def __init__(self, service: MailService, store: Store, settings: SettingsService,
+                 transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
+                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.service, self.store, self.settings, self.transports = service, store, settings, transports
+        self.config, self.leases, self.worker, self.enqueue, self.clock = config, leases, worker, enqueue, clock
 
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
@@ -67,16 +68,23 @@ class Deliverer:
         phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
         """
         ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
-        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds))
+        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds, self.service))
         if len(claims) < len(ids):
-            log.info("%d of %d mails are not queued (taken or done); nothing to do for them",
-                     len(ids) - len(claims), len(ids))
+            self._not_claimed(ids, claims)
         claims.sort(key=lambda c: -c.priority)
         with self.leases.holding(claims):
             for start in range(0, len(claims), CHUNK):
                 chunk = claims[start:start + CHUNK]
                 gate = DataGate(self.store, chunk)
                 self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
+                self.leases.release(chunk)
+
+    def _not_claimed(self, ids: list[str], claims: list[Claim]) -> None:
+        claimed = {str(c.event_id) for c in claims}
+        rest = [i for i in ids if i not in claimed]
+        moved = hand_on(self.enqueue, patiently(lambda: self.store.reroute(rest, self.service)))
+        log.info("%d of %d mails not sent here: %d now go through another mail service, the others are "
+                 "taken, done or not due", len(rest), len(ids), moved)
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""

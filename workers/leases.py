@@ -40,9 +40,13 @@ class LeaseKeeper:
         try:
             yield
         finally:
-            with self._lock:
-                for claim in claims:
-                    self._held.pop(claim.event_id, None)
+            self.release(claims)
+
+    def release(self, claims: list[Claim]) -> None:
+        """Stop renewing these claims (their outcomes are written)."""
+        with self._lock:
+            for claim in claims:
+                self._held.pop(claim.event_id, None)
 
     def renew(self) -> set[uuid.UUID]:
         """Renew every held lease now; returns the ids still held (the others were taken over)."""

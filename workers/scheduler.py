@@ -13,28 +13,14 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from workers.config import Config
-from workers.constants import MailService
 from workers.errors import StoreUnavailable
-from workers.records import Requeue
+from workers.handing import Enqueue, hand_on
 from workers.runtime import Runtime
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[MailService, list[str], int], None]
 Extra = Callable[[], dict[str, int]]
-
-
-def hand_on(enqueue: Enqueue, mails: list[Requeue], batch: int = 100) -> int:
-    """Give mails to their transport queues, a message per service, priority and `batch` mails; returns how many."""
-    groups: dict[tuple[str, int], list[str]] = {}
-    for mail in mails:
-        if mail.mail_service:
-            groups.setdefault((mail.mail_service, mail.priority), []).append(str(mail.event_id))
-    for (service, priority), ids in sorted(groups.items(), key=lambda g: -g[0][1]):
-        for start in range(0, len(ids), batch):
-            enqueue(MailService(service), ids[start:start + batch], priority)
-    return len(mails)
 
 
 def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:

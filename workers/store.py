@@ -166,10 +166,17 @@ class Store:
 
     # -- delivery -----------------------------------------------------------------------------
 
-    def claim(self, event_ids: list[str], worker: str, lease: float) -> list[Claim]:
-        """Lease the queued ones of these mails to `worker` for `lease` seconds (others are taken or done)."""
-        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease})
+    def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
+        """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
+        `service` (the others are taken, done, or belong to another service now)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease,
+                                   "service": service})
         return [Claim.from_row(r) for r in rows]
+
+    def reroute(self, event_ids: list[str], service: str) -> list[Requeue]:
+        """Move queued mails whose project sends through another service than `service` to that service."""
+        rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
+        return [Requeue.from_row(r) for r in rows]
 
     def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
         """Note that these mails are about to be handed over; returns the ids whose lease still holds."""

@@ -65,7 +65,7 @@ def test_undecodable_message_in_the_dead_letter_queue_is_kept_as_rejected(config
 def test_mail_of_a_worker_lost_before_data_is_sent_again_unflagged(config, runtime, store, worker, peer, tls_ca):
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
-    assert store.claim([ev["event_id"]], WORKER, config.lease_seconds)  # claimed, then the worker died
+    assert store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")  # claimed, then the worker died
     scheduler = Scheduler(store, enqueuer(worker()), config)
     assert scheduler.tick()["taken_over"] == 0  # the lease has not expired yet
     take_over_all(scheduler, 1)
@@ -81,7 +81,7 @@ def test_mail_lost_inside_the_data_window_is_sent_again_flagged_then_ambiguous(c
                                                                                peer, tls_ca):
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
-    claims = store.claim([ev["event_id"]], WORKER, config.lease_seconds)
+    claims = store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")
     assert store.enter_data_phase(claims)  # the worker died after starting DATA
     scheduler = Scheduler(store, enqueuer(worker()), config)
     take_over_all(scheduler, 1)
@@ -93,7 +93,7 @@ def test_mail_lost_inside_the_data_window_is_sent_again_flagged_then_ambiguous(c
     second = admitted(store)
     idle = Scheduler(store, lambda *a: None, config)
     for _ in range(2):  # lost inside the DATA window twice: no third copy
-        claims = store.claim([second["event_id"]], WORKER, config.lease_seconds)
+        claims = store.claim([second["event_id"]], WORKER, config.lease_seconds, "smtp")
         assert claims and store.enter_data_phase(claims)
         wait_until(lambda: idle.tick() is not None and store.get_mail(second["event_id"]).state != "sending",
                    timeout=15, interval=0.2)
@@ -128,13 +128,13 @@ def test_an_outcome_written_late_by_a_worker_whose_lease_was_taken_over_stops_th
     from workers.records import AttemptOutcome
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
-    [claim] = store.claim([ev["event_id"]], WORKER, config.lease_seconds)
+    [claim] = store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")
     assert store.enter_data_phase([claim])
     take_over_all(Scheduler(store, lambda *a: None, config), 1)  # queued again, not yet claimed
     assert store.record_outcomes([(claim, AttemptOutcome("sent", "sent", "250 OK queued as 1"))], WORKER) \
         == {claim.event_id}
     mail = store.get_mail(ev["event_id"])
-    assert mail.state == "sent" and store.claim([ev["event_id"]], "other:2", config.lease_seconds) == []
+    assert mail.state == "sent" and store.claim([ev["event_id"]], "other:2", config.lease_seconds, "smtp") == []
     assert [a.outcome for a in store.attempts_of(ev["event_id"])] == ["sent"]
 
 

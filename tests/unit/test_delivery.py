@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from workers.config import Config
-from workers.constants import Reason, State
+from workers.constants import MailService, Reason, State
 from workers.delivery import Deliverer
 from workers.errors import ConfigurationError, StoreUnavailable
 from workers.records import AttemptOutcome, Claim
@@ -29,7 +29,7 @@ class FakeStore:
         self.recorded: list[AttemptOutcome] = []
         self.record_calls = 0
 
-    def claim(self, event_ids, worker, lease) -> list[Claim]:  # noqa: ANN001
+    def claim(self, event_ids, worker, lease, service) -> list[Claim]:  # noqa: ANN001
         event = {"event_id": str(self.event_id), "project": "alpha", "kind": "notification",
                  "to": [{"address": "user@example.com"}], "subject": "Hi", "text": "Hello.\n"}
         return [Claim(self.event_id, "alpha", "notification", 1, event, "<m@x>", 1, uuid.uuid4(), NOW, NOW, None,
@@ -74,11 +74,14 @@ class NoLeases:
         import contextlib
         return contextlib.nullcontext()
 
+    def release(self, claims):  # noqa: ANN001
+        pass
+
 
 def deliver(store: FakeStore, transport: FakeTransport, **config) -> FakeStore:
     cfg = Config(database_url="", amqp_url="", retry_base=10, retry_cap=100, **config)
-    Deliverer(store, FakeSettings(), {"smtp": transport}, cfg, NoLeases(), "host:1", clock=lambda: NOW)(
-        str(store.event_id))
+    Deliverer(MailService.SMTP, store, FakeSettings(), {"smtp": transport}, cfg, NoLeases(), "host:1",
+              lambda *a: None, clock=lambda: NOW)(str(store.event_id))
     return store
 
 

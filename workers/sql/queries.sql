@@ -24,17 +24,31 @@ UPDATE mail m
        lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
        takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
        phase = NULL, updated_at = now()
-  FROM (SELECT x.event_id, s.key, s.settings_version
+  FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
           FROM mail x
-          CROSS JOIN LATERAL (SELECT p.key, p.settings_version FROM projects p
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
                                WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
                                ORDER BY p.key = x.project DESC LIMIT 1) AS s
          WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
- WHERE m.event_id = s.event_id AND m.state = 'queued'
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
 RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
           m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
+
+-- name: reroute
+-- Queued mails whose project now sends through another mail service than the queue they came on
+-- go to that service's queue: settings apply to every mail not sent yet (an admin's fix is meant
+-- for them), and a worker deployed for one service never sends through another.
+UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
+  FROM (SELECT x.event_id, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
+RETURNING m.event_id, m.priority, m.mail_service;
 
 -- name: enter_data_phase
 -- Written before DATA: from here a loss may have left a copy with the server. A mail not
