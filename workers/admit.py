@@ -7,6 +7,8 @@ import logging
 import uuid
 from typing import Any
 
+from dramatiq.middleware import CurrentMessage
+
 import schemas
 from schemas.mail_parts import AttachmentCaps, size_problems
 from workers import attachments
@@ -14,31 +16,33 @@ from workers.constants import Kind, State
 from workers.errors import DataRefused
 from workers.handing import Enqueue, hand_on
 from workers.records import Admission, Requeue
+from workers.rejects import Rejects, capped
 from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
-REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
 
 MAX_BATCH = 1000  # events one admit message may carry
 
 
-def raw_text(args: tuple, kwargs: dict) -> str:
-    """The event as received, as text, for the rejected entry."""
-    body = args[0] if len(args) == 1 and not kwargs else {"args": list(args), "kwargs": kwargs}
-    try:
-        return json.dumps(body, sort_keys=True, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):
-        return repr(body)
+def raw_bytes(args: tuple, kwargs: dict) -> bytes:
+    """The message as received, as bytes for the rejected entry: its Dramatiq message id and arguments.
+
+    The message id is part of it so that two distinct bad messages with the same arguments (say,
+    none) get a row each, while a redelivery of one (same id) finds its row.
+    """
+    current = CurrentMessage.get_current_message()
+    body = {"message_id": current.message_id if current is not None else None, "args": list(args), "kwargs": kwargs}
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8", "replace")
 
 
-def event_id_of(body: Any, raw: str) -> uuid.UUID:
-    """The event's own id when it has a valid one, else one derived from its bytes (stable on redelivery)."""
-    if isinstance(body, dict):
+def own_event_id(body: Any) -> uuid.UUID | None:
+    """The event's own id when it has a valid one (a republished bad event finds its row)."""
+    if isinstance(body, dict) and isinstance(body.get("event_id"), str):
         try:
-            return uuid.UUID(str(body.get("event_id")))
+            return uuid.UUID(body["event_id"])
         except ValueError:
             pass
-    return uuid.uuid5(REJECTED_NAMESPACE, raw)
+    return None
 
 
 class Admitter:
@@ -48,6 +52,7 @@ class Admitter:
         self.store = store
         self.enqueue = enqueue
         self.caps = caps or AttachmentCaps()
+        self.rejects = Rejects(store)
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Admit one event, or a batch of them (a list), in one transaction; whatever a message holds,
@@ -76,10 +81,10 @@ class Admitter:
         try:
             event = schemas.normalize_event(body)
         except schemas.InvalidPayload as exc:
-            self._reject((body,), {}, str(exc))
+            self._reject((body,), {}, capped(exc.problems))
             return None
         if too_large := size_problems(event, self.caps):
-            self._reject((body,), {}, str(schemas.InvalidPayload(too_large)))
+            self._reject((body,), {}, capped(too_large))
             return None
         if event.get("attachments"):  # the bytes leave the event here: the ledger keeps references
             event, stored = attachments.extract(event)
@@ -96,7 +101,7 @@ class Admitter:
         try:
             return patiently(lambda: self._admit([item], attachments.blobs_of(item[0], blobs)))[0]
         except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
-            self._reject((item[0],), {}, f"(event): {exc}", keep_event=False)
+            self._reject((item[0],), {}, f"(event): {exc}")
             return None
 
     def _hand_on(self, admitted: list[tuple[dict, Admission]]) -> None:
@@ -109,16 +114,11 @@ class Admitter:
                 queued.append(Requeue(event["event_id"], Kind(event["kind"]).priority, admission.mail_service))
         hand_on(self.enqueue, queued)
 
-    def reject_raw(self, raw: str, detail: str) -> None:
-        """Keep a message that is not even an envelope as `rejected`, with its raw text."""
-        event_id = uuid.uuid5(REJECTED_NAMESPACE, raw)
-        self.store.reject(event_id, detail, raw)
-        log.warning("message %s rejected: %s", event_id, detail)
+    def reject_raw(self, raw: bytes, reason: str, detail: str) -> uuid.UUID:
+        """Keep a message that is not an admissible envelope as `rejected` (an excerpt and its size)."""
+        return self.rejects.keep(None, raw, reason, detail)
 
-    def _reject(self, args: tuple, kwargs: dict, detail: str, keep_event: bool = True) -> None:
-        args = tuple(attachments.without_contents(arg) for arg in args)
-        raw = raw_text(args, kwargs)
-        body = args[0] if len(args) == 1 else None
-        event_id = event_id_of(body, raw)
-        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) and keep_event else None)
-        log.warning("event %s rejected: %s", event_id, detail)
+    def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
+        body = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
+        self.rejects.keep(own_event_id(body), raw_bytes(args, kwargs), "invalid_event", detail,
+                          body.get("project"), body.get("kind"))

@@ -65,16 +65,6 @@ def extract(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
     return {**event, "attachments": references}, blobs
 
 
-def without_contents(body: Any) -> Any:
-    """A received event for the `rejected` record: attachment contents replaced by their length, so a rejected
-    25 MB event does not keep 25 MB in the ledger."""
-    if not isinstance(body, dict) or not isinstance(body.get("attachments"), list):
-        return body
-    kept = [{**a, "content": f"({len(a['content'])} base64 characters, not kept)"}
-            if isinstance(a, dict) and isinstance(a.get("content"), str) else a for a in body["attachments"]]
-    return {**body, "attachments": kept}
-
-
 def attachments_of(event: Mapping[str, Any], contents: Mapping[str, bytes]) -> tuple[Attachment, ...]:
     """The admitted event's attachments with their bytes (MissingAttachment if a blob is gone)."""
     out = []

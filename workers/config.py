@@ -29,7 +29,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
         Setting("DESKMAIL_CONTROL_KEY", "",
-                "Shared HMAC key for control messages; when set, unsigned or mis-signed ones are refused."),
+                "Shared HMAC key for control messages; unsigned or mis-signed ones are refused. A worker with "
+                "the control actor refuses to start without it (see DESKMAIL_INSECURE_CONTROL)."),
+        Setting("DESKMAIL_CONTROL_AMQP_URL", "",
+                "RabbitMQ URL of the control vhost, where only admins may publish (deploy/rabbitmq/); unset: "
+                "control messages travel on DESKMAIL_AMQP_URL (development only)."),
+        Setting("DESKMAIL_INSECURE_CONTROL", "0",
+                "1 lets a worker run the control actor without DESKMAIL_CONTROL_KEY: for local development "
+                "only, since anyone who may publish to the control queue can then steer the mail."),
         Setting("DESKMAIL_CONTROL_TIMEOUT", "15", "Seconds an admin command waits for a control worker's answer."),
         Setting("DESKMAIL_CONTROL_MAX_AGE", "600",
                 "Seconds after which a control message not yet applied expires (no surprise late resumes)."),
@@ -57,6 +64,22 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_ATTACHMENTS_MAX_COUNT", "20", "Most attachments one mail may carry."),
         Setting("DESKMAIL_ATTACHMENT_RETENTION", "604800",
                 "Seconds a failed or ambiguous mail keeps its attachments for a retry or resend (7 days)."),
+        Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
+                "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
+        Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
+        Setting("DESKMAIL_CONSOLE_TLS_CERT", "", "PEM certificate (chain) the console serves HTTPS with."),
+        Setting("DESKMAIL_CONSOLE_TLS_KEY", "", "PEM private key of DESKMAIL_CONSOLE_TLS_CERT."),
+        Setting("DESKMAIL_CONSOLE_BEHIND_TLS_PROXY", "",
+                "`1`: plain HTTP on a non-loopback address is allowed because a TLS proxy in front terminates HTTPS."),
+        Setting("DESKMAIL_CONSOLE_FORWARDED_ALLOW", "127.0.0.1",
+                "Comma-separated proxy addresses whose X-Forwarded-For/-Proto the console believes."),
+        Setting("DESKMAIL_CONSOLE_SESSION_HOURS", "12", "Hours a console login lasts."),
+        Setting("DESKMAIL_CONSOLE_OIDC_ISSUER", "",
+                "OpenID Connect issuer URL for single sign-on to the console (unset: passwords only)."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLIENT_ID", "", "The console's client id at the OIDC issuer."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLIENT_SECRET", "", "The console's client secret at the OIDC issuer."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLAIM", "email",
+                "ID token claim naming the console user (who must exist, with a role, in `deskmail console-user`)."),
         Setting("MAIL_LIMIT_PER_DAY_SMTP", "",
                 "Global mails per day over all projects; applied by `deskmail db migrate` when set (0 = no limit)."),
         Setting("RECIPIENTS_LIMIT_PER_MAIL_SMTP", "",
@@ -77,6 +100,8 @@ class Config:
     amqp_url: str
     secret_keys: tuple[str, ...] = ()
     control_key: str = ""
+    control_amqp_url: str = ""
+    insecure_control: bool = False
     control_timeout: float = 15.0
     control_max_age: float = 600.0
     db_pool_max: int = 10
@@ -108,6 +133,8 @@ class Config:
             amqp_url=get("DESKMAIL_AMQP_URL"),
             secret_keys=tuple(k.strip() for k in get("DESKMAIL_SECRET_KEYS").split(",") if k.strip()),
             control_key=get("DESKMAIL_CONTROL_KEY"),
+            control_amqp_url=get("DESKMAIL_CONTROL_AMQP_URL"),
+            insecure_control=get("DESKMAIL_INSECURE_CONTROL").strip().lower() in ("1", "true", "yes", "on"),
             control_timeout=float(get("DESKMAIL_CONTROL_TIMEOUT")),
             control_max_age=float(get("DESKMAIL_CONTROL_MAX_AGE")),
             db_pool_max=int(get("DESKMAIL_DB_POOL_MAX")),
@@ -148,6 +175,18 @@ class Config:
     def renew_every(self) -> float:
         """Seconds between two renewals of the leases a worker holds."""
         return self.lease_seconds / 4
+    @property
+    def control_url(self) -> str:
+        """Where control messages travel: the control vhost, or the data vhost when none is set."""
+        return self.control_amqp_url or self.amqp_url
+
+    def require_control_authority(self) -> None:
+        """Refuse to run the control actor unauthenticated unless DESKMAIL_INSECURE_CONTROL says so."""
+        if not self.control_key and not self.insecure_control:
+            raise ConfigurationError(
+                "DESKMAIL_CONTROL_KEY is not set, so anyone who may publish to the control queue could resume, "
+                "suspend and change limits and settings: set it (the same value for workers and the deskmail "
+                "command), or set DESKMAIL_INSECURE_CONTROL=1 for local development only")
 
     def attachment_caps(self) -> AttachmentCaps:
         """The attachment caps the publisher and admission check."""

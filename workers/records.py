@@ -143,3 +143,43 @@ class Requeue(_FromRow):
     event_id: uuid.UUID
     priority: int
     mail_service: str | None
+
+
+@dataclass(frozen=True)
+class ConsoleUser(_FromRow):
+    """A console account; password_hash is argon2id, None for single sign-on only."""
+
+    username: str
+    password_hash: str | None
+    role: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsoleSession(_FromRow):
+    """A console login: whose it is, the role it acts with now, and its CSRF token."""
+
+    username: str
+    role: str
+    csrf_token: str
+    via: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsoleJob(_FromRow):
+    """A long console job (a Test action, a bulk action) and how far it got."""
+
+    id: uuid.UUID
+    kind: str
+    title: str
+    requested_by: str
+    project: str | None
+    total: int
+    done: int
+    steps: list
+    ok: bool | None
+    summary: str | None
+    started_at: datetime
+    finished_at: datetime | None

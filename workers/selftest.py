@@ -35,9 +35,13 @@ def test_event(project: str, to: str, attachment: bool = False) -> dict[str, Any
 
 
 def self_test(runtime: Runtime, project: str, to: str | None = None,
-              document: dict[str, Any] | None = None, attachment: bool = False) -> Checkup:
+              document: dict[str, Any] | None = None, checkup: Checkup | None = None,
+              attachment: bool = False) -> Checkup:
     """Send a test mail with the project's saved settings (or with `document`, not yet saved), with a small
-    attachment when `attachment`."""
+    attachment when `attachment`.
+
+    A caller that shows the steps as they happen passes its own `checkup` (the console does).
+    """
     if document is None:
         settings = runtime.settings.load(project)
     else:
@@ -45,7 +49,7 @@ def self_test(runtime: Runtime, project: str, to: str | None = None,
     transport = runtime.transports[settings.service]
     event, contents = extract(test_event(project, to or settings.document["from_address"], attachment))
     envelope = envelope_for(event, settings, datetime.now(timezone.utc), contents=contents)
-    checkup = Checkup()
+    checkup = Checkup() if checkup is None else checkup
     try:
         transport.diagnose(settings, envelope, checkup)
     except Stop:

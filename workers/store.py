@@ -17,7 +17,8 @@ from psycopg_pool import ConnectionPool
 from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
-from workers.records import Admission, Attempt, AttemptOutcome, Claim, GlobalLimits, Mail, Project, Requeue
+from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
+                             GlobalLimits, Mail, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -71,25 +72,16 @@ class Store:
 
     @contextlib.contextmanager
     def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection; driver errors become StoreError here and nowhere else.
-
-        Lost or refused connections become StoreUnavailable (try again later), data PostgreSQL
-        cannot hold becomes DataRefused (trying again cannot help), anything else StoreError.
-        """
-        try:
-            with self.pool.connection(**options) as conn:
-                yield conn
-        except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
-            raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
-        except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-            self.health.failed(exc)
-            raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
+        """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
+        with _translated(self.health), self.pool.connection(**options) as conn:
+            yield conn
         self.health.succeeded()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator["Store"]:
+        """A store whose every method runs in one transaction, committed when the block ends."""
+        with self._conn() as conn, conn.transaction():
+            yield _InTransaction(self, conn)
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -154,17 +146,6 @@ class Store:
                 if hashes:
                     conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": hashes})
         return [decided[str(e["event_id"])] for e, _, _ in items]
-
-    def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
-        """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
-        event = event if isinstance(event, dict) else None
-        project = event.get("project") if event and isinstance(event.get("project"), str) else None
-        kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
-        self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
-                             "detail": _clean(detail, 4000), "raw": _clean(raw, 65536),
-                             "event": Jsonb(event) if event else None})
-
-    # -- delivery -----------------------------------------------------------------------------
 
     def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
         """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
@@ -344,16 +325,50 @@ class Store:
         row = self._one("control_answer", {"request_id": request_id})
         return row["answer"] if row else None
 
+    def claim_control_request(self, request_id: str, action: str) -> bool:
+        """Take a request id for applying it now; False if it was applied before (use inside atomic())."""
+        return self._one("claim_control_request", {"request_id": request_id, "action": action}) is not None
+
     def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Record the answer to a control request and its audit entry."""
+        """Record the answer to a claimed control request and its audit entry (use inside atomic())."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(self.q["record_control"], {"request_id": message["request_id"],
-                                                    "action": message["action"], "answer": Jsonb(answer)})
-            params = {k: v for k, v in message.items() if k not in ("signature", "requested_by")}
-            conn.execute(self.q["record_audit"], {
-                "actor": message.get("requested_by", "?"), "action": message["action"],
-                "project": message.get("project"), "params": Jsonb(params),
-                "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+            conn.execute(self.q["answer_control_request"], {"request_id": message["request_id"],
+                                                           "answer": Jsonb(answer)})
+            self._audit(conn, message, answer)
+
+    def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:
+        """Keep a refused control message's reason and audit entry; its request id stays free."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["record_control_refusal"], {"request_id": message.get("request_id"),
+                                                           "reason": reason})
+            self._audit(conn, message, {"ok": False, "error": reason, "touched": 0, "refused": True})
+
+    def control_refusal(self, request_id: str) -> str | None:
+        """Why the newest message carrying this request id was refused, or None."""
+        row = self._one("control_refusal", {"request_id": request_id})
+        return row["reason"] if row else None
+
+    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
+                  if k not in ("signature", "requested_by")}
+        conn.execute(self.q["record_audit"], {
+            "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
+            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+
+    def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
+                      project: str | None = None, kind: str | None = None) -> None:
+        """Keep a message that cannot be admitted as `rejected`: reason, detail, an excerpt and its size."""
+        self._all("keep_rejected", {"event_id": event_id, "project": project and project[:64],
+                                    "kind": kind and kind[:32], "reason": reason, "detail": detail[:4000],
+                                    "raw": excerpt, "raw_size": size})
+
+    def reachable(self) -> bool:
+        """True when PostgreSQL answers (tells a failing statement from a database that is away)."""
+        try:
+            return self._one("reachable") is not None
+        except StoreError:
+            return False
 
     def audit(self, project: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries."""
@@ -375,6 +390,124 @@ class Store:
         row = self._one("sent_today", {"scope": scope, "time_zone": time_zone})
         return int(row["sent"]) if row else 0
 
+    # -- admin console ------------------------------------------------------------------------
+
+    def console_mail_page(self, state: str, filters: dict[str, str | None], after: int = 0,
+                          limit: int = 50) -> list[dict[str, Any]]:
+        """One page of mails in `state` matching the console's filters (project, reason, kind, text)."""
+        return self._all("console_mail_page", {"state": state, **_filters(filters), "after": after, "limit": limit})
+
+    def console_mail_count(self, state: str, filters: dict[str, str | None]) -> dict[str, int]:
+        """{project: n} of the mails in `state` matching the filters."""
+        return {r["project"]: r["n"] for r in self._all("console_mail_count", {"state": state, **_filters(filters)})}
+
+    def console_selection_count(self, ids: list[str], state: str) -> dict[str, int]:
+        """{project: n} of the given mails that are still in `state`."""
+        rows = self._all("console_selection_count", {"ids": [uuid.UUID(str(i)) for i in ids], "state": state})
+        return {r["project"]: r["n"] for r in rows}
+
+    def console_mail_reasons(self, state: str) -> list[str]:
+        """The reasons mails in `state` have, for the filter's choices."""
+        return [r["reason"] for r in self._all("console_mail_reasons", {"state": state})]
+
+    def console_audit(self, *, project: str | None = None, actor: str | None = None, action: str | None = None,
+                      before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries, newest first, filtered; `before` pages by id."""
+        return self._all("console_audit", {"project": project, "actor": actor, "action": action,
+                                           "before": before, "limit": limit})
+
+    def console_audit_actions(self) -> list[str]:
+        """Every action name the audit holds."""
+        return [r["action"] for r in self._all("console_audit_actions")]
+
+    def console_user(self, username: str) -> ConsoleUser | None:
+        """A console account, or None."""
+        row = self._one("console_user_get", {"username": username})
+        return ConsoleUser.from_row(row) if row else None
+
+    def console_users(self) -> list[ConsoleUser]:
+        """Every console account."""
+        return [ConsoleUser.from_row(r) for r in self._all("console_user_list")]
+
+    def add_console_user(self, username: str, password_hash: str | None, role: str) -> bool:
+        """Create a console account; False if the name is taken."""
+        return self._rowcount("console_user_add", {"username": username, "password_hash": password_hash,
+                                                   "role": role}) == 1
+
+    def remove_console_user(self, username: str) -> bool:
+        """Delete a console account and its sessions; False if there was none."""
+        return self._rowcount("console_user_remove", {"username": username}) == 1
+
+    def set_console_password(self, username: str, password_hash: str | None) -> bool:
+        """Replace a console account's password, ending its sessions; False for an unknown account."""
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(self.q["console_user_exists"], {"username": username}).fetchone() is None:
+                return False
+            conn.execute(self.q["console_user_passwd"], {"username": username, "password_hash": password_hash})
+            return True
+
+    def record_console_audit(self, actor: str, action: str, params: dict[str, Any], ok: bool) -> None:
+        """An audit entry for a change of the console's own accounts (no control action covers those)."""
+        self._all("record_audit", {"actor": actor, "action": action, "project": None, "params": Jsonb(params),
+                                   "touched": 0, "result": Jsonb({"ok": ok})})
+
+    def add_console_session(self, token_hash: bytes, username: str, csrf_token: str, via: str,
+                            lifetime: float) -> None:
+        """Open a console session (only the token's hash is kept)."""
+        self._all("console_session_add", {"token_hash": token_hash, "username": username, "csrf_token": csrf_token,
+                                          "via": via, "lifetime": lifetime})
+
+    def console_session(self, token_hash: bytes) -> ConsoleSession | None:
+        """The live session with this token hash, with the user's current role, or None."""
+        row = self._one("console_session_get", {"token_hash": token_hash})
+        return ConsoleSession.from_row(row) if row else None
+
+    def remove_console_session(self, token_hash: bytes) -> None:
+        """End a session (and sweep expired ones)."""
+        self._all("console_session_remove", {"token_hash": token_hash})
+
+    def record_login_attempt(self, username: str, address: str, ok: bool) -> None:
+        """Remember a console login attempt; a success forgets the user's failures."""
+        self._all("console_login_attempt", {"username": username, "address": address, "ok": ok})
+        if ok:
+            self._all("console_login_forget", {"username": username})
+
+    def login_failures(self, username: str, address: str, window: float) -> tuple[int, int]:
+        """Failed console logins within `window` seconds: (for this user, from this address)."""
+        row = self._one("console_login_failures", {"username": username, "address": address, "window": window})
+        return (row["by_user"], row["by_address"]) if row else (0, 0)
+
+    def begin_oidc_login(self, state: str, nonce: str, verifier: str) -> None:
+        """Remember a single sign-on login until the provider calls back."""
+        self._all("console_oidc_begin", {"state": state, "nonce": nonce, "verifier": verifier})
+
+    def finish_oidc_login(self, state: str) -> tuple[str, str] | None:
+        """(nonce, verifier) of a pending login, used up; None if unknown or too old."""
+        row = self._one("console_oidc_finish", {"state": state})
+        return (row["nonce"], row["verifier"]) if row else None
+
+    def add_console_job(self, job_id: uuid.UUID, kind: str, title: str, requested_by: str, project: str | None,
+                        total: int = 0) -> None:
+        """Record a console job as started (and forget those older than a week)."""
+        self._all("console_job_sweep")
+        self._all("console_job_add", {"id": job_id, "kind": kind, "title": title, "requested_by": requested_by,
+                                      "project": project, "total": total})
+
+    def console_job_progress(self, job_id: uuid.UUID, done: int, steps: list) -> None:
+        """Record how far a console job got."""
+        self._all("console_job_progress", {"id": job_id, "done": done, "steps": Jsonb(steps)})
+
+    def finish_console_job(self, job_id: uuid.UUID, done: int, steps: list, ok: bool, summary: str) -> None:
+        """Record a console job's end."""
+        self._all("console_job_finish", {"id": job_id, "done": done, "steps": Jsonb(steps), "ok": ok,
+                                         "summary": summary})
+
+    def console_job(self, job_id: uuid.UUID | str) -> ConsoleJob | None:
+        """A console job, or None."""
+        row = self._one("console_job_get", {"id": job_id})
+        return ConsoleJob.from_row(row) if row else None
+
+
     # -- scheduler ----------------------------------------------------------------------------
 
     def take_due_retries(self, limit: int = 500) -> list[Requeue]:
@@ -390,6 +523,36 @@ class Store:
         """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
         rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+
+class _InTransaction(Store):
+    """The store's methods on one connection inside an open transaction (see Store.atomic)."""
+
+    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+        self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
+
+    @contextlib.contextmanager
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        with _translated(self.health):
+            yield self._held
+
+
+@contextlib.contextmanager
+def _translated(health: Health) -> Iterator[None]:
+    """Driver errors as deskmail's: lost or refused connections become StoreUnavailable (try again
+    later), data PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
+    try:
+        yield
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+        raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
 
 
 def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,
@@ -408,6 +571,11 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
         else:
             out[key] = done
     return out
+
+
+def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
+    """The console's list filters, empty ones as NULL."""
+    return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
 
 
 def _cleaned(refused: dict[str, str]) -> dict[str, str]:

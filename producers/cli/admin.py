@@ -8,7 +8,9 @@ from pathlib import Path
 
 import schemas
 from schemas.addresses import normalized_address
+from producers import control
 from producers.cli.context import CommandError, Context, emit
+from producers.cli.controls import printable, send_control
 from workers.diagnosis import Checkup, Status
 from workers.selftest import self_test
 DEFAULT_PROJECT = "default"
@@ -53,7 +55,7 @@ def load_json(path: Path) -> dict:
 
 
 def settings_set(ctx: Context, args: argparse.Namespace) -> int:
-    """Validate and save a project's settings."""
+    """Validate, optionally test, and save a project's settings through the control worker, audited."""
     document = load_json(args.file)
     problems = schemas.validate(schemas.SETTINGS, document)
     if problems:
@@ -63,7 +65,10 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
         print(format_checkup(args.project, document["mail_service"], checkup))
         if not checkup.accepted:
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
-    ctx.runtime.settings.save(args.project, document)
+    answer = send_control(ctx, "settings.set", **control.settings_fields(ctx.runtime.box, args.project, document))
+    if not answer.get("ok"):
+        raise CommandError(f"the settings of project {args.project} were NOT saved: "
+                           f"{printable(str(answer.get('error')))}")
     print(f"saved the {document['mail_service']} settings of project {args.project}")
     return 0
 

@@ -15,7 +15,7 @@ import pytest
 import schemas
 from producers.publisher import batches, prepare
 from schemas.mail_parts import AttachmentCaps, decoded_size, size_problems
-from workers.attachments import Attachment, MissingAttachment, attachments_of, extract, without_contents
+from workers.attachments import Attachment, MissingAttachment, attachments_of, extract
 from workers.message import Sender, build
 from workers.mime_parts import thread_root, threading
 from workers.transports.base import Envelope, TransportFailure
@@ -109,11 +109,6 @@ def test_admission_keeps_references_in_the_event_and_the_bytes_once_per_hash():
                                         "sha256": digest, "size": 4}
     with pytest.raises(MissingAttachment, match="'a.txt' is no longer stored"):
         attachments_of(stored, {})
-
-
-def test_a_rejected_event_is_kept_without_its_attachment_bytes():
-    kept = without_contents(event(attachments=[attachment(data=b"x" * 3000)]))
-    assert kept["attachments"][0]["content"] == "(4000 base64 characters, not kept)"
 
 
 def test_a_long_non_ascii_file_name_is_sent_as_rfc_2231_continuations_and_read_back_whole():

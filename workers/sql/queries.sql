@@ -10,11 +10,6 @@ SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
  CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
                                    a.recipients, a.created_at) AS d;
 
--- name: reject
-INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
-VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(detail)s, %(raw)s, %(event)s)
-ON CONFLICT (event_id) DO NOTHING;
-
 -- name: claim
 -- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
 -- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
@@ -257,6 +252,159 @@ SELECT p.key FROM projects p
 
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
+
+-- name: claim_control_request
+-- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
+-- primary key until this one commits, then finds it applied (no row returned).
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, '{}')
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: answer_control_request
+UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: record_control_refusal
+INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: control_refusal
+SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;
+
+-- name: keep_rejected
+-- A rejected message keeps a bounded excerpt and its size; the whole body is never stored.
+INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, raw_size)
+VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', %(reason)s, %(detail)s, %(raw)s, %(raw_size)s)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: reachable
+SELECT 1 AS up;
+-- Admin console ------------------------------------------------------------------------------
+
+-- name: console_mail_page
+-- One page of mails in a state, in arrival order (keyset on seq), with the console's filters:
+-- project, reason, kind, and text in the subject or any recipient's address or name.
+SELECT m.seq, m.event_id, m.project, m.kind, m.recipients, m.subject, m.reason, m.detail, m.received_at,
+       m.updated_at, m.attempts
+  FROM mail m
+ WHERE m.state = %(state)s AND m.seq > %(after)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ ORDER BY m.seq LIMIT %(limit)s;
+
+-- name: console_mail_count
+-- How many mails match the same filters, per project (the confirmation's quota figures).
+SELECT m.project, count(*)::int AS n
+  FROM mail m
+ WHERE m.state = %(state)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ GROUP BY m.project ORDER BY m.project;
+
+-- name: console_selection_count
+SELECT m.project, count(*)::int AS n FROM mail m
+ WHERE m.event_id = ANY(%(ids)s) AND m.state = %(state)s GROUP BY m.project ORDER BY m.project;
+
+-- name: console_mail_reasons
+SELECT DISTINCT reason FROM mail WHERE state = %(state)s AND reason IS NOT NULL ORDER BY reason;
+
+-- name: console_audit
+SELECT id, at, actor, action, project, params, touched, result FROM audit
+ WHERE (%(project)s::text IS NULL OR project = %(project)s)
+   AND (%(actor)s::text IS NULL OR actor ILIKE '%%' || %(actor)s || '%%')
+   AND (%(action)s::text IS NULL OR action = %(action)s)
+   AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: console_audit_actions
+SELECT DISTINCT action FROM audit ORDER BY action;
+
+-- name: console_user_get
+SELECT username, password_hash, role, created_at, updated_at FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_list
+SELECT username, password_hash, role, created_at, updated_at FROM console_users ORDER BY username;
+
+-- name: console_user_add
+INSERT INTO console_users (username, password_hash, role) VALUES (%(username)s, %(password_hash)s, %(role)s)
+ON CONFLICT (username) DO NOTHING;
+
+-- name: console_user_remove
+DELETE FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_passwd
+-- A new password ends every session of the user.
+WITH changed AS (
+    UPDATE console_users SET password_hash = %(password_hash)s, updated_at = now()
+     WHERE username = %(username)s RETURNING username)
+DELETE FROM console_sessions WHERE username IN (SELECT username FROM changed);
+
+-- name: console_user_exists
+SELECT 1 FROM console_users WHERE username = %(username)s;
+
+-- name: console_session_add
+INSERT INTO console_sessions (token_hash, username, csrf_token, via, expires_at)
+VALUES (%(token_hash)s, %(username)s, %(csrf_token)s, %(via)s, now() + make_interval(secs => %(lifetime)s));
+
+-- name: console_session_get
+-- The role is read from the user on every request: a role change or removal counts at once.
+SELECT s.username, u.role, s.csrf_token, s.via, s.expires_at
+  FROM console_sessions s JOIN console_users u USING (username)
+ WHERE s.token_hash = %(token_hash)s AND s.expires_at > now();
+
+-- name: console_session_remove
+DELETE FROM console_sessions WHERE token_hash = %(token_hash)s OR expires_at < now();
+
+-- name: console_login_attempt
+INSERT INTO console_login_attempts (username, address, ok) VALUES (%(username)s, %(address)s, %(ok)s);
+
+-- name: console_login_failures
+SELECT (SELECT count(*) FROM console_login_attempts
+         WHERE username = %(username)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_user,
+       (SELECT count(*) FROM console_login_attempts
+         WHERE address = %(address)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_address;
+
+-- name: console_login_forget
+-- A successful login forgets the user's failures, and attempts older than a day go.
+DELETE FROM console_login_attempts
+ WHERE (username = %(username)s AND NOT ok) OR at < now() - interval '1 day';
+
+-- name: console_oidc_begin
+INSERT INTO console_oidc_logins (state, nonce, verifier) VALUES (%(state)s, %(nonce)s, %(verifier)s);
+
+-- name: console_oidc_finish
+-- Each state is good for one callback, within ten minutes.
+DELETE FROM console_oidc_logins WHERE state = %(state)s AND created_at > now() - interval '10 minutes'
+RETURNING state, nonce, verifier;
+
+-- name: console_job_add
+INSERT INTO console_jobs (id, kind, title, requested_by, project, total)
+VALUES (%(id)s, %(kind)s, %(title)s, %(requested_by)s, %(project)s, %(total)s);
+
+-- name: console_job_sweep
+DELETE FROM console_jobs WHERE started_at < now() - interval '7 days';
+
+-- name: console_job_progress
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s WHERE id = %(id)s;
+
+-- name: console_job_finish
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary = %(summary)s,
+       finished_at = now()
+ WHERE id = %(id)s;
+
+-- name: console_job_get
+SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
+  FROM console_jobs WHERE id = %(id)s;
 
 -- name: store_attachment_blob
 -- Stored once per content hash; a blob already there is only marked as used (at most once a minute).
