@@ -61,7 +61,7 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
     if problems:
         raise CommandError(f"{args.file}: " + "; ".join(map(str, problems)))
     if args.test:
-        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document, args.attach)
+        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document, attachment=args.attach)
         print(format_checkup(args.project, document["mail_service"], checkup))
         if not checkup.accepted:
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
