@@ -68,6 +68,8 @@ class Batch:
 def prepare(event: dict[str, Any], caps: AttachmentCaps | None = None) -> Prepared:
     """Complete and validate an event (InvalidEvent when it breaks the contract or its attachments pass the
     caps, by default those of the DESKMAIL_* settings in the environment)."""
+    if not isinstance(event, dict):
+        raise InvalidEvent((schemas.Problem("(root)", "an event must be a JSON object"),))
     event = complete(event)
     problems = schemas.validate(EVENT_SCHEMA, event)
     if not problems and event.get("attachments"):
@@ -122,8 +124,8 @@ class Publisher:
             try:
                 batch.append(prepare(event, self.caps))
             except InvalidEvent as exc:
-                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}].{p.path}", p.message)
-                                         for p in exc.problems)) from None
+                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}]" + ("" if p.path == "(root)" else f".{p.path}"),
+                                                         p.message) for p in exc.problems)) from None
         self.publish_prepared(batch, window)
         return [item.event_id for item in batch]
 
@@ -263,6 +265,12 @@ def publish_lines(publisher: Publisher, lines: Iterable[str],
             event = json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, None, f"(line): not valid JSON: {exc.msg} at column {exc.colno}"
+            continue
+        except RecursionError:
+            yield number, None, "(line): nested too deeply to be an event"
+            continue
+        except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+            yield number, None, f"(line): not usable JSON: {str(exc).split(';')[0][:200]}"
             continue
         if not isinstance(event, dict):
             yield number, None, "(root): an event must be a JSON object"

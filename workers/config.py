@@ -55,7 +55,7 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
-                "CIDRs that admin-configured mail hosts may resolve to although private or loopback (e.g. 10.0.0.0/8)."),
+                "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
         Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
         Setting("DESKMAIL_ATTACHMENT_MAX_BYTES", "26214400",
                 "Largest attachment, decoded, in bytes (25 MB); checked by the publisher and at admission."),

@@ -11,6 +11,7 @@ from workers.attachments import extract
 from workers.delivery import envelope_for
 from workers.diagnosis import Checkup, Stop
 from workers.runtime import Runtime
+from workers.scrub import Scrubber
 from workers.settings import ProjectSettings
 
 UNSAVED = -1  # settings version of a document tested before it is saved
@@ -50,6 +51,7 @@ def self_test(runtime: Runtime, project: str, to: str | None = None,
     event, contents = extract(test_event(project, to or settings.document["from_address"], attachment))
     envelope = envelope_for(event, settings, datetime.now(timezone.utc), contents=contents)
     checkup = Checkup() if checkup is None else checkup
+    checkup.scrub = Scrubber.of(settings).text
     try:
         transport.diagnose(settings, envelope, checkup)
     except Stop:

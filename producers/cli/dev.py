@@ -107,7 +107,8 @@ def keys_rotate(ctx: Context, args: argparse.Namespace) -> int:
 
 def publish(ctx: Context, args: argparse.Namespace) -> int:
     """Publish JSON lines; print one event id per good line, report bad ones with line and field."""
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    # Bytes that are not UTF-8 become lone surrogates, which the schema refuses per line, field named.
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="surrogateescape")
     bad = 0
     with stream:
         for number, event_id, error in publish_lines(ctx.publisher, stream):

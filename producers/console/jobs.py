@@ -33,7 +33,7 @@ class RecordedCheckup(Checkup):
 
     def failed(self, name: str, detail: str, advice: str):  # noqa: ANN201 - NoReturn
         """Record a failed step, report it, and end the checkup."""
-        self.steps.append(Step(name, Status.FAILED, detail, advice))
+        self.steps.append(Step(name, Status.FAILED, self.scrub(detail), self.scrub(advice)))
         self._on_step(self.steps)
         raise Stop(name)
 

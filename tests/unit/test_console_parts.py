@@ -78,9 +78,9 @@ def test_saved_settings_show_their_values_and_only_the_names_of_their_secrets():
 
 def test_the_console_sends_only_actions_the_control_worker_knows():
     for action in ("backlog.resume", "backlog.suspend", "suspended.resume", "failed.retry", "ambiguous.resend",
-                   "ambiguous.close", "limits.set", "auto_resume.set"):
+                   "ambiguous.close", "limits.set", "auto_resume.set", "settings.set"):
         assert available(action), action
-    assert not available("settings.set") and not available("no.such")
+    assert not available("no.such") and not available("backlog.delete")
 
 
 @pytest.mark.parametrize("raw, expected", [("/backlog", "/backlog"), ("//evil.example", "/"),

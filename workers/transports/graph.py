@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import requests
 
+from schemas.addresses import ascii_domain_form
 from workers.attachments import Attachment
 from workers.diagnosis import AUTHENTICATION, SENDER
 from workers.transports import https, phase, tls
@@ -60,7 +61,7 @@ def with_bcc(envelope: Envelope, data: bytes | None = None) -> bytes:
     hidden = envelope.blind_copies()
     if not hidden:
         return data
-    return ("Bcc: " + ",\r\n ".join(hidden) + "\r\n").encode("utf-8") + data
+    return ("Bcc: " + ",\r\n ".join(map(ascii_domain_form, hidden)) + "\r\n").encode("utf-8") + data
 
 
 def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],

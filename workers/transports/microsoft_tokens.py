@@ -16,6 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from workers.scrub import Scrubber
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
@@ -90,10 +91,9 @@ class AppRegistration:
                                authority_url=self.authority_url, scope=scope)
 
     def scrub(self, text: str) -> str:
-        """Someone else's text (Microsoft's, an exception's) with any secret of this registration masked."""
-        for secret in self._secrets():
-            text = text.replace(secret, "********")
-        return text
+        """Someone else's text (Microsoft's, an exception's) with any secret of this registration masked, in any
+        encoding workers.scrub knows."""
+        return Scrubber(self._secrets(), [self.client_id]).text(text)
 
     def _secrets(self) -> list[str]:
         if isinstance(self.credential, dict):
