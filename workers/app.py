@@ -80,7 +80,7 @@ def guard(broker: dramatiq.Broker, runtime: Runtime) -> None:
 def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool = True) -> None:
     """Declare the admit actor, one transport actor per mail service and (if `control`) the control actor."""
     store, enqueue = runtime.store, enqueuer(broker)
-    admitter = Admitter(store, enqueue)
+    admitter = Admitter(store, enqueue, runtime.config.attachment_caps())
     for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
         dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
                        options=dict(ACTOR_OPTIONS))

@@ -61,11 +61,14 @@ class Scheduler:
         """A scheduler publishing through a Dramatiq broker of its own."""
         from workers.admit import Admitter
         from workers.app import build_broker, enqueuer
+        from workers.attachments import clean_up_step
         from workers.deadletters import drain_step
         broker = build_broker(config)
         enqueue = enqueuer(broker)
-        return cls(runtime.store, enqueue, config,
-                   [heartbeat_step(runtime.store), auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
+        store = runtime.store
+        return cls(store, enqueue, config,
+                   [heartbeat_step(store), auto_resume_step(store), drain_step(config.amqp_url, Admitter(store, enqueue)),
+                    clean_up_step(store, config.attachment_retention)])
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each step touched. A step that fails is logged and

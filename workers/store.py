@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -128,6 +128,25 @@ class Store:
         decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
         return [decided[str(e["event_id"])] for e, _, _ in items]
 
+    def admit_with_attachments(self, items: list[tuple[dict[str, Any], int, int]],
+                               blobs: Mapping[str, bytes]) -> list[Admission]:
+        """`admit_many` for events whose attachments refer to blobs ({sha256: bytes}): in one transaction the
+        blobs are stored once per hash, the events admitted, and each mail linked to its blobs (idempotent)."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        with self._conn() as conn, conn.transaction():
+            for digest in sorted(blobs):  # one order for every admission: two never wait on each other's rows
+                conn.execute(self.q["store_attachment_blob"], {"sha256": digest, "size": len(blobs[digest]),
+                                                               "content": blobs[digest]})
+            decided = {str(r["event_id"]): Admission.from_row(r)
+                       for r in conn.execute(self.q["admit"], {"rows": Jsonb(rows)}).fetchall()}
+            for event, _, _ in items:
+                hashes = sorted({a["sha256"] for a in event.get("attachments") or ()})
+                if hashes:
+                    conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": hashes})
+        return [decided[str(e["event_id"])] for e, _, _ in items]
+
     def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
         """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
         `service` (the others are taken, done, or belong to another service now)."""
@@ -178,6 +197,18 @@ class Store:
     def record_config_error(self, project: str, detail: str) -> None:
         """Show a configuration error on the project's status (the next successful send clears it)."""
         self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+
+    def attachment_contents(self, event: dict[str, Any]) -> dict[str, bytes]:
+        """{sha256: bytes} of the blobs an admitted event's attachments refer to; no query without attachments."""
+        hashes = sorted({a["sha256"] for a in event.get("attachments") or () if "sha256" in a})
+        if not hashes:
+            return {}
+        return {r["sha256"]: bytes(r["content"]) for r in self._all("attachment_contents", {"hashes": hashes})}
+
+    def delete_unused_attachments(self, grace: float, retention: float, limit: int = 1000) -> int:
+        """Delete up to `limit` blobs no mail that can still be sent (or retried within `retention` seconds)
+        refers to and no admission used in the last `grace` seconds; returns how many (for the scheduler)."""
+        return self._rowcount("delete_unused_attachments", {"grace": grace, "retention": retention, "limit": limit})
 
     # -- reading ------------------------------------------------------------------------------
 

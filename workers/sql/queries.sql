@@ -459,3 +459,30 @@ UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary
 -- name: console_job_get
 SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
   FROM console_jobs WHERE id = %(id)s;
+
+-- name: store_attachment_blob
+-- Stored once per content hash; a blob already there is only marked as used (at most once a minute).
+INSERT INTO attachment_blobs AS b (sha256, size, content) VALUES (%(sha256)s, %(size)s, %(content)s)
+ON CONFLICT (sha256) DO UPDATE SET used_at = now() WHERE b.used_at < now() - interval '1 minute';
+
+-- name: link_mail_attachments
+INSERT INTO mail_attachments (event_id, sha256) SELECT %(event_id)s, unnest(%(hashes)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: attachment_contents
+SELECT sha256, content FROM attachment_blobs WHERE sha256 = ANY(%(hashes)s);
+
+-- name: delete_unused_attachments
+-- Blobs no mail needs any more: none that can still be sent (queued, sending, backlog, suspended) refers
+-- to them, nor a failed or ambiguous one younger than the retention (an admin may retry or resend it),
+-- and no admission used them within the grace period.
+DELETE FROM attachment_blobs b
+ WHERE b.sha256 IN (SELECT x.sha256 FROM attachment_blobs x
+                     WHERE x.used_at < now() - make_interval(secs => %(grace)s)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM mail_attachments ma JOIN mail m ON m.event_id = ma.event_id
+                            WHERE ma.sha256 = x.sha256
+                              AND (m.state IN ('queued', 'sending', 'backlog', 'suspended')
+                                   OR (m.state IN ('failed', 'ambiguous')
+                                       AND m.updated_at > now() - make_interval(secs => %(retention)s))))
+                     LIMIT %(limit)s FOR UPDATE SKIP LOCKED);
