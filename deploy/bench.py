@@ -128,6 +128,34 @@ def sent_times(store, ids: list[str]) -> list[tuple[float, float]]:
     return [(r["created_at"].timestamp(), r["sent_at"].timestamp()) for r in rows]
 
 
+def scale_run(demo, factory, store, processes: int, threads: int, n: int) -> float:
+    """Mails/s end to end with `processes` worker processes (the workers of the previous run stopped first)."""
+    demo.stop_all()
+    demo.procs.clear()
+    demo.start(f"bench-workers-{processes}", str(BIN / "dramatiq"), "workers.app:setup", "--processes",
+               str(processes), "--threads", str(threads))
+    time.sleep(3)
+    warm = [sample(i) for i in range(200)]
+    publish_all(factory, warm)
+    wait_sent(store, [e["event_id"] for e in warm], 120)
+    events = [sample(i) for i in range(n)]
+    started = time.time()
+    publish_all(factory, events)
+    ids = [e["event_id"] for e in events]
+    wait_sent(store, ids, 1800)
+    return n / (max(s for _, s in sent_times(store, ids)) - started)
+
+
+def scrape_summary(port: int) -> list[str]:
+    """The deskmail_ samples of the workers' metrics endpoint (outcome counters, send latency)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    wanted = ("deskmail_mail_outcomes_total", "deskmail_admissions_total", "deskmail_send_duration_seconds_count",
+              "deskmail_send_duration_seconds_sum", "deskmail_quota_used", "deskmail_ledger_up")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
 def state_counts(store, project: str) -> dict[str, int]:
     """How many of a project's mails are in each state."""
     with store.pool.connection() as conn:
@@ -383,6 +411,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="CPU-ms per mail per process group, per phase")
     parser.add_argument("--soak", type=int, metavar="N", help="only a soak: N mails, worker RSS sampled")
     parser.add_argument("--soak-every", type=float, default=5.0, help="seconds between RSS samples")
+    parser.add_argument("--scale", default="", help="also measure with these worker process counts, e.g. 1,2,4")
+    parser.add_argument("--scale-events", type=int, default=5000, help="events per --scale run")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="workers serve metrics on this port; a scrape is printed after the throughput run")
     args = parser.parse_args()
     args.limit_n = args.limit_n or args.n
     args.drain_n = args.drain_n or 5 * args.n
@@ -402,6 +434,8 @@ def main() -> int:
     sink_port = free_port()
     sink = start_sink(sink_port)
     demo.sink_port = sink_port
+    if args.metrics_port:
+        demo.env["DESKMAIL_METRICS_PORT"] = str(args.metrics_port)
     from workers.config import Config
     from workers.store import Store, open_pool
     from producers.publisher import Publisher
@@ -461,6 +495,9 @@ def main() -> int:
         throughput = args.n / (last - started)
         print(f"deskmail end to end: {args.n} mails in {last - started:.1f} s = {throughput:.0f} mails/s "
               f"(publishing took {published - started:.1f} s; every mail checked sent in the ledger)")
+        if args.metrics_port:
+            print("metrics scrape of the workers after the throughput run:")
+            print("\n".join(f"  {line}" for line in scrape_summary(args.metrics_port)))
 
         mark = profile.snapshot()
         base_after = baseline(sink_port, min(args.n, 5000))
@@ -490,6 +527,16 @@ def main() -> int:
                   f"{drain['first_mail_after_s']:.2f} s, all sent after {drain['drain_seconds']:.1f} s = "
                   f"{drain['drain_mails_per_s']:.0f} mails/s, {drain['vs_steady']:.2f}x the steady rate "
                   f"({throughput:.0f} mails/s)")
+
+        # Last: each scale run stops every process the bench started (the scheduler too).
+        scale: dict[str, float] = {}
+        for processes in [int(p) for p in args.scale.split(",") if p.strip()]:
+            scale[str(processes)] = round(scale_run(demo, factory, store, processes, args.threads,
+                                                    args.scale_events), 1)
+            print(f"{processes} worker process(es): {scale[str(processes)]:.0f} mails/s "
+                  f"({args.scale_events} events, {args.threads} threads each)")
+        if scale:
+            figures["mails_per_s_by_processes"] = scale
 
         ratio = throughput / base
         print(f"ratio end-to-end / baseline: {ratio:.2f}")

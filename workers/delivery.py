@@ -9,11 +9,14 @@ send is never repeated because of a database fault.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers import logcontext, metrics
+from workers.attachments import MissingAttachment, attachments_of
 from workers.config import Config
 from workers.constants import MailService, Reason, State
 from workers.errors import StoreError
@@ -34,18 +37,21 @@ CHUNK = 10        # mails whose DATA phase and outcomes are written in one state
 def sender_of(settings: ProjectSettings) -> Sender:
     """The From of a project's mail."""
     doc = settings.document
-    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"))
+    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"),
+                  doc.get("list_unsubscribe_url"), doc.get("list_unsubscribe_post", True))
 
 
 def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
-                 only: Iterable[str] | None = None) -> Envelope:
+                 only: Iterable[str] | None = None, contents: Mapping[str, bytes] | None = None) -> Envelope:
     """Build the message of an event with the project's sender; `only` limits the recipients (on a retry
-    after a partial delivery, those that were deferred)."""
+    after a partial delivery, those that were deferred); `contents` holds its attachments' bytes by sha256."""
     sender = sender_of(settings)
     message_id = message_id_for(event["event_id"], sender.address.rpartition("@")[2])
-    data = build(event, sender, message_id, now)
+    files = attachments_of(event, contents or {})
+    data = build(event, sender, message_id, now, files)
     recipients = tuple(only) if only else tuple(schemas.unique_recipients(event))
-    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id)
+    bare = (lambda: build(event, sender, message_id, now)) if files else None
+    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id, files, bare)
 
 
 class Deliverer:
@@ -84,19 +90,29 @@ class Deliverer:
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
+        # every line logged from here on is about this mail (the middleware restores the context after the call)
+        logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
+        contents = patiently(lambda: self.store.attachment_contents(claim.event)) if claim.event.get("attachments") \
+            else {}
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
+            logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
-            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
+            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred, contents)
+        except MissingAttachment as exc:  # the mail's fault (kept past its retention), not the settings'
+            return AttemptOutcome("failed", State.FAILED, str(exc), "permanent", refund=not claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", claim.event_id, type(exc).__name__)
             detail = f"cannot prepare the mail: {exc}"
             return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
                                   config_error=detail)
+        started = time.perf_counter()
         try:
             with phase.watching(lambda: gate.enter(claim)):
                 delivered = transport.send(settings, envelope)
+            metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
+            metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
             log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
             return self.judge_failure(claim, envelope, failure)
         except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
@@ -145,9 +161,12 @@ class Deliverer:
         """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
         taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
         for claim, outcome in done:
+            metrics.mail_outcome(claim.project, self.service,
+                                 outcome.label if claim.event_id in taken else "lease_lost")
             if claim.event_id not in taken:
                 log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
                             claim.event_id, outcome.label)
+
 
 
 class DataGate:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -18,7 +18,7 @@ from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
 from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             GlobalLimits, Mail, Project, Requeue)
+                             Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -128,6 +128,25 @@ class Store:
         decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
         return [decided[str(e["event_id"])] for e, _, _ in items]
 
+    def admit_with_attachments(self, items: list[tuple[dict[str, Any], int, int]],
+                               blobs: Mapping[str, bytes]) -> list[Admission]:
+        """`admit_many` for events whose attachments refer to blobs ({sha256: bytes}): in one transaction the
+        blobs are stored once per hash, the events admitted, and each mail linked to its blobs (idempotent)."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        with self._conn() as conn, conn.transaction():
+            for digest in sorted(blobs):  # one order for every admission: two never wait on each other's rows
+                conn.execute(self.q["store_attachment_blob"], {"sha256": digest, "size": len(blobs[digest]),
+                                                               "content": blobs[digest]})
+            decided = {str(r["event_id"]): Admission.from_row(r)
+                       for r in conn.execute(self.q["admit"], {"rows": Jsonb(rows)}).fetchall()}
+            for event, _, _ in items:
+                hashes = sorted({a["sha256"] for a in event.get("attachments") or ()})
+                if hashes:
+                    conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": hashes})
+        return [decided[str(e["event_id"])] for e, _, _ in items]
+
     def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
         """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
         `service` (the others are taken, done, or belong to another service now)."""
@@ -178,6 +197,18 @@ class Store:
     def record_config_error(self, project: str, detail: str) -> None:
         """Show a configuration error on the project's status (the next successful send clears it)."""
         self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+
+    def attachment_contents(self, event: dict[str, Any]) -> dict[str, bytes]:
+        """{sha256: bytes} of the blobs an admitted event's attachments refer to; no query without attachments."""
+        hashes = sorted({a["sha256"] for a in event.get("attachments") or () if "sha256" in a})
+        if not hashes:
+            return {}
+        return {r["sha256"]: bytes(r["content"]) for r in self._all("attachment_contents", {"hashes": hashes})}
+
+    def delete_unused_attachments(self, grace: float, retention: float, limit: int = 1000) -> int:
+        """Delete up to `limit` blobs no mail that can still be sent (or retried within `retention` seconds)
+        refers to and no admission used in the last `grace` seconds; returns how many (for the scheduler)."""
+        return self._rowcount("delete_unused_attachments", {"grace": grace, "retention": retention, "limit": limit})
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -492,6 +523,47 @@ class Store:
         """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
         rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def record_heartbeat(self, scheduler: str) -> None:
+        """Record that the scheduler `host:pid` is alive and reaches the database."""
+        self._all("record_heartbeat", {"scheduler": scheduler})
+
+    def last_heartbeat(self, max_age: float) -> Heartbeat:
+        """The newest scheduler heartbeat, and how many schedulers beat within max_age seconds."""
+        return Heartbeat.from_row(self._one("last_heartbeat", {"max_age": max_age}) or {"fresh": 0})
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database."""
+        return [r["name"] for r in self._all("applied_migrations")]
+
+    def services_in_use(self) -> set[str]:
+        """The mail services some project with settings uses (their queues need a consumer)."""
+        return {r["mail_service"] for r in self._all("services_in_use")}
+
+    def gauges(self) -> list[Gauge]:
+        """Ledger-wide gauges for a metrics scrape, read on one connection."""
+        out: list[Gauge] = []
+        with self._conn() as conn:
+            def rows(name: str) -> list[dict[str, Any]]:
+                return conn.execute(self.q[name]).fetchall()
+            for r in rows("gauge_mails"):
+                out.append(Gauge("mails", (("project", r["project"]), ("state", r["state"])), r["value"]))
+            for r in rows("gauge_backlog"):
+                out.append(Gauge(f"{r['state']}_mails", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_quota"):
+                scope = (("scope", "global" if r["scope"] == "*" else r["scope"]),)
+                out += [Gauge("quota_used", scope, r["used"]), Gauge("quota_limit", scope, r["lim"])]
+            for r in rows("gauge_paused"):
+                out.append(Gauge("project_paused_seconds", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_config_errors"):
+                out.append(Gauge("project_config_error_seconds", (("project", r["project"]),), r["value"]))
+            for r in rows("gauge_oldest_waiting"):
+                out.append(Gauge("oldest_waiting_seconds", (("project", r["project"]),), r["value"]))
+        return out
 
 
 class _InTransaction(Store):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.cli import admin, backlog, console, controls, dev, mail, problems
+from producers.cli import admin, backlog, console, controls, dev, health, mail, problems
 from producers.cli.context import Context, CommandError
 from workers.errors import DeskmailError
 
-GROUPS = (dev, mail, admin, backlog, controls, problems, console)
+GROUPS = (dev, mail, admin, backlog, controls, problems, console, health)
 
 
 def parser() -> argparse.ArgumentParser:

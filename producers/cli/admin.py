@@ -25,11 +25,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     put.add_argument("--file", type=Path, required=True, help="settings JSON (schemas/project-settings.v1.json)")
     put.add_argument("--test", action="store_true", help="send the self-test mail first; save only if it is accepted")
     put.add_argument("--to", help="with --test: the test mail's recipient (default: the from address)")
+    put.add_argument("--attach", action="store_true", help="with --test: attach a small text file to the test mail")
     put.set_defaults(func=settings_set)
     check = settings.add_parser("test", help="send a test mail through the project's mail service and diagnose "
                                              "each step (exit 0 only when the mail was accepted)")
     check.add_argument("project")
     check.add_argument("--to", help="recipient of the test mail (default: the project's from address)")
+    check.add_argument("--attach", action="store_true", help="attach a small text file (proves the attachment path)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=settings_test)
     show = settings.add_parser("show", help="a project's settings, secrets redacted")
@@ -59,7 +61,7 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
     if problems:
         raise CommandError(f"{args.file}: " + "; ".join(map(str, problems)))
     if args.test:
-        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document)
+        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document, attachment=args.attach)
         print(format_checkup(args.project, document["mail_service"], checkup))
         if not checkup.accepted:
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
@@ -92,7 +94,7 @@ def settings_test(ctx: Context, args: argparse.Namespace) -> int:
         if not args.json:
             print(f"project {args.project} has no settings of its own; its mail uses the {DEFAULT_PROJECT} "
                   "project's, which are tested here")
-    checkup = self_test(ctx.runtime, project.key, to)
+    checkup = self_test(ctx.runtime, project.key, to, attachment=args.attach)
     emit({"project": project.key, "mail_service": project.mail_service, **checkup.as_dict()}, args.json,
          format_checkup(project.key, project.mail_service, checkup))
     return 0 if checkup.accepted else 1

@@ -253,6 +253,60 @@ SELECT p.key FROM projects p
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
 
+-- Operations: the scheduler's heartbeat and the gauges the metrics endpoint computes on each scrape.
+-- Each gauge block returns label columns and a `value` column.
+
+-- name: record_heartbeat
+WITH gone AS (DELETE FROM scheduler_heartbeats WHERE beat_at < now() - interval '1 day')
+INSERT INTO scheduler_heartbeats (scheduler) VALUES (%(scheduler)s)
+ON CONFLICT (scheduler) DO UPDATE SET beat_at = now();
+
+-- name: last_heartbeat
+SELECT max(beat_at) AS beat_at, extract(epoch FROM now() - max(beat_at))::float8 AS age,
+       count(*) FILTER (WHERE beat_at > now() - make_interval(secs => %(max_age)s))::int AS fresh
+  FROM scheduler_heartbeats;
+
+-- name: applied_migrations
+SELECT name FROM deskmail_migrations ORDER BY name;
+
+-- name: services_in_use
+SELECT DISTINCT mail_service FROM projects WHERE mail_service IS NOT NULL AND settings IS NOT NULL;
+
+-- name: gauge_mails
+-- Sent and rejected mails pile up forever and are counted by the workers' counters instead.
+SELECT coalesce(project, '(none)') AS project, state, count(*)::float8 AS value
+  FROM mail WHERE state NOT IN ('sent', 'rejected') GROUP BY 1, 2;
+
+-- name: gauge_backlog
+SELECT coalesce(project, '(none)') AS project, state, coalesce(reason, '') AS reason, count(*)::float8 AS value
+  FROM mail WHERE state IN ('backlog', 'suspended') GROUP BY 1, 2, 3;
+
+-- name: gauge_quota
+-- Today's units and the limit per project (in its time zone) and globally ('*'); limit 0: none.
+SELECT p.key AS scope, coalesce(q.sent, 0)::float8 AS used, coalesce(p.per_day, 0)::float8 AS lim
+  FROM projects p
+  LEFT JOIN quota_counters q ON q.scope = p.key AND q.day = (now() AT TIME ZONE p.time_zone)::date
+UNION ALL
+SELECT '*', coalesce(q.sent, 0)::float8, coalesce(g.per_day, 0)::float8
+  FROM global_limits g
+  LEFT JOIN quota_counters q ON q.scope = '*' AND q.day = (now() AT TIME ZONE g.time_zone)::date;
+
+-- name: gauge_paused
+SELECT key AS project, paused_reason AS reason,
+       extract(epoch FROM now() - coalesce(paused_at, now()))::float8 AS value
+  FROM projects WHERE paused_reason IS NOT NULL;
+
+-- name: gauge_config_errors
+SELECT key AS project, extract(epoch FROM now() - coalesce(config_error_at, now()))::float8 AS value
+  FROM projects WHERE config_error IS NOT NULL;
+
+-- name: gauge_oldest_waiting
+-- Mails that could be sent now and are not: queued and due (a retry's wait is not waiting).
+SELECT coalesce(project, '(none)') AS project,
+       extract(epoch FROM now() - min(coalesce(next_attempt_at, received_at)))::float8 AS value
+  FROM mail WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ GROUP BY 1;
+
 -- name: claim_control_request
 -- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
 -- primary key until this one commits, then finds it applied (no row returned).
@@ -405,3 +459,30 @@ UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary
 -- name: console_job_get
 SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
   FROM console_jobs WHERE id = %(id)s;
+
+-- name: store_attachment_blob
+-- Stored once per content hash; a blob already there is only marked as used (at most once a minute).
+INSERT INTO attachment_blobs AS b (sha256, size, content) VALUES (%(sha256)s, %(size)s, %(content)s)
+ON CONFLICT (sha256) DO UPDATE SET used_at = now() WHERE b.used_at < now() - interval '1 minute';
+
+-- name: link_mail_attachments
+INSERT INTO mail_attachments (event_id, sha256) SELECT %(event_id)s, unnest(%(hashes)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: attachment_contents
+SELECT sha256, content FROM attachment_blobs WHERE sha256 = ANY(%(hashes)s);
+
+-- name: delete_unused_attachments
+-- Blobs no mail needs any more: none that can still be sent (queued, sending, backlog, suspended) refers
+-- to them, nor a failed or ambiguous one younger than the retention (an admin may retry or resend it),
+-- and no admission used them within the grace period.
+DELETE FROM attachment_blobs b
+ WHERE b.sha256 IN (SELECT x.sha256 FROM attachment_blobs x
+                     WHERE x.used_at < now() - make_interval(secs => %(grace)s)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM mail_attachments ma JOIN mail m ON m.event_id = ma.event_id
+                            WHERE ma.sha256 = x.sha256
+                              AND (m.state IN ('queued', 'sending', 'backlog', 'suspended')
+                                   OR (m.state IN ('failed', 'ambiguous')
+                                       AND m.updated_at > now() - make_interval(secs => %(retention)s))))
+                     LIMIT %(limit)s FOR UPDATE SKIP LOCKED);
