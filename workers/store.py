@@ -180,7 +180,7 @@ class Store:
                  "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
                  "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
                  "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
-                for c, o in done]
+                for c, o in sorted(done, key=lambda d: d[0].event_id)]  # one lock order for every statement
         if not rows:
             return set()
         return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})

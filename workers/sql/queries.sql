@@ -24,7 +24,8 @@ UPDATE mail m
           CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
                                WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
                                ORDER BY p.key = x.project DESC LIMIT 1) AS s
-         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[]) AND x.state = 'queued'
+         ORDER BY x.event_id FOR UPDATE OF x) AS s  -- rows locked in one order: concurrent batches never deadlock
  WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
 RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
@@ -49,14 +50,20 @@ RETURNING m.event_id, m.priority, m.mail_service;
 -- Written before DATA: from here a loss may have left a copy with the server. A mail not
 -- returned had its lease taken over, and this worker must not send it.
 UPDATE mail m SET phase = 'data'
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
- WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+  FROM (SELECT x.event_id FROM mail x
+          JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+            ON x.event_id = held.event_id AND x.lease_token = held.token
+         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x) AS held
+ WHERE m.event_id = held.event_id
 RETURNING m.event_id;
 
 -- name: renew_leases
 UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
- WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+  FROM (SELECT x.event_id FROM mail x
+          JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+            ON x.event_id = held.event_id AND x.lease_token = held.token
+         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x) AS held
+ WHERE m.event_id = held.event_id
 RETURNING m.event_id;
 
 -- name: record_outcomes
