@@ -31,7 +31,6 @@ from workers.transports.base import Delivered, Envelope, Outcome, Transport, Tra
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # event ids one transport message may carry
-CHUNK = 10        # mails whose DATA phase and outcomes are written in one statement each
 
 
 def sender_of(settings: ProjectSettings) -> Sender:
@@ -66,8 +65,9 @@ class Deliverer:
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
 
-        Mails not in `queued` are someone else's (or done). The batch is sent in chunks: the DATA
-        phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
+        Mails not in `queued` are someone else's (or done). Each mail's DATA phase is written, under
+        its lease, right before it is handed over, in the same round trip as the outcomes of the mails
+        finished before it; the last outcomes are written at the end.
         """
         ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
         claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds, self.service))
@@ -75,11 +75,10 @@ class Deliverer:
             self._not_claimed(ids, claims)
         claims.sort(key=lambda c: -c.priority)
         with self.leases.holding(claims):
-            for start in range(0, len(claims), CHUNK):
-                chunk = claims[start:start + CHUNK]
-                gate = DataGate(self.store, chunk)
-                self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
-                self.leases.release(chunk)
+            gate = DataGate(self.store, self.worker, self._recorded)
+            for claim in claims:
+                gate.finished(claim, self.attempt(claim, gate))
+            self.record(gate.unwritten())
 
     def _not_claimed(self, ids: list[str], claims: list[Claim]) -> None:
         claimed = {str(c.event_id) for c in claims}
@@ -159,7 +158,10 @@ class Deliverer:
 
     def record(self, done: list[tuple[Claim, AttemptOutcome]]) -> None:
         """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
-        taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
+        self._recorded(done, patiently(lambda: self.store.record_outcomes(done, self.worker)))
+
+    def _recorded(self, done: list[tuple[Claim, AttemptOutcome]], taken: set[uuid.UUID]) -> None:
+        self.leases.release([claim for claim, _ in done])
         for claim, outcome in done:
             metrics.mail_outcome(claim.project, self.service,
                                  outcome.label if claim.event_id in taken else "lease_lost")
@@ -170,23 +172,29 @@ class Deliverer:
 
 
 class DataGate:
-    """The DATA phase of a chunk of claims, written in one statement when the first of them reaches DATA.
+    """A worker's DATA phases and outcomes: before each mail is handed over, one round trip writes the
+    outcomes of the mails finished since the last one and marks this mail as entering the DATA window.
 
-    Marking the chunk at once costs one round trip per chunk instead of per mail; a worker lost
-    before the chunk's outcomes are written leaves all its mails flagged, as the DATA window requires.
+    So a worker lost before a mail's DATA leaves it unmarked (safe to send again), and one lost
+    after it leaves at most that mail and the ones finished since unwritten, each marked.
     """
 
-    def __init__(self, store: Store, claims: list[Claim]) -> None:
-        self.store, self.claims = store, claims
-        self.held: set[uuid.UUID] = set()
-        self.asked: set[uuid.UUID] = set()
+    def __init__(self, store: Store, worker: str,
+                 recorded: Callable[[list[tuple[Claim, AttemptOutcome]], set[uuid.UUID]], None]) -> None:
+        self.store, self.worker, self.recorded = store, worker, recorded
+        self._pending: list[tuple[Claim, AttemptOutcome]] = []
         self._entered: set[uuid.UUID] = set()
 
     def enter(self, claim: Claim) -> None:
         """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
-        if claim.event_id not in self.asked:
-            self._mark([c for c in self.claims if c.event_id not in self.asked])
-        if claim.event_id not in self.held:
+        try:
+            taken, held = self.store.record_and_enter(self._pending, claim, self.worker)
+        except StoreError as exc:  # the outcomes stay pending; this mail is not sent now
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        done, self._pending = self._pending, []
+        self.recorded(done, taken)
+        if not held:
             raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
         self._entered.add(claim.event_id)
 
@@ -194,10 +202,10 @@ class DataGate:
         """Whether claim's mail may have been handed over."""
         return claim.event_id in self._entered
 
-    def _mark(self, claims: list[Claim]) -> None:
-        try:
-            self.held |= self.store.enter_data_phase(claims)
-        except StoreError as exc:
-            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
-                from exc
-        self.asked |= {c.event_id for c in claims}
+    def finished(self, claim: Claim, outcome: AttemptOutcome) -> None:
+        """Keep claim's outcome to be written with the next DATA phase, or at the end."""
+        self._pending.append((claim, outcome))
+
+    def unwritten(self) -> list[tuple[Claim, AttemptOutcome]]:
+        """The outcomes not written yet."""
+        return self._pending

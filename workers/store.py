@@ -159,12 +159,6 @@ class Store:
         rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
         return [Requeue.from_row(r) for r in rows]
 
-    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
-        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
-        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
-                                              "tokens": [c.lease_token for c in claims]})
-        return {r["event_id"] for r in rows}
-
     def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
         """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
         if not held:
@@ -175,16 +169,19 @@ class Store:
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
         """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
-        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
-                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
-                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
-                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
-                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
-                for c, o in sorted(done, key=lambda d: d[0].event_id)]  # one lock order for every statement
-        if not rows:
+        if not done:
             return set()
-        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": _outcome_rows(done), "worker": worker})
                 if r["recorded"]}
+
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
+                         worker: str) -> tuple[set[uuid.UUID], bool]:
+        """Write outcomes and note that claim's mail is about to be handed over, in one round trip;
+        returns the ids whose mail took their outcome, and whether claim's lease still holds (else: do not send)."""
+        row = self._one("record_and_enter", {"rows": _outcome_rows(done), "worker": worker,
+                                             "event_id": claim.event_id, "token": claim.lease_token})
+        assert row is not None
+        return set(row["recorded"]), bool(row["entered"])
 
     def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
         """Every delivery attempt of a mail, oldest first."""
@@ -617,6 +614,16 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
 def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
     """The console's list filters, empty ones as NULL."""
     return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
+
+
+def _outcome_rows(done: list[tuple[Claim, AttemptOutcome]]) -> Jsonb:
+    """Outcomes as the SQL's jsonb_to_recordset reads them, in event id order (one lock order everywhere)."""
+    return Jsonb([{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                   "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                   "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                   "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                   "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                  for c, o in sorted(done, key=lambda d: d[0].event_id)])
 
 
 def _cleaned(refused: dict[str, str]) -> dict[str, str]:

@@ -46,23 +46,34 @@ UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
  WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
 RETURNING m.event_id, m.priority, m.mail_service;
 
--- name: enter_data_phase
--- Written before DATA: from here a loss may have left a copy with the server. A mail not
--- returned had its lease taken over, and this worker must not send it.
-UPDATE mail m SET phase = 'data'
-  FROM (SELECT x.event_id FROM mail x
-          JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
-            ON x.event_id = held.event_id AND x.lease_token = held.token
-         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x) AS held
- WHERE m.event_id = held.event_id
-RETURNING m.event_id;
+-- name: record_and_enter
+-- The outcomes of the mails a worker finished since its last DATA, and the DATA phase of its next
+-- mail, in one round trip (the two touch different rows). `entered` false: the lease was taken over.
+WITH recorded AS (
+    SELECT r.event_id,
+           deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                                   r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                                   r.config_error, r.pause) AS recorded
+      FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                             outcome text, state text, reason text, detail text, refused jsonb,
+                                             deferred text[], message_id text, delay double precision,
+                                             refund boolean, config_error text, pause text)
+), entered AS (
+    UPDATE mail SET phase = 'data'
+     WHERE event_id = %(event_id)s AND lease_token = %(token)s AND state = 'sending'
+    RETURNING event_id
+)
+SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
+       EXISTS (SELECT 1 FROM entered) AS entered;
 
 -- name: renew_leases
+-- Rows another statement holds are skipped (renewed next time): the renewer never waits, so it
+-- never deadlocks with a worker writing its outcomes.
 UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
   FROM (SELECT x.event_id FROM mail x
           JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
             ON x.event_id = held.event_id AND x.lease_token = held.token
-         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x) AS held
+         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x SKIP LOCKED) AS held
  WHERE m.event_id = held.event_id
 RETURNING m.event_id;
 
