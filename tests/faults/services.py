@@ -50,6 +50,7 @@ class RabbitNode:
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
                                             "loopback_users = none\n")
         self._server: subprocess.Popen | None = None
+        self.up_at = 0.0  # time.monotonic() when the node last accepted connections again
 
     @property
     def env(self) -> dict[str, str]:
@@ -85,9 +86,9 @@ class RabbitNode:
             if self._server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"RabbitMQ node {self.name} did not start; see {self.base / 'server.out'}")
             time.sleep(0.1)
-        self.ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)), timeout=timeout + 10)
+        _wait_port(self.port, timeout)  # listeners open last in the boot: clients can work from here
+        self.up_at = time.monotonic()
         self.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
-        _wait_port(self.port, timeout)
 
     @property
     def pid(self) -> int:
