@@ -76,6 +76,18 @@ def wait_settled(url: str, event_ids: Iterable[str], timeout: float) -> tuple[di
         time.sleep(0.25)
 
 
+def _quiet_inbox(messages, quiet: float, longest: float = 60.0) -> list:  # noqa: ANN001
+    """The inbox once nothing new arrived for `quiet` seconds (at most `longest`)."""
+    read = messages if callable(messages) else (lambda: list(messages))
+    inbox, stable_since, deadline = read(), time.monotonic(), time.monotonic() + longest
+    while time.monotonic() - stable_since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if len(now) != len(inbox):
+            inbox, stable_since = now, time.monotonic()
+    return inbox
+
+
 def message_ids(messages: Iterable) -> Counter:
     """Copies received by an SMTP peer, per Message-ID."""
     return Counter(str(m.message["Message-ID"]).strip() for m in messages)
@@ -104,19 +116,20 @@ class Verdict:
 def judge(url: str, confirmed: Iterable[str], messages: Iterable, *, timeout: float = 90,
           fault_ended: float | None = None, per_day: int | None = None,
           allow_flagged_duplicates: bool = True, expect_states: dict[str, int] | None = None,
-          rows: dict[str, Row] | None = None) -> Verdict:
+          rows: dict[str, Row] | None = None, quiet: float = 1.0) -> Verdict:
     """Wait for every confirmed event to settle, then measure the invariants.
 
     `messages` is the peer's inbox (a callable returning it, or a list), read after settling.
     A second copy is only allowed on a mail the ledger flags `duplicate_risk` (never under a
-    database fault: pass allow_flagged_duplicates=False).
+    database fault: pass allow_flagged_duplicates=False). The peer is read once it received
+    nothing new for `quiet` seconds: a second exchange may still be running when the ledger says
+    `sent` (make it longer than the slowest exchange).
     """
     ids = list(confirmed)
     settled_at = None
     if rows is None:
         rows, settled_at = wait_settled(url, ids, timeout)
-    time.sleep(0.5)  # a late second copy would arrive about now
-    inbox = messages() if callable(messages) else list(messages)
+    inbox = _quiet_inbox(messages, quiet)
     copies = message_ids(inbox)
     problems: list[str] = []
     missing = [i for i in ids if i not in rows]

@@ -194,12 +194,13 @@ class _ScriptedSMTP(SMTP):
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
-        reply = self._peer.scripted("ehlo")
+        reply = self._ehlo_refused = self._peer.scripted("ehlo")
         await (self.push(reply) if reply else super().smtp_EHLO(hostname))
 
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
-        reply = self._peer.scripted("ehlo")
+        # the client's HELO after a refused EHLO gets the same answer: one scripted call per greeting
+        reply = self._ehlo_refused if hasattr(self, "_ehlo_refused") else self._peer.scripted("ehlo")
         await (self.push(reply) if reply else super().smtp_HELO(hostname))
 
     @syntax("AUTH <mechanism>")
