@@ -47,6 +47,13 @@ WORKER_ENV = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A fault and its recovery take longer than the suite-wide 120 s limit allows for a stuck test."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(300))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Put each test's outcome into its report row."""
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
