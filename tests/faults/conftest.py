@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -112,6 +113,7 @@ def rabbit() -> Iterator[RabbitNode]:
         pytest.fail(f"cannot start a private RabbitMQ node: {exc}")
     yield node
     node.stop()
+    shutil.rmtree(node.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +132,7 @@ def pg() -> Iterator[PgCluster]:
     pool.close()
     yield cluster
     cluster.stop("immediate")
+    shutil.rmtree(cluster.base, ignore_errors=True)
 
 
 class Site:
