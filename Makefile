@@ -19,7 +19,7 @@ demo: $(STAMP) services
 	$(BIN)/python deploy/demo.py
 
 test: $(STAMP) services
-	$(BIN)/pytest -q -ra tests/unit tests/integration
+	$(BIN)/pytest -q -ra tests/unit tests/integration tests/browser
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -119,12 +119,44 @@ def sent_times(store, ids: list[str]) -> list[tuple[float, float]]:
     return [(r["created_at"].timestamp(), r["sent_at"].timestamp()) for r in rows]
 
 
+def scale_run(demo, factory, store, processes: int, threads: int, n: int) -> float:
+    """Mails/s end to end with `processes` worker processes (the workers of the previous run stopped first)."""
+    demo.stop_all()
+    demo.procs.clear()
+    demo.start(f"bench-workers-{processes}", str(BIN / "dramatiq"), "workers.app:setup", "--processes",
+               str(processes), "--threads", str(threads))
+    time.sleep(3)
+    warm = [sample(i) for i in range(200)]
+    publish_all(factory, warm)
+    wait_sent(store, [e["event_id"] for e in warm], 120)
+    events = [sample(i) for i in range(n)]
+    started = time.time()
+    publish_all(factory, events)
+    ids = [e["event_id"] for e in events]
+    wait_sent(store, ids, 1800)
+    return n / (max(s for _, s in sent_times(store, ids)) - started)
+
+
+def scrape_summary(port: int) -> list[str]:
+    """The deskmail_ samples of the workers' metrics endpoint (outcome counters, send latency)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    wanted = ("deskmail_mail_outcomes_total", "deskmail_admissions_total", "deskmail_send_duration_seconds_count",
+              "deskmail_send_duration_seconds_sum", "deskmail_quota_used", "deskmail_ledger_up")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=20_000, help="events in the throughput run")
     parser.add_argument("--latency-events", type=int, default=400)
     parser.add_argument("--latency-rate", type=float, default=50.0, help="events/s in the latency run")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--scale", default="", help="also measure with these worker process counts, e.g. 1,2,4")
+    parser.add_argument("--scale-events", type=int, default=5000, help="events per --scale run")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="workers serve metrics on this port; a scrape is printed after the throughput run")
     args = parser.parse_args()
 
     demo = Demo()
@@ -133,6 +165,8 @@ def main() -> int:
     sink_port = free_port()
     sink = start_sink(sink_port)
     demo.sink_port = sink_port
+    if args.metrics_port:
+        demo.env["DESKMAIL_METRICS_PORT"] = str(args.metrics_port)
     from workers.config import Config
     from workers.store import Store, open_pool
     from producers.publisher import Publisher
@@ -166,6 +200,9 @@ def main() -> int:
         throughput = args.n / (last - started)
         print(f"deskmail end to end: {args.n} mails in {last - started:.1f} s = {throughput:.0f} mails/s "
               f"(publishing took {published - started:.1f} s)")
+        if args.metrics_port:
+            print("metrics scrape of the workers after the throughput run:")
+            print("\n".join(f"  {line}" for line in scrape_summary(args.metrics_port)))
 
         base_after = baseline(sink_port, min(args.n, 5000))
         base = (base_before + base_after) / 2
@@ -183,11 +220,18 @@ def main() -> int:
         print(f"latency publish -> accepted at {args.latency_rate:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         ratio = throughput / base
         print(f"ratio end-to-end / baseline: {ratio:.2f}")
+        scale: dict[str, float] = {}
+        for processes in [int(p) for p in args.scale.split(",") if p.strip()]:
+            scale[str(processes)] = round(scale_run(demo, factory, store, processes, args.threads,
+                                                    args.scale_events), 1)
+            print(f"{processes} worker process(es): {scale[str(processes)]:.0f} mails/s "
+                  f"({args.scale_events} events, {args.threads} threads each)")
         print(json.dumps({"n": args.n, "baseline_mails_per_s": round(base, 1),
                           "baseline_before": round(base_before, 1), "baseline_after": round(base_after, 1),
                           "deskmail_mails_per_s": round(throughput, 1), "ratio": round(ratio, 3),
                           "latency_p50_ms": round(p50, 1), "latency_p99_ms": round(p99, 1),
-                          "worker_processes": 2, "threads_per_process": args.threads}))
+                          "worker_processes": 2, "threads_per_process": args.threads,
+                          **({"mails_per_s_by_processes": scale} if scale else {})}))
     finally:
         demo.stop_all()
         os.killpg(sink.pid, signal.SIGTERM)

@@ -2,13 +2,16 @@
 
 Services (RabbitMQ, PostgreSQL) are made sure of by the Makefile; this script creates a demo
 database, starts a local SMTP sink, two worker processes and the scheduler, configures two
-projects, publishes a few hundred events (some over a daily limit), waits, and reports.
+projects, publishes a few hundred events (some over a daily limit), waits, and reports. The admin
+console runs alongside (its address and a demo login are printed); from a terminal it stays up until
+Enter is pressed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import random
 import shutil
 import signal
@@ -35,6 +38,7 @@ def demo_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DESKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/deskmail_demo")
     env.setdefault("DESKMAIL_SECRET_KEYS", Fernet.generate_key().decode())
+    env.setdefault("DESKMAIL_CONTROL_KEY", secrets.token_hex(32))  # workers and the command sign alike
     env["DESKMAIL_OUTBOUND_ALLOW"] = "127.0.0.0/8"  # the sink runs on loopback
     env["DESKMAIL_SCHEDULER_INTERVAL"] = "1"
     env["DESKMAIL_LOG_LEVEL"] = env.get("DESKMAIL_LOG_LEVEL", "WARNING")
@@ -141,6 +145,7 @@ def main() -> int:
     demo.start("sink", str(BIN / "deskmail"), "sink", "--port", str(demo.sink_port), "--dir", str(demo.mail_dir))
     demo.start("workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2", "--threads", "8")
     demo.start("scheduler", str(BIN / "deskmail"), "scheduler")
+    url = start_console(demo)
     try:
         demo.settings("helpdesk", None)
         demo.settings("facilities", 50)
@@ -161,10 +166,39 @@ def main() -> int:
         elapsed = time.monotonic() - started
         summary(demo, ids, states, elapsed)
         admin_steps(demo, ids)
+        forged_steps(demo)
+        print(f"\nthe admin console: {url}  (log in as {CONSOLE_LOGIN[0]} / {CONSOLE_LOGIN[1]})")
+        if sys.stdin.isatty():
+            input("it stays up until you press Enter ")
     finally:
         demo.stop_all()
     print("all demo processes stopped.")
     return 0
+
+
+CONSOLE_LOGIN = ("demo", "demo-console-password")
+
+
+def start_console(demo: Demo) -> str:
+    """`deskmail console` on a free loopback port with an admin account; returns its address."""
+    import urllib.request
+    port = free_port()
+    demo.env["DESKMAIL_CONSOLE_PORT"] = str(port)
+    demo.cli("console-user", "add", CONSOLE_LOGIN[0], "--role", "admin", "--password-stdin",
+             stdin=CONSOLE_LOGIN[1] + "\n")
+    demo.start("console", str(BIN / "deskmail"), "console")
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "login", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the console did not answer at {url}; see {VAR / 'console.log'}")
+            time.sleep(0.3)
+    print(f"the admin console: {url}  (log in as {CONSOLE_LOGIN[0]} / {CONSOLE_LOGIN[1]})")
+    return url
 
 
 def summary(demo: Demo, ids: list[str], states: dict[str, str], elapsed: float) -> None:
@@ -221,6 +255,27 @@ def admin_steps(demo: Demo, ids: list[str]) -> None:
     run("suspended", "list", "--project", "facilities")
     run("audit", "--limit", "5")
     print(f"the sink now holds {len(list(demo.mail_dir.glob('*.eml')))} mails")
+
+
+def forged_steps(demo: Demo) -> None:
+    """A publisher of events tries to steer: a control action on deskmail.admit and an unsigned one."""
+    from producers.control import control_message
+    from producers.publisher import Publisher
+    print("\n== only admins steer ==")
+    amqp_url = demo.env.get("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    on_admit = control_message("limits.set", demo.env["DESKMAIL_CONTROL_KEY"], project="facilities", per_day=None,
+                               requested_by="intruder\x1b[2J\r\nfaked audit line")
+    unsigned = control_message("backlog.resume", "", all=True, requested_by="intruder")
+    with Publisher(amqp_url) as publisher:
+        for message, queue in ((on_admit, "deskmail.admit"), (unsigned, "deskmail.control")):
+            body = json.dumps({"queue_name": queue, "actor_name": "deskmail.control", "args": [message],
+                               "kwargs": {}, "options": {}, "message_id": message["request_id"],
+                               "message_timestamp": int(time.time() * 1000)}).encode()
+            publisher.publish_raw(body, message["request_id"], 9, queue)
+    print("published a signed limits.set on deskmail.admit and an unsigned backlog.resume on deskmail.control")
+    time.sleep(2)
+    shown(demo, "audit", "--limit", "2")
+    shown(demo, "limits", "show", "--project", "facilities")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,19 @@ from workers.constants import Kind, Queue
 from workers.errors import BrokerError
 
 EVENT_SCHEMA = "notification-event.v1"
+BATCH_SIZE = 100  # events per broker message when publishing many: one hop and one ack for all of them
 
 
 class InvalidEvent(schemas.InvalidPayload):
     """The event breaks the contract; nothing was published."""
 
 
-def envelope(event: dict[str, Any], queue: str = Queue.ADMIT) -> bytes:
-    """The Dramatiq message body carrying an event, as any publisher must write it."""
+def envelope(event: dict[str, Any] | list[dict[str, Any]], queue: str = Queue.ADMIT,
+             message_id: str | None = None, actor: str | None = None) -> bytes:
+    """The Dramatiq message body carrying an event (or a batch of them), as any publisher must write it."""
     return json.dumps({
-        "queue_name": queue, "actor_name": queue, "args": [event], "kwargs": {}, "options": {},
-        "message_id": event["event_id"], "message_timestamp": int(time.time() * 1000),
+        "queue_name": queue, "actor_name": actor or queue, "args": [event], "kwargs": {}, "options": {},
+        "message_id": message_id or event["event_id"], "message_timestamp": int(time.time() * 1000),  # type: ignore
     }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -47,17 +49,43 @@ class Prepared:
     """A validated event, ready to publish."""
 
     event_id: str
-    body: bytes
+    event: dict[str, Any]
     priority: int
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One broker message carrying several events of one kind."""
+
+    message_id: str
+    body: bytes
+    priority: int
+    event_ids: tuple[str, ...]
+
+
 def prepare(event: dict[str, Any]) -> Prepared:
-    """Complete and validate an event and build its envelope (InvalidEvent when it breaks the contract)."""
+    """Complete and validate an event (InvalidEvent when it breaks the contract)."""
+    if not isinstance(event, dict):
+        raise InvalidEvent((schemas.Problem("(root)", "an event must be a JSON object"),))
     event = complete(event)
     problems = schemas.validate(EVENT_SCHEMA, event)
     if problems:
         raise InvalidEvent(tuple(problems))
-    return Prepared(event["event_id"], envelope(event), Kind(event["kind"]).priority)
+    return Prepared(event["event_id"], event, Kind(event["kind"]).priority)
+
+
+def batches(items: list[Prepared], size: int = BATCH_SIZE) -> list[Batch]:
+    """Prepared events as broker messages of at most `size` events each, one kind per message, records first."""
+    out: list[Batch] = []
+    for priority in sorted({item.priority for item in items}, reverse=True):
+        same = [item for item in items if item.priority == priority]
+        actor = Queue.ADMIT.record_actor if priority >= Kind.RECORD.priority else Queue.ADMIT
+        for start in range(0, len(same), size):
+            chunk = same[start:start + size]
+            message_id = str(uuid.uuid4())
+            out.append(Batch(message_id, envelope([i.event for i in chunk], message_id=message_id, actor=actor),
+                             priority, tuple(i.event_id for i in chunk)))
+    return out
 
 
 class Publisher:
@@ -73,7 +101,8 @@ class Publisher:
     def publish(self, event: dict[str, Any]) -> str:
         """Validate and publish one event; return its event id once the broker has confirmed it."""
         item = prepare(event)
-        self._send(item.body, item.event_id, item.priority, Queue.ADMIT)
+        actor = Queue.ADMIT.record_actor if item.priority >= Kind.RECORD.priority else Queue.ADMIT
+        self._send(envelope(item.event, actor=actor), item.event_id, item.priority, Queue.ADMIT)
         return item.event_id
 
     def publish_many(self, events: Iterable[dict[str, Any]], window: int = 1000) -> list[str]:
@@ -86,21 +115,21 @@ class Publisher:
             try:
                 batch.append(prepare(event))
             except InvalidEvent as exc:
-                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}].{p.path}", p.message)
-                                         for p in exc.problems)) from None
+                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}]" + ("" if p.path == "(root)" else f".{p.path}"),
+                                                         p.message) for p in exc.problems)) from None
         self.publish_prepared(batch, window)
         return [item.event_id for item in batch]
 
-    def publish_prepared(self, batch: list["Prepared"], window: int = 1000) -> None:
-        """Publish prepared events with at most `window` confirms outstanding.
+    def publish_prepared(self, items: list["Prepared"], window: int = 100) -> None:
+        """Publish prepared events in batch messages, with at most `window` confirms outstanding.
 
         A BrokerError lists in `event_ids` the events RabbitMQ did not confirm or returned;
         the others are queued.
         """
-        if batch:
-            self._send_pipelined(batch, Queue.ADMIT, window)
+        if items:
+            self._send_pipelined(batches(items), Queue.ADMIT, window)
 
-    def _send_pipelined(self, batch: list["Prepared"], queue: str, window: int) -> None:
+    def _send_pipelined(self, batch: list[Batch], queue: str, window: int) -> None:
         # A connection of its own without kombu's per-message confirm wait; confirms are counted here.
         confirms = _Confirms()
         try:
@@ -111,22 +140,24 @@ class Publisher:
                 for item in batch:
                     channel.basic_publish(amqp.Message(
                         item.body, delivery_mode=2, priority=item.priority, content_type="application/json",
-                        content_encoding="utf-8", message_id=item.event_id), exchange="", routing_key=queue,
+                        content_encoding="utf-8", message_id=item.message_id), exchange="", routing_key=queue,
                         mandatory=True)
-                    confirms.sent(item.event_id)
+                    confirms.sent(item.message_id)
                     while confirms.waiting() >= window:
                         conn.connection.drain_events(timeout=self.timeout)
                 while confirms.waiting():
                     conn.connection.drain_events(timeout=self.timeout)
                 channel.close()
         except (kombu.exceptions.KombuError, amqp.exceptions.AMQPError, OSError, TimeoutError) as exc:
-            raise BrokerError(f"RabbitMQ did not confirm {len(confirms.unconfirmed(batch))} of {len(batch)} "
+            missing = confirms.unconfirmed(batch)
+            raise BrokerError(f"RabbitMQ did not confirm {len(missing)} of {sum(len(b.event_ids) for b in batch)} "
                               f"events ({type(exc).__name__}: {exc}); publishing them again is safe",
-                              confirms.unconfirmed(batch)) from exc
+                              missing) from exc
         if confirms.failed:
-            raise BrokerError(f"RabbitMQ did not take {len(confirms.failed)} of {len(batch)} events "
-                              f"({next(iter(confirms.failed.values()))}); publishing them again is safe",
-                              list(confirms.failed))
+            failed = [e for b in batch if b.message_id in confirms.failed for e in b.event_ids]
+            raise BrokerError(f"RabbitMQ did not take {len(failed)} of {sum(len(b.event_ids) for b in batch)} "
+                              f"events ({next(iter(confirms.failed.values()))}); publishing them again is safe",
+                              failed)
 
     def publish_raw(self, body: bytes, message_id: str, priority: int, queue: str) -> None:
         """Publish a prebuilt Dramatiq envelope (used for control messages)."""
@@ -202,9 +233,9 @@ class _Confirms:
         """How many messages still wait for their confirm."""
         return len(self._pending)
 
-    def unconfirmed(self, batch: list[Prepared]) -> list[str]:
-        """The ids in batch that were not confirmed (published or not)."""
-        return [item.event_id for item in batch if item.event_id not in self.confirmed]
+    def unconfirmed(self, batch: list[Batch]) -> list[str]:
+        """The event ids of the messages in batch that were not confirmed (published or not)."""
+        return [e for item in batch if item.message_id not in self.confirmed for e in item.event_ids]
 
     def _settled(self, tag: int, multiple: bool) -> list[str]:
         tags = [t for t in self._pending if t <= tag] if multiple else [tag]
@@ -239,6 +270,12 @@ def publish_lines(publisher: Publisher, lines: Iterable[str],
             event = json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, None, f"(line): not valid JSON: {exc.msg} at column {exc.colno}"
+            continue
+        except RecursionError:
+            yield number, None, "(line): nested too deeply to be an event"
+            continue
+        except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+            yield number, None, f"(line): not usable JSON: {str(exc).split(';')[0][:200]}"
             continue
         if not isinstance(event, dict):
             yield number, None, "(root): an event must be a JSON object"

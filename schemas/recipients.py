@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from schemas.addresses import address_problem, normalized_address
+from schemas.addresses import address_problem, ascii_domain_form, normalized_address
 from schemas.header_text import header_text_problems
 from schemas.problems import ROOT, Problem, format_path
 
@@ -36,13 +36,15 @@ def address_of(recipient: str | dict[str, Any]) -> str:
 
 
 def unique_recipients(event: dict[str, Any]) -> list[str]:
-    """Addresses over to, cc and bcc, first occurrence kept, duplicates found case-insensitively."""
+    """Addresses over to, cc and bcc, first occurrence kept, duplicates found case-insensitively (a domain
+    given once in Unicode and once in punycode is the same domain)."""
     seen: set[str] = set()
     unique = []
     for _, recipient in _recipients(event, SENDING_FIELDS):
         address = address_of(recipient)
-        if address.lower() not in seen:
-            seen.add(address.lower())
+        key = ascii_domain_form(address).lower()
+        if key not in seen:
+            seen.add(key)
             unique.append(address)
     return unique
 

@@ -11,6 +11,7 @@ from schemas.messages import problems_from
 from schemas.problems import InvalidPayload, Problem, sort_key
 from schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
 from schemas.semantics import semantic_problems
+from schemas.shape import FATAL, shape_problems
 
 __all__ = [
     "CONTROL", "EVENT", "SCHEMA_NAMES", "SETTINGS", "InvalidPayload", "Problem", "load_schema",
@@ -20,7 +21,10 @@ __all__ = [
 
 def validate(name: str, payload: Any) -> list[Problem]:
     """Every problem of `payload` against schema `name`, sorted by path; empty when valid."""
-    problems = [problem for error in validator(name).iter_errors(payload)
+    shape = shape_problems(payload)
+    if any(problem.message in FATAL for problem in shape):
+        return sorted(shape, key=sort_key)  # the schema's own checks recurse, and read keys as text
+    problems = shape + [problem for error in validator(name).iter_errors(payload)
                 for problem in problems_from(error)]
     problems += semantic_problems(name, payload)
     return sorted(problems, key=sort_key)

@@ -19,6 +19,7 @@ pytest_plugins = ["tests.peers.fixtures"]
 PG_ADMIN = os.environ.get("DESKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("DESKMAIL_TEST_AMQP_HOST", "127.0.0.1")
 TEST_KEY = "p8q5cF2F8l8o0z6Xq2Yb7mJx3mO0d3k1tV9g4h5JrQ0="
+CONTROL_KEY = "test-control-key-3f9a1c"  # workers refuse to run the control actor without one
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05) -> object:
@@ -77,11 +78,14 @@ def config(database_url: str, amqp_url: str):
     from workers.config import Config
     return dataclasses.replace(
         Config.from_env({}), database_url=database_url, amqp_url=amqp_url, secret_keys=(TEST_KEY,),
+        control_key=CONTROL_KEY,
         outbound_allow=(ipaddress.ip_network("127.0.0.0/8"),), retry_base=0.2, retry_cap=1.0,
-        smtp_final_reply_timeout=5.0, stale_after=2.0, db_pool_max=12)
+        smtp_final_reply_timeout=5.0, stale_after=2.0, lease_seconds=2.0, takeover_grace=1.0, db_pool_max=12)
 
 
-TABLES = ("mail", "quota_counters", "projects", "audit", "control_requests")
+TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "control_refusals",
+          "console_users", "console_sessions", "console_login_attempts", "console_oidc_logins", "console_jobs",
+          "scheduler_heartbeats")
 
 
 @pytest.fixture
@@ -130,6 +134,7 @@ def worker(config, runtime) -> Iterator[Callable[..., object]]:
         w = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
         w.start()
         started.append((w, broker))
+        wait_until(lambda: not broker.queues_pending)  # its consumers have declared every queue
         return broker
 
     _purge(config.amqp_url)

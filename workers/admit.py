@@ -5,35 +5,43 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Callable
+from typing import Any
+
+from dramatiq.middleware import CurrentMessage
 
 import schemas
-from workers.constants import Kind, MailService, State
-from workers.store import Store
+from workers import metrics
+from workers.constants import Kind, State
+from workers.errors import DataRefused
+from workers.handing import Enqueue, hand_on
+from workers.records import Admission, Requeue
+from workers.rejects import Rejects, capped
+from workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
-REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
 
-Enqueue = Callable[[MailService, str, int], None]
-
-
-def raw_text(args: tuple, kwargs: dict) -> str:
-    """The event as received, as text, for the rejected entry."""
-    body = args[0] if len(args) == 1 and not kwargs else {"args": list(args), "kwargs": kwargs}
-    try:
-        return json.dumps(body, sort_keys=True, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):
-        return repr(body)
+MAX_BATCH = 1000  # events one admit message may carry
 
 
-def event_id_of(body: Any, raw: str) -> uuid.UUID:
-    """The event's own id when it has a valid one, else one derived from its bytes (stable on redelivery)."""
-    if isinstance(body, dict):
+def raw_bytes(args: tuple, kwargs: dict) -> bytes:
+    """The message as received, as bytes for the rejected entry: its Dramatiq message id and arguments.
+
+    The message id is part of it so that two distinct bad messages with the same arguments (say,
+    none) get a row each, while a redelivery of one (same id) finds its row.
+    """
+    current = CurrentMessage.get_current_message()
+    body = {"message_id": current.message_id if current is not None else None, "args": list(args), "kwargs": kwargs}
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8", "replace")
+
+
+def own_event_id(body: Any) -> uuid.UUID | None:
+    """The event's own id when it has a valid one (a republished bad event finds its row)."""
+    if isinstance(body, dict) and isinstance(body.get("event_id"), str):
         try:
-            return uuid.UUID(str(body.get("event_id")))
+            return uuid.UUID(body["event_id"])
         except ValueError:
             pass
-    return uuid.uuid5(REJECTED_NAMESPACE, raw)
+    return None
 
 
 class Admitter:
@@ -42,34 +50,63 @@ class Admitter:
     def __init__(self, store: Store, enqueue: Enqueue) -> None:
         self.store = store
         self.enqueue = enqueue
+        self.rejects = Rejects(store)
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        """Admit one event; whatever it holds, it ends in a ledger state and the worker goes on."""
-        if len(args) != 1 or kwargs or not isinstance(args[0], dict):
-            self._reject(args, kwargs, "(root): the message must carry exactly one event object as its only argument")
+        """Admit one event, or a batch of them (a list), in one transaction; whatever a message holds,
+        each event ends in a ledger state and the worker goes on."""
+        if len(args) != 1 or kwargs or not isinstance(args[0], (dict, list)):
+            self._reject(args, kwargs, "(root): the message must carry one event object, or a list of them, "
+                                       "as its only argument")
             return
+        bodies = [args[0]] if isinstance(args[0], dict) else args[0][:MAX_BATCH]
+        for extra in args[0][MAX_BATCH:] if isinstance(args[0], list) else ():
+            self._reject((extra,), {}, f"(root): a batch carries at most {MAX_BATCH} events")
+        items = [item for item in map(self._checked, bodies) if item is not None]
         try:
-            event = schemas.normalize_event(args[0])
-        except schemas.InvalidPayload as exc:
-            self._reject(args, kwargs, str(exc))
-            return
-        kind = Kind(event["kind"])
-        recipients = len(schemas.unique_recipients(event))
-        admission = self.store.admit(event, priority=kind.priority, recipients=recipients)
-        if admission.state == State.QUEUED:
-            self.enqueue(MailService(admission.mail_service), event["event_id"], kind.priority)
-        log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
-                 f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            admissions = patiently(lambda: self.store.admit_many(items))
+        except DataRefused:  # some event's data cannot be stored: admit one by one, reject that one alone
+            admissions = [self._admit_alone(item) for item in items]
+        self._hand_on([(event, admission) for (event, _, _), admission in zip(items, admissions) if admission])
 
-    def reject_raw(self, raw: str, detail: str) -> None:
-        """Keep a message that is not even an envelope as `rejected`, with its raw text."""
-        event_id = uuid.uuid5(REJECTED_NAMESPACE, raw)
-        self.store.reject(event_id, detail, raw)
-        log.warning("message %s rejected: %s", event_id, detail)
+    def _checked(self, body: Any) -> tuple[dict, int, int] | None:
+        """The normalized event with its priority and recipient count, or None once rejected."""
+        if not isinstance(body, dict):
+            self._reject((body,), {}, "(root): an event must be a JSON object")
+            return None
+        try:
+            event = schemas.normalize_event(body)
+        except schemas.InvalidPayload as exc:
+            self._reject((body,), {}, capped(exc.problems))
+            return None
+        return event, Kind(event["kind"]).priority, len(schemas.unique_recipients(event))
+
+    def _admit_alone(self, item: tuple[dict, int, int]) -> Admission | None:
+        try:
+            return patiently(lambda: self.store.admit_many([item]))[0]
+        except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
+            self._reject((item[0],), {}, f"(event): {exc}")
+            return None
+
+    def _hand_on(self, admitted: list[tuple[dict, Admission]]) -> None:
+        """One transport message per mail service and kind for the queued mails (records first)."""
+        queued = []
+        for event, admission in admitted:
+            if admission.is_new:
+                metrics.admitted(event["project"], admission.state, admission.reason)
+            log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
+                      f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+            if admission.state == State.QUEUED:
+                queued.append(Requeue(event["event_id"], Kind(event["kind"]).priority, admission.mail_service))
+        hand_on(self.enqueue, queued)
+
+    def reject_raw(self, raw: bytes, reason: str, detail: str) -> uuid.UUID:
+        """Keep a message that is not an admissible envelope as `rejected` (an excerpt and its size)."""
+        return self.rejects.keep(None, raw, reason, detail)
 
     def _reject(self, args: tuple, kwargs: dict, detail: str) -> None:
-        raw = raw_text(args, kwargs)
-        body = args[0] if len(args) == 1 else None
-        event_id = event_id_of(body, raw)
-        self.store.reject(event_id, detail, raw, body if isinstance(body, dict) else None)
-        log.warning("event %s rejected: %s", event_id, detail)
+        body = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
+        self.rejects.keep(own_event_id(body), raw_bytes(args, kwargs), "invalid_event", detail,
+                          body.get("project"), body.get("kind"))
+        project = body.get("project")
+        metrics.admitted(project if isinstance(project, str) else None, State.REJECTED, "invalid_event")

@@ -6,17 +6,24 @@ Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker proce
 from __future__ import annotations
 
 import logging
+import urllib.parse
+from typing import Callable
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import CurrentMessage
 
 from workers.admit import Admitter
+from workers.broker import ArrivalRabbitmqBroker
 from workers.config import Config
-from workers.constants import MAX_PRIORITY, MailService, Queue
+from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
 from workers.logs import configure_logging
+from workers.middleware.logcontext import LogContext
+from workers.middleware.metrics import MetricsEndpoint
+from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
+from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
 from workers.scheduler import hand_on_due
 
@@ -26,45 +33,106 @@ log = logging.getLogger(__name__)
 ACTOR_OPTIONS = {"max_retries": 30, "min_backoff": 1_000, "max_backoff": 300_000, "time_limit": 3_600_000}
 
 
-def build_broker(config: Config) -> dramatiq.Broker:
-    """A RabbitMQ broker with priority queues, plus deskmail's middleware.
+def build_broker(config: Config, url: str | None = None) -> dramatiq.Broker:
+    """A RabbitMQ broker on `url` (default DESKMAIL_AMQP_URL) with priority queues, plus deskmail's middleware.
 
     Workers publish without confirms: the ledger row in PostgreSQL is the truth and a transport
     message is only a wake-up; one lost in a broker crash is re-sent by the scheduler after
     DESKMAIL_STALE_AFTER. Publishers of events do use confirms (producers/publisher.py).
     """
-    broker = RabbitmqBroker(url=config.amqp_url, confirm_delivery=False, max_priority=MAX_PRIORITY)
+    broker = ArrivalRabbitmqBroker(url=with_timeouts(url or config.amqp_url), confirm_delivery=False,
+                                   max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
+    broker.add_middleware(LogContext())
     return broker
 
 
-def enqueuer(broker: dramatiq.Broker) -> "callable":
-    """A function handing an event id to its transport's queue, with the mail's priority."""
-    def enqueue(service: MailService, event_id: str, priority: int) -> None:
+BROKER_TIMEOUTS = {"heartbeat": "30", "blocked_connection_timeout": "60", "socket_timeout": "10",
+                   "stack_timeout": "30"}
+
+
+def with_timeouts(url: str) -> str:
+    """The AMQP URL with heartbeats and timeouts, so a dead or stalled broker is noticed; the URL's own win."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode({**BROKER_TIMEOUTS, **query})))
+
+
+def enqueuer(broker: dramatiq.Broker) -> Callable[[MailService, list[str], int], None]:
+    """A function handing event ids to their transport's queue as one message, with the mails' priority.
+
+    Record mails go to the record actor of the queue, which workers run before notifications.
+    """
+    def enqueue(service: MailService, event_ids: list[str], priority: int) -> None:
         queue = service.queue
-        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=queue, args=(str(event_id),), kwargs={},
-                                        options={"broker_priority": priority}))
+        actor = queue.record_actor if priority >= Kind.RECORD.priority else queue
+        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=([str(i) for i in event_ids],),
+                                        kwargs={}, options={"broker_priority": priority}))
     return enqueue
 
 
-def declare_actors(broker: dramatiq.Broker, runtime: Runtime) -> None:
-    """Declare the admit actor and one transport actor per mail service on `broker`."""
+def guard(broker: dramatiq.Broker, runtime: Runtime) -> None:
+    """Refuse (and record) any message whose actor does not consume the queue it came from, before all else."""
+    broker.add_middleware(QueueGuard(refuse_misaddressed(runtime.store, Queue.CONTROL)),
+                          before=type(broker.middleware[0]))
+
+
+def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool = True) -> None:
+    """Declare the admit actor, one transport actor per mail service and (if `control`) the control actor."""
     store, enqueue = runtime.store, enqueuer(broker)
-    dramatiq.Actor(Admitter(store, enqueue), broker=broker, actor_name=Queue.ADMIT,
-                   queue_name=Queue.ADMIT, priority=0, options=dict(ACTOR_OPTIONS))
-    deliverer = Deliverer(store, runtime.settings, runtime.transports, runtime.config)
-    for service in MailService:
-        dramatiq.Actor(deliverer, broker=broker, actor_name=service.queue, queue_name=service.queue,
-                       priority=0, options=dict(ACTOR_OPTIONS))
-    declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
+    admitter = Admitter(store, enqueue)
+    for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
+        dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
+                       options=dict(ACTOR_OPTIONS))
+    for service in MailService:  # in a worker, a lower priority number runs first
+        deliverer = Deliverer(service, store, runtime.settings, runtime.transports, runtime.config, runtime.leases,
+                              runtime.worker, enqueue)
+        for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
+            dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
+                           priority=priority, options=dict(ACTOR_OPTIONS))
+    if control:
+        declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:
-    """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors."""
+    """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors.
+
+    The control actor is declared here only while control messages share the data vhost
+    (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `workers.app:control`.
+    """
     config = config or Config.from_env()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
+    control_here = config.control_url == config.amqp_url
+    if control_here:
+        config.require_control_authority()
     broker = build_broker(config)
+    if config.metrics_port:
+        broker.add_middleware(MetricsEndpoint(config))
     dramatiq.set_broker(broker)
-    declare_actors(broker, Runtime(config))
+    runtime = Runtime(config)
+    guard(broker, runtime)
+    broker.add_middleware(CurrentMessage())  # rejected events are keyed by their message's id
+    declare_actors(broker, runtime, control=control_here)
     log.info("deskmail worker ready: %s", config.redacted())
+    return broker
+
+
+def control(config: Config | None = None) -> dramatiq.Broker:
+    """Entry point for `dramatiq workers.app:control`: the control actor on DESKMAIL_CONTROL_AMQP_URL.
+
+    Mail a command makes due is handed to the transport queues through a second broker on
+    DESKMAIL_AMQP_URL, which this process only publishes to.
+    """
+    config = config or Config.from_env()
+    configure_logging(config.log_level, config.log_format)
+    config.require_control_authority()
+    broker = build_broker(config, config.control_url)
+    if config.metrics_port:
+        broker.add_middleware(MetricsEndpoint(config))
+    dramatiq.set_broker(broker)
+    runtime = Runtime(config)
+    guard(broker, runtime)
+    enqueue = enqueuer(build_broker(config)) if config.control_url != config.amqp_url else enqueuer(broker)
+    declare_control_actor(broker, runtime, lambda: hand_on_due(runtime.store, enqueue))
+    log.info("deskmail control worker ready: %s", config.redacted())
     return broker

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
+from workers.errors import ConfigurationError
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -26,7 +28,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
         Setting("DESKMAIL_CONTROL_KEY", "",
-                "Shared HMAC key for control messages; when set, unsigned or mis-signed ones are refused."),
+                "Shared HMAC key for control messages; unsigned or mis-signed ones are refused. A worker with "
+                "the control actor refuses to start without it (see DESKMAIL_INSECURE_CONTROL)."),
+        Setting("DESKMAIL_CONTROL_AMQP_URL", "",
+                "RabbitMQ URL of the control vhost, where only admins may publish (deploy/rabbitmq/); unset: "
+                "control messages travel on DESKMAIL_AMQP_URL (development only)."),
+        Setting("DESKMAIL_INSECURE_CONTROL", "0",
+                "1 lets a worker run the control actor without DESKMAIL_CONTROL_KEY: for local development "
+                "only, since anyone who may publish to the control queue can then steer the mail."),
         Setting("DESKMAIL_CONTROL_TIMEOUT", "15", "Seconds an admin command waits for a control worker's answer."),
         Setting("DESKMAIL_CONTROL_MAX_AGE", "600",
                 "Seconds after which a control message not yet applied expires (no surprise late resumes)."),
@@ -39,11 +48,46 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_RETRY_CAP", "3600", "Longest wait between two retries, in seconds."),
         Setting("DESKMAIL_RETRY_LIFETIME", "432000", "Seconds after which a mail still failing transiently is `failed` (5 days)."),
         Setting("DESKMAIL_STALE_AFTER", "900",
-                "Seconds after which the scheduler re-enqueues a queued mail nobody took, or recovers a `sending` one."),
+                "Seconds after which the scheduler hands a queued mail nobody took to the broker again (a lost wake-up)."),
+        Setting("DESKMAIL_LEASE_SECONDS", "60",
+                "Seconds a worker's claim on a mail lasts; renewed every quarter of it while the exchange runs."),
+        Setting("DESKMAIL_TAKEOVER_GRACE", "30",
+                "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
-                "CIDRs that admin-configured mail hosts may resolve to although private or loopback (e.g. 10.0.0.0/8)."),
-        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
+                "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
+        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
+        Setting("DESKMAIL_LOG_FORMAT", "text",
+                "`text` (one line per record) or `json` (one JSON object per line, with event_id, project, service, "
+                "attempt and host on every line about a mail)."),
+        Setting("DESKMAIL_METRICS_PORT", "",
+                "Port of the /metrics, /healthz and /readyz endpoint of a worker process group (`dramatiq`) or the "
+                "scheduler; empty or 0: no endpoint."),
+        Setting("DESKMAIL_METRICS_HOST", "127.0.0.1",
+                "Address the metrics endpoint listens on (0.0.0.0 in containers)."),
+        Setting("DESKMAIL_METRICS_DIR", "",
+                "Folder for the per-process metric files of a `dramatiq -p N` group (PROMETHEUS_MULTIPROC_DIR); "
+                "empty: a folder per group under the system's temporary folder."),
+        Setting("DESKMAIL_HEARTBEAT_MAX_AGE", "60",
+                "Seconds after which `deskmail healthcheck` calls the scheduler's last heartbeat stale."),
+        Setting("DESKMAIL_HEALTH_TIMEOUT", "3",
+                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it unreachable."),
+        Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
+                "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
+        Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
+        Setting("DESKMAIL_CONSOLE_TLS_CERT", "", "PEM certificate (chain) the console serves HTTPS with."),
+        Setting("DESKMAIL_CONSOLE_TLS_KEY", "", "PEM private key of DESKMAIL_CONSOLE_TLS_CERT."),
+        Setting("DESKMAIL_CONSOLE_BEHIND_TLS_PROXY", "",
+                "`1`: plain HTTP on a non-loopback address is allowed because a TLS proxy in front terminates HTTPS."),
+        Setting("DESKMAIL_CONSOLE_FORWARDED_ALLOW", "127.0.0.1",
+                "Comma-separated proxy addresses whose X-Forwarded-For/-Proto the console believes."),
+        Setting("DESKMAIL_CONSOLE_SESSION_HOURS", "12", "Hours a console login lasts."),
+        Setting("DESKMAIL_CONSOLE_OIDC_ISSUER", "",
+                "OpenID Connect issuer URL for single sign-on to the console (unset: passwords only)."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLIENT_ID", "", "The console's client id at the OIDC issuer."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLIENT_SECRET", "", "The console's client secret at the OIDC issuer."),
+        Setting("DESKMAIL_CONSOLE_OIDC_CLAIM", "email",
+                "ID token claim naming the console user (who must exist, with a role, in `deskmail console-user`)."),
         Setting("MAIL_LIMIT_PER_DAY_SMTP", "",
                 "Global mails per day over all projects; applied by `deskmail db migrate` when set (0 = no limit)."),
         Setting("RECIPIENTS_LIMIT_PER_MAIL_SMTP", "",
@@ -64,6 +108,8 @@ class Config:
     amqp_url: str
     secret_keys: tuple[str, ...] = ()
     control_key: str = ""
+    control_amqp_url: str = ""
+    insecure_control: bool = False
     control_timeout: float = 15.0
     control_max_age: float = 600.0
     db_pool_max: int = 10
@@ -73,11 +119,19 @@ class Config:
     retry_cap: float = 3600.0
     retry_lifetime: float = 432000.0
     stale_after: float = 900.0
+    lease_seconds: float = 60.0
+    takeover_grace: float = 30.0
     scheduler_interval: float = 5.0
     outbound_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
     log_level: str = "INFO"
     global_per_day: int | None = None
     global_recipients_per_mail: int | None = None
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_dir: str = ""
+    heartbeat_max_age: float = 60.0
+    health_timeout: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -89,6 +143,8 @@ class Config:
             amqp_url=get("DESKMAIL_AMQP_URL"),
             secret_keys=tuple(k.strip() for k in get("DESKMAIL_SECRET_KEYS").split(",") if k.strip()),
             control_key=get("DESKMAIL_CONTROL_KEY"),
+            control_amqp_url=get("DESKMAIL_CONTROL_AMQP_URL"),
+            insecure_control=get("DESKMAIL_INSECURE_CONTROL").strip().lower() in ("1", "true", "yes", "on"),
             control_timeout=float(get("DESKMAIL_CONTROL_TIMEOUT")),
             control_max_age=float(get("DESKMAIL_CONTROL_MAX_AGE")),
             db_pool_max=int(get("DESKMAIL_DB_POOL_MAX")),
@@ -98,6 +154,8 @@ class Config:
             retry_cap=float(get("DESKMAIL_RETRY_CAP")),
             retry_lifetime=float(get("DESKMAIL_RETRY_LIFETIME")),
             stale_after=float(get("DESKMAIL_STALE_AFTER")),
+            lease_seconds=float(get("DESKMAIL_LEASE_SECONDS")),
+            takeover_grace=float(get("DESKMAIL_TAKEOVER_GRACE")),
             scheduler_interval=float(get("DESKMAIL_SCHEDULER_INTERVAL")),
             outbound_allow=tuple(
                 ipaddress.ip_network(c.strip(), strict=False) for c in get("DESKMAIL_OUTBOUND_ALLOW").split(",") if c.strip()
@@ -105,7 +163,42 @@ class Config:
             log_level=get("DESKMAIL_LOG_LEVEL"),
             global_per_day=_optional_int(get("MAIL_LIMIT_PER_DAY_SMTP")),
             global_recipients_per_mail=_optional_int(get("RECIPIENTS_LIMIT_PER_MAIL_SMTP")),
+            log_format=get("DESKMAIL_LOG_FORMAT").strip().lower() or "text",
+            metrics_port=_optional_int(get("DESKMAIL_METRICS_PORT")) or 0,
+            metrics_host=get("DESKMAIL_METRICS_HOST"),
+            metrics_dir=get("DESKMAIL_METRICS_DIR"),
+            heartbeat_max_age=float(get("DESKMAIL_HEARTBEAT_MAX_AGE")),
+            health_timeout=float(get("DESKMAIL_HEALTH_TIMEOUT")),
         )
+
+    def __post_init__(self) -> None:
+        """Refuse timings that would let a live worker's mail be taken over."""
+        if self.lease_seconds < 2:
+            raise ConfigurationError(f"DESKMAIL_LEASE_SECONDS: {self.lease_seconds:g} is too short; give 2 or more "
+                                     "(the lease is renewed every quarter of it)")
+        if self.takeover_grace < self.lease_seconds / 2:
+            raise ConfigurationError(
+                f"DESKMAIL_TAKEOVER_GRACE: {self.takeover_grace:g} s cannot cover two missed renewals of a "
+                f"{self.lease_seconds:g} s lease; give at least {self.lease_seconds / 2:g}")
+        if self.stale_after <= 0:
+            raise ConfigurationError("DESKMAIL_STALE_AFTER: give a number of seconds above 0")
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between two renewals of the leases a worker holds."""
+        return self.lease_seconds / 4
+    @property
+    def control_url(self) -> str:
+        """Where control messages travel: the control vhost, or the data vhost when none is set."""
+        return self.control_amqp_url or self.amqp_url
+
+    def require_control_authority(self) -> None:
+        """Refuse to run the control actor unauthenticated unless DESKMAIL_INSECURE_CONTROL says so."""
+        if not self.control_key and not self.insecure_control:
+            raise ConfigurationError(
+                "DESKMAIL_CONTROL_KEY is not set, so anyone who may publish to the control queue could resume, "
+                "suspend and change limits and settings: set it (the same value for workers and the deskmail "
+                "command), or set DESKMAIL_INSECURE_CONTROL=1 for local development only")
 
     def redacted(self) -> dict[str, object]:
         """The configuration as a dict with secrets and URL passwords masked, for logs."""

@@ -15,6 +15,11 @@ class Queue(enum.StrEnum):
     EXCHANGE_OAUTH2 = "deskmail.exchange_oauth2"
     GMAIL_OAUTH2 = "deskmail.gmail_oauth2"
 
+    @property
+    def record_actor(self) -> str:
+        """The actor on this queue for record mails, which a worker runs before the queue's own actor."""
+        return f"{self.value}.record"
+
 
 class MailService(enum.StrEnum):
     """The outgoing mail service a project picks, as in the product's SMTP Settings screen."""
@@ -67,3 +72,7 @@ class Reason(enum.StrEnum):
 
 MAX_PRIORITY = 10
 """x-max-priority of every deskmail queue; publishers must not declare queues with other arguments."""
+
+TRANSPORT_BATCH = 20
+"""Most event ids per transport message: big enough to share a claim, small enough that a record mail
+arriving behind a batch waits for at most one of them per worker thread."""

@@ -1,8 +1,11 @@
 """The control actor: admin commands that change what gets sent, applied once and audited.
 
 A command travels as a control message (schemas/control-message.v1.json) on `deskmail.control`.
-It is refused when malformed, unsigned or mis-signed (if DESKMAIL_CONTROL_KEY is set), or older
-than DESKMAIL_CONTROL_MAX_AGE; each request id is applied once and its answer kept for the CLI.
+It is refused when malformed, unsigned or mis-signed (DESKMAIL_CONTROL_KEY), or older than
+DESKMAIL_CONTROL_MAX_AGE; a refusal is kept apart (control_refusals and the audit) and never
+takes the request id it carries. An accepted command is applied in ONE transaction that first
+takes its request id, then applies the action and writes its answer and audit row: a duplicate
+delivered at the same time waits for that transaction and finds the request applied.
 """
 
 from __future__ import annotations
@@ -11,17 +14,23 @@ import hashlib
 import hmac
 import json
 import logging
-import uuid
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import schemas
 from workers.constants import State
-from workers.store import Store
+from workers.errors import SecretError
+from workers.rejects import claimed_fields
+from workers.secrets import SecretBox
+from workers.settings import merge_secrets, split_secrets
+from workers.store import MOVED, Store
 
 log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
 HandOn = Callable[[], int]
+_STAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+                    r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
 def canonical(message: dict[str, Any]) -> bytes:
@@ -35,105 +44,180 @@ def sign(message: dict[str, Any], key: str) -> str:
     return hmac.new(key.encode("utf-8"), canonical(message), hashlib.sha256).hexdigest()
 
 
+def parse_requested_at(text: object) -> datetime | None:
+    """An RFC 3339 date-time as UTC (`z`, `t`, offsets, fractions, a leap second `:60`); None if it is none."""
+    match = _STAMP.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), min(int(second), 59),
+                         tzinfo=timezone.utc)
+        stamp += timedelta(seconds=int(second) - min(int(second), 59))  # 23:59:60 is the instant after :59
+        if fraction:
+            stamp += timedelta(microseconds=int(fraction[1:7].ljust(6, "0")))
+        if offset not in ("Z", "z"):
+            hours, minutes = int(offset[1:3]), int(offset[4:6])
+            if hours > 23 or minutes > 59:
+                return None
+            stamp -= (1 if offset[0] == "+" else -1) * timedelta(hours=hours, minutes=minutes)
+        return stamp
+    except (ValueError, OverflowError):  # day 31 of a 30-day month, or beyond year 9999 in UTC
+        return None
+
+
 class Controller:
     """Callable behind the `deskmail.control` actor."""
 
     def __init__(self, store: Store, key: str, max_age: float, hand_on: HandOn,
+                 box: Callable[[], SecretBox] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.store, self.key, self.max_age, self.hand_on, self.clock = store, key, max_age, hand_on, clock
+        self.box = box
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Apply one control message, or record why it was refused."""
         message = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], dict) else None
-        if message is None:
-            log.warning("control message refused: it must carry exactly one object")
-            return
-        refusal = self._refusal(message)
+        refusal = "(root): a control message must carry exactly one object" if message is None else \
+            self._refusal(message)
         if refusal:
-            self._answer_refusal(message, refusal)
+            self._refuse(message if message is not None else (args[0] if args else {}), refusal)
             return
-        if self.store.control_answer(message["request_id"]) is not None:
-            return  # applied before: a redelivery or a replay
-        answer = self._apply(message)
-        self.store.record_control(message, answer)
-        if answer.get("touched") and message["action"] != "backlog.suspend":
+        with self.store.atomic() as tx:
+            if not tx.claim_control_request(message["request_id"], message["action"]):
+                log.info("control request %s applied before; not applied again", message["request_id"])
+                return
+            answer = self._apply(tx, message)
+            tx.record_control(message, answer)
+        if answer.get("touched") and message["action"] not in ("backlog.suspend", "ambiguous.close"):
             self.hand_on()
 
     def _refusal(self, message: dict[str, Any]) -> str | None:
         problems = schemas.validate(CONTROL_SCHEMA, message)
         if problems:
-            return "; ".join(map(str, problems))
+            return "; ".join(map(str, problems[:20])) + (f"; ... and {len(problems) - 20} more" if len(problems) > 20
+                                                         else "")
         if self.key and not hmac.compare_digest(str(message.get("signature", "")), sign(message, self.key)):
             return "signature: missing or wrong (DESKMAIL_CONTROL_KEY differs between the command and the worker?)"
-        requested = datetime.fromisoformat(message["requested_at"].replace("Z", "+00:00"))
+        requested = parse_requested_at(message["requested_at"])
+        if requested is None:
+            return "requested_at: not an RFC 3339 date-time with an offset"
         if abs((self.clock() - requested).total_seconds()) > self.max_age:
             return f"requested_at: older than {self.max_age:.0f} s; the request expired and was not applied"
         return None
 
-    def _answer_refusal(self, message: dict[str, Any], refusal: str) -> None:
-        log.warning("control message refused: %s", refusal)
-        try:
-            request_id = str(uuid.UUID(str(message.get("request_id"))))
-        except ValueError:
-            return
-        answer = {"ok": False, "error": refusal, "touched": 0}
-        self.store.record_control({"request_id": request_id, "action": str(message.get("action", "?"))[:64],
-                                   "requested_by": str(message.get("requested_by", "?"))[:200]}, answer)
+    def _refuse(self, message: object, refusal: str) -> None:
+        fields = claimed_fields(message)
+        log.warning("control message %s refused: %s", fields.get("request_id", "(no request id)"),
+                    refusal.encode("unicode_escape").decode("ascii")[:1000])
+        self.store.record_control_refusal(fields, refusal)
 
-    def _apply(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
         action = message["action"]
         handler = getattr(self, "_" + action.replace(".", "_"), None)
         if handler is None:
             return {"ok": False, "error": f"action: {action} is not available in this version", "touched": 0}
-        return handler(message)
+        return handler(store, message)
 
-    def _move(self, message: dict[str, Any], from_state: str, to_state: str) -> dict[str, Any]:
+    def _move(self, store: Store, message: dict[str, Any], from_state: str, to_state: str) -> dict[str, Any]:
         ids = None if message.get("all") else message["ids"]
         detail = f"{message['action']} by {message['requested_by']}"
-        outcomes = self.store.move(ids, message.get("project"), from_state, to_state, detail)
-        done = sum(1 for v in outcomes.values() if v in ("resumed", to_state))
+        outcomes = store.move(ids, message.get("project"), from_state, to_state, detail)
+        done = sum(1 for v in outcomes.values() if v == MOVED[to_state])
         return {"ok": True, "touched": done, "outcomes": outcomes}
 
-    def _backlog_resume(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(message, State.BACKLOG, State.QUEUED)
+    def _backlog_resume(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.BACKLOG, State.QUEUED)
 
-    def _backlog_suspend(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(message, State.BACKLOG, State.SUSPENDED)
+    def _backlog_suspend(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.BACKLOG, State.SUSPENDED)
 
-    def _suspended_resume(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(message, State.SUSPENDED, State.QUEUED)
+    def _suspended_resume(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.SUSPENDED, State.QUEUED)
 
-    def _limits_set(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _failed_retry(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.FAILED, State.QUEUED)
+
+    def _ambiguous_resend(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.AMBIGUOUS, State.QUEUED)
+
+    def _ambiguous_close(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._move(store, message, State.AMBIGUOUS, State.SENT)
+
+    def _limits_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
         limits = {k: message[k] for k in ("per_day", "recipients_per_mail") if k in message}
         if message.get("global"):
-            self.store.set_global_limits(**limits)
-        elif not self.store.set_project_limits(message["project"], **limits):
-            return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
-        resumed = self.store.auto_resume(self.clock(), None if message.get("global") else message["project"])
+            store.set_global_limits(**limits)
+        elif not store.set_project_limits(message["project"], **limits):
+            return _unknown(message["project"])
+        resumed = store.auto_resume(self.clock(), None if message.get("global") else message["project"])
         return {"ok": True, "touched": sum(resumed.values()), "limits": limits, "auto_resumed": resumed}
 
-    def _auto_resume_set(self, message: dict[str, Any]) -> dict[str, Any]:
-        if not self.store.set_auto_resume(message["project"], message["enabled"]):
-            return {"ok": False, "error": f"project: unknown project {message['project']!r}", "touched": 0}
-        resumed = self.store.auto_resume(self.clock(), message["project"]) if message["enabled"] else {}
+    def _auto_resume_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        if not store.set_auto_resume(message["project"], message["enabled"]):
+            return _unknown(message["project"])
+        resumed = store.auto_resume(self.clock(), message["project"]) if message["enabled"] else {}
         return {"ok": True, "touched": sum(resumed.values()), "auto_resume": message["enabled"],
                 "auto_resumed": resumed}
 
-    def _project_pause(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._set_pause(message["project"], "admin")
+    def _project_pause(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._set_pause(store, message["project"], "admin")
 
-    def _project_unpause(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._set_pause(message["project"], None)
+    def _project_unpause(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        return self._set_pause(store, message["project"], None)
 
-    def _set_pause(self, project: str, reason: str | None) -> dict[str, Any]:
-        if self.store.get_project(project) is None:
-            return {"ok": False, "error": f"project: unknown project {project!r}", "touched": 0}
-        return {"ok": True, "touched": 0, "changed": self.store.set_pause(project, reason)}
+    def _set_pause(self, store: Store, project: str, reason: str | None) -> dict[str, Any]:
+        if store.get_project(project) is None:
+            return _unknown(project)
+        return {"ok": True, "touched": 0, "changed": store.set_pause(project, reason)}
+
+    def _settings_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        project, public = message["project"], dict(message["settings"])
+        if split_secrets(public)[1]:
+            return {"ok": False, "touched": 0, "error": "settings: holds a secret in clear text; the command "
+                    "seals secrets with DESKMAIL_SECRET_KEYS (sealed_secrets) and never sends them in clear"}
+        sealed = message.get("sealed_secrets")
+        if sealed and not self.box:
+            return {"ok": False, "touched": 0, "error": "sealed_secrets: this worker has no DESKMAIL_SECRET_KEYS"}
+        try:
+            secrets = self.box().open(project, sealed.encode("ascii")) if sealed else {}
+        except SecretError as exc:
+            return {"ok": False, "touched": 0, "error": f"sealed_secrets: {exc} (the command and the workers "
+                    "need the same DESKMAIL_SECRET_KEYS)"}
+        public.pop("secret_names", None)
+        problems = schemas.validate(schemas.SETTINGS, merge_secrets(public, secrets))
+        if problems:
+            return {"ok": False, "touched": 0, "error": "; ".join(map(str, problems[:20]))}
+        public["secret_names"] = sorted(secrets)
+        store.save_settings(project, public["mail_service"], public, sealed.encode("ascii") if sealed else None,
+                            public.get("time_zone", "UTC"), public.get("limits"))
+        return {"ok": True, "touched": 0, "mail_service": public["mail_service"],
+                "secret_names": public["secret_names"]}
+
+    def _keys_rotate(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.box:
+            return {"ok": False, "touched": 0, "error": "this worker has no DESKMAIL_SECRET_KEYS"}
+        box, replacements = self.box(), []
+        for project in store.list_projects():
+            if project.secrets:
+                try:  # every token first: one that cannot be opened leaves all of them as they were
+                    replacements.append((project.key, project.secrets, box.rotate(project.secrets)))
+                except SecretError as exc:
+                    return {"ok": False, "touched": 0, "error": f"project {project.key}: {exc}; nothing was "
+                            "re-encrypted"}
+        rotated = [key for key, old, new in replacements if store.replace_secrets(key, old, new)]
+        return {"ok": True, "touched": 0, "rotated": rotated}
+
+
+def _unknown(project: str) -> dict[str, Any]:
+    return {"ok": False, "error": f"project: unknown project {project!r}", "touched": 0}
+
 
 def declare_control_actor(broker, runtime, hand_on: HandOn) -> None:  # noqa: ANN001 - dramatiq, Runtime
     """Declare the `deskmail.control` actor on broker."""
     import dramatiq
     from workers.constants import Queue
-    controller = Controller(runtime.store, runtime.config.control_key, runtime.config.control_max_age, hand_on)
+    box = (lambda: runtime.box) if runtime.config.secret_keys else None
+    controller = Controller(runtime.store, runtime.config.control_key, runtime.config.control_max_age, hand_on, box)
     dramatiq.Actor(controller, broker=broker, actor_name=Queue.CONTROL, queue_name=Queue.CONTROL, priority=0,
                    options={"max_retries": 30, "min_backoff": 1_000, "max_backoff": 60_000})

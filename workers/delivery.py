@@ -1,22 +1,36 @@
-"""The transport actor's work: claim the ledger row, build the message, send, record the outcome."""
+"""The transport actor's work: lease the ledger row, build the message, send, record the outcome.
+
+Read top to bottom: `claim` -> `prepare` -> `send` (the phase hook marks the DATA window under the
+lease) -> `judge` (what the attempt came to) -> `record` (until PostgreSQL takes it). Once a
+server has answered, the outcome is written however long the database takes to come back; the
+send is never repeated because of a database fault.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers import logcontext, metrics
 from workers.config import Config
-from workers.constants import Reason, State
+from workers.constants import MailService, Reason, State
+from workers.errors import StoreError
+from workers.handing import Enqueue, hand_on
+from workers.leases import LeaseKeeper
 from workers.message import Sender, build, message_id_for
-from workers.records import Claim
+from workers.records import AttemptOutcome, Claim
 from workers.settings import ProjectSettings, SettingsService
-from workers.store import Store
+from workers.store import Store, patiently
+from workers.transports import phase
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 1000  # event ids one transport message may carry
+CHUNK = 10        # mails whose DATA phase and outcomes are written in one statement each
 
 
 def sender_of(settings: ProjectSettings) -> Sender:
@@ -39,69 +53,143 @@ def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
 class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
-    def __init__(self, store: Store, settings: SettingsService, transports: Mapping[str, Transport],
-                 config: Config, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
-        self.store, self.settings, self.transports = store, settings, transports
-        self.config, self.clock = config, clock
+    def __init__(self, service: MailService, store: Store, settings: SettingsService,
+                 transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
+                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.service, self.store, self.settings, self.transports = service, store, settings, transports
+        self.config, self.leases, self.worker, self.enqueue, self.clock = config, leases, worker, enqueue, clock
 
-    def __call__(self, event_id: str) -> None:
-        """Deliver one mail by event id; a mail not in `queued` is someone else's (or done)."""
-        claim = self.store.claim(event_id)
-        if claim is None:
-            log.info("mail %s is not queued (already taken or done); nothing to do", event_id)
-            return
+    def __call__(self, event_ids: str | list[str]) -> None:
+        """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
+
+        Mails not in `queued` are someone else's (or done). The batch is sent in chunks: the DATA
+        phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
+        """
+        ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
+        claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds, self.service))
+        if len(claims) < len(ids):
+            self._not_claimed(ids, claims)
+        claims.sort(key=lambda c: -c.priority)
+        with self.leases.holding(claims):
+            for start in range(0, len(claims), CHUNK):
+                chunk = claims[start:start + CHUNK]
+                gate = DataGate(self.store, chunk)
+                self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
+                self.leases.release(chunk)
+
+    def _not_claimed(self, ids: list[str], claims: list[Claim]) -> None:
+        claimed = {str(c.event_id) for c in claims}
+        rest = [i for i in ids if i not in claimed]
+        moved = hand_on(self.enqueue, patiently(lambda: self.store.reroute(rest, self.service)))
+        log.info("%d of %d mails not sent here: %d now go through another mail service, the others are "
+                 "taken, done or not due", len(rest), len(ids), moved)
+
+    def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
+        """Prepare and send one claimed mail; what it came to."""
+        # every line logged from here on is about this mail (the middleware restores the context after the call)
+        logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
+            logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
             envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
-            log.warning("mail %s cannot be prepared: %s", event_id, type(exc).__name__)
-            self.store.mark_final(claim.event_id, State.FAILED, "configuration", f"cannot prepare the mail: {exc}")
-            self.store.record_config_error(claim.project, f"cannot prepare mail: {exc}")
-            return
+            log.warning("mail %s cannot be prepared: %s", claim.event_id, type(exc).__name__)
+            detail = f"cannot prepare the mail: {exc}"
+            return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
+                                  config_error=detail)
+        started = time.perf_counter()
         try:
-            delivered = transport.send(settings, envelope)
+            with phase.watching(lambda: gate.enter(claim)):
+                delivered = transport.send(settings, envelope)
+            metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
-            self._failed(claim, envelope, failure)
-            return
-        except Exception as exc:  # noqa: BLE001 - an unforeseen error is retried, never left in `sending`
-            log.exception("mail %s: unexpected error in the %s transport", event_id, settings.service)
-            self._failed(claim, envelope, TransportFailure(Outcome.TRANSIENT, f"internal error: {type(exc).__name__}"))
-            return
-        self._delivered(claim, envelope, delivered)
+            metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
+            log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
+            return self.judge_failure(claim, envelope, failure)
+        except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
+            log.exception("mail %s: unexpected error in the %s transport", claim.event_id, settings.service)
+            outcome = Outcome.AMBIGUOUS if gate.entered(claim) else Outcome.TRANSIENT
+            return self.judge_failure(claim, envelope, TransportFailure(outcome, f"internal error: {type(exc).__name__}"))
+        return self.judge_delivered(claim, envelope, delivered)
 
-    def _delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> None:
+    def judge_delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> AttemptOutcome:
+        """The outcome of a send the server took (perhaps for some recipients only)."""
         if delivered.deferred:
-            failure = TransportFailure(Outcome.TRANSIENT, "some recipients deferred: " +
-                                       "; ".join(f"{a}: {r}" for a, r in delivered.deferred.items()),
-                                       refused={**delivered.refused, **delivered.deferred})
-            self._retry(claim, failure, deferred=list(delivered.deferred))
-            return
-        self.store.mark_sent(claim.event_id, delivered.detail, delivered.refused or None, envelope.message_id)
-        log.debug("mail %s sent", claim.event_id)
+            detail = "some recipients deferred: " + "; ".join(f"{a}: {r}" for a, r in delivered.deferred.items())
+            failure = TransportFailure(Outcome.TRANSIENT, detail, refused={**delivered.refused, **delivered.deferred})
+            return self._retry(claim, failure, "partial", deferred=tuple(delivered.deferred))
+        return AttemptOutcome("partial" if delivered.refused else "sent", State.SENT, delivered.detail,
+                              refused=delivered.refused, message_id=envelope.message_id)
 
-    def _failed(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> None:
-        log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
+    def judge_failure(self, claim: Claim, envelope: Envelope, failure: TransportFailure) -> AttemptOutcome:
+        """The outcome of a send that did not (or may not have) gone through."""
+        never_left = not claim.deferred  # after a partial delivery some recipients already have it
         if failure.outcome is Outcome.TRANSIENT:
-            self._retry(claim, failure)
-        elif failure.outcome is Outcome.QUOTA:
-            self.store.mark_backlog(claim.event_id, Reason.PROVIDER_QUOTA, failure.detail)
-            self.store.pause_project(claim.project, Reason.PROVIDER_QUOTA)
-        elif failure.outcome is Outcome.CONFIGURATION:
-            self.store.mark_final(claim.event_id, State.FAILED, "configuration", failure.detail, failure.refused)
-            self.store.record_config_error(claim.project, failure.detail)
-        elif failure.outcome is Outcome.AMBIGUOUS:
-            self.store.mark_final(claim.event_id, State.AMBIGUOUS, "no_final_reply", failure.detail,
+            return self._retry(claim, failure, "retry")
+        if failure.outcome is Outcome.QUOTA:
+            return AttemptOutcome("quota", State.BACKLOG, failure.detail, Reason.PROVIDER_QUOTA,
+                                  refund=never_left, pause=Reason.PROVIDER_QUOTA)
+        if failure.outcome is Outcome.CONFIGURATION:
+            return AttemptOutcome("configuration", State.FAILED, failure.detail, "configuration",
+                                  failure.refused, refund=never_left, config_error=failure.detail)
+        if failure.outcome is Outcome.AMBIGUOUS:
+            return AttemptOutcome("ambiguous", State.AMBIGUOUS, failure.detail, "no_final_reply",
                                   message_id=envelope.message_id)
-        else:
-            self.store.mark_final(claim.event_id, State.FAILED, "permanent", failure.detail, failure.refused)
+        return AttemptOutcome("failed", State.FAILED, failure.detail, "permanent", failure.refused,
+                              refund=never_left)
 
-    def _retry(self, claim: Claim, failure: TransportFailure, deferred: list[str] | None = None) -> None:
+    def _retry(self, claim: Claim, failure: TransportFailure, label: str,
+               deferred: tuple[str, ...] = ()) -> AttemptOutcome:
         age = (self.clock() - claim.received_at).total_seconds()
         if age > self.config.retry_lifetime:
-            self.store.mark_final(claim.event_id, State.FAILED, "expired",
-                                  f"gave up after {claim.attempts} attempts: {failure.detail}", failure.refused)
-            return
-        delay = failure.retry_after or min(self.config.retry_cap,
-                                           self.config.retry_base * 2 ** (claim.attempts - 1))
-        self.store.mark_retry(claim.event_id, failure.detail, delay, failure.refused or None, deferred)
+            return AttemptOutcome("failed", State.FAILED, f"gave up after {claim.attempt} attempts: {failure.detail}",
+                                  "expired", failure.refused, refund=not claim.deferred and not deferred)
+        delay = failure.retry_after or min(self.config.retry_cap, self.config.retry_base * 2 ** (claim.attempt - 1))
+        return AttemptOutcome(label, State.QUEUED, failure.detail, refused=failure.refused, deferred=deferred,
+                              delay=delay)
+
+    def record(self, done: list[tuple[Claim, AttemptOutcome]]) -> None:
+        """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
+        taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
+        for claim, outcome in done:
+            metrics.mail_outcome(claim.project, self.service,
+                                 outcome.label if claim.event_id in taken else "lease_lost")
+            if claim.event_id not in taken:
+                log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
+                            claim.event_id, outcome.label)
+
+
+
+class DataGate:
+    """The DATA phase of a chunk of claims, written in one statement when the first of them reaches DATA.
+
+    Marking the chunk at once costs one round trip per chunk instead of per mail; a worker lost
+    before the chunk's outcomes are written leaves all its mails flagged, as the DATA window requires.
+    """
+
+    def __init__(self, store: Store, claims: list[Claim]) -> None:
+        self.store, self.claims = store, claims
+        self.held: set[uuid.UUID] = set()
+        self.asked: set[uuid.UUID] = set()
+        self._entered: set[uuid.UUID] = set()
+
+    def enter(self, claim: Claim) -> None:
+        """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
+        if claim.event_id not in self.asked:
+            self._mark([c for c in self.claims if c.event_id not in self.asked])
+        if claim.event_id not in self.held:
+            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
+        self._entered.add(claim.event_id)
+
+    def entered(self, claim: Claim) -> bool:
+        """Whether claim's mail may have been handed over."""
+        return claim.event_id in self._entered
+
+    def _mark(self, claims: list[Claim]) -> None:
+        try:
+            self.held |= self.store.enter_data_phase(claims)
+        except StoreError as exc:
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        self.asked |= {c.event_id for c in claims}

@@ -64,19 +64,25 @@ class Note:
     detail: str = ""
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
 @dataclass
 class Checkup:
-    """The steps of one Test action, in order."""
+    """The steps of one Test action, in order; `scrub` masks the project's secrets in what peers said
+    (workers.scrub), before a step keeps it."""
 
     steps: list[Step] = field(default_factory=list)
+    scrub: Callable[[str], str] = _unchanged
 
     def passed(self, name: str, detail: str) -> None:
         """Record a passed step."""
-        self.steps.append(Step(name, Status.PASSED, detail))
+        self.steps.append(Step(name, Status.PASSED, self.scrub(detail)))
 
     def failed(self, name: str, detail: str, advice: str) -> NoReturn:
         """Record a failed step and end the checkup."""
-        self.steps.append(Step(name, Status.FAILED, detail, advice))
+        self.steps.append(Step(name, Status.FAILED, self.scrub(detail), self.scrub(advice)))
         raise Stop(name)
 
     def failed_with(self, name: str, failure: TransportFailure, advice: str = "") -> NoReturn:

@@ -15,6 +15,14 @@ class StoreError(DeskmailError):
     """PostgreSQL failed or is unreachable (driver errors are translated into this)."""
 
 
+class StoreUnavailable(StoreError):
+    """PostgreSQL cannot be reached or dropped the connection; the same call can succeed later."""
+
+
+class DataRefused(StoreError):
+    """PostgreSQL refused the data itself (a NUL character, a value too large); retrying cannot help."""
+
+
 class UnknownProject(DeskmailError):
     """No settings for the project and no `default` project to fall back on."""
 

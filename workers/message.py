@@ -8,15 +8,21 @@ out here, with the stdlib's encoders for the parts that need care (encoded words
 from __future__ import annotations
 
 import binascii
-import hashlib
+import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
 
+from schemas.addresses import ascii_domain_form
+
 MESSAGE_ID_DOMAIN = "deskmail"
 _CRLF = "\r\n"
+# RFC 5322 atext and the spaces between atoms: a display name of only these may be written bare; any other
+# (a `.`, `,`, `"`, `@`, `(`, ...) must be a quoted-string, or a parser reads it as something else.
+_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 @dataclass(frozen=True)
@@ -38,25 +44,42 @@ def _is_ascii(text: str) -> bool:
 
 
 def _word(text: str) -> str:
-    """Header text: plain when short ASCII, else RFC 2047 encoded words, folded."""
-    if _is_ascii(text) and len(text) < 900:
+    """Header text: plain when short ASCII without edge whitespace, else RFC 2047 encoded words, folded
+    with CRLF (a receiver would drop leading or doubled spaces of plain text when unfolding)."""
+    if _is_ascii(text) and len(text) < 900 and text == text.strip() and "  " not in text:
         return text
     return Header(text, "utf-8", maxlinelen=76).encode(linesep=_CRLF)
 
 
 def _address(address: str, name: str | None) -> str:
+    """`name <address>`, the name bare, quoted or encoded as RFC 5322 and 2047 need; the domain in punycode
+    (a header holds UTF-8 only where a Unicode local part leaves no choice)."""
+    address = ascii_domain_form(address)
     if not name:
         return address
-    if _is_ascii(name) and name.replace(" ", "").replace(".", "").replace("-", "").isalnum():
+    if _is_ascii(name) and _PHRASE.fullmatch(name):
         return f"{name} <{address}>"
-    if _is_ascii(name):
+    if _is_ascii(name):  # a quoted-string keeps every space and tab as it is; an encoded word may not
         escaped = name.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}" <{address}>'
-    return f"{Header(name, 'utf-8').encode()} <{address}>"
+    encoded = _encoded_name(name)
+    return f"{encoded}{_CRLF if len(encoded) + len(address) > 900 else ''} <{address}>"
+
+
+def _encoded_name(name: str) -> str:
+    """A display name as one encoded word whenever it fits on a line.
+
+    RFC 2047 wants encoded words of at most 75 characters, but a phrase split into several is read back
+    differently by different decoders: RFC 2047 drops the space between two encoded words, Python's own
+    parser keeps it. Every decoder reads one long encoded word the same, so only a name too long for one
+    line (hundreds of non-ASCII characters) is split, as RFC 2047 says.
+    """
+    word = "=?utf-8?b?" + binascii.b2a_base64(name.encode("utf-8"), newline=False).decode("ascii") + "?="
+    return word if len(word) <= 900 else Header(name, "utf-8", maxlinelen=76).encode(linesep=_CRLF)
 
 
 def _addresses(items: list) -> str:
-    parts = [_address(i["address"], i.get("name")) if isinstance(i, dict) else i for i in items]
+    parts = [_address(i["address"], i.get("name")) if isinstance(i, dict) else _address(i, None) for i in items]
     return ("," + _CRLF + " ").join(parts)
 
 
@@ -71,14 +94,23 @@ def _body(text: str, subtype: str) -> str:
             f"Content-Transfer-Encoding: quoted-printable{_CRLF}{_CRLF}" + qp)
 
 
-def _content(event: dict, boundary_seed: str) -> str:
+def _content(event: dict) -> str:
     text, html = event.get("text"), event.get("html")
     if text is not None and html is not None:
-        boundary = "=_deskmail_" + hashlib.sha1(boundary_seed.encode()).hexdigest()[:24]
+        plain, rich = _body(text, "plain"), _body(html, "html")
+        boundary = _boundary(plain, rich)
         return (f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{_CRLF}{_CRLF}"
-                f"--{boundary}{_CRLF}{_body(text, 'plain')}{_CRLF}"
-                f"--{boundary}{_CRLF}{_body(html, 'html')}{_CRLF}--{boundary}--{_CRLF}")
+                f"--{boundary}{_CRLF}{plain}{_CRLF}"
+                f"--{boundary}{_CRLF}{rich}{_CRLF}--{boundary}--{_CRLF}")
     return _body(text, "plain") if text is not None else _body(html, "html")
+
+
+def _boundary(*parts: str) -> str:
+    """A boundary no part contains: random per message (a caller cannot aim at it), and checked all the same."""
+    while True:
+        boundary = "=_deskmail_" + secrets.token_hex(16)
+        if not any(boundary in part for part in parts):
+            return boundary
 
 
 def build(event: dict, sender: Sender, message_id: str, date: datetime) -> bytes:
@@ -96,4 +128,4 @@ def build(event: dict, sender: Sender, message_id: str, date: datetime) -> bytes
     if event.get("record"):
         head.append(f"X-Deskmail-Record: {_word(event['record']['type'] + '/' + event['record']['id'])}")
     head += [f"{name}: {_word(value)}" for name, value in (event.get("headers") or {}).items()]
-    return (_CRLF.join(head) + _CRLF + _content(event, message_id)).encode("utf-8")
+    return (_CRLF.join(head) + _CRLF + _content(event)).encode("utf-8")

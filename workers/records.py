@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -33,13 +33,46 @@ class Claim(_FromRow):
     event_id: uuid.UUID
     project: str
     kind: str
+    priority: int
     event: dict
     message_id: str
-    attempts: int
+    attempt: int
+    lease_token: uuid.UUID
+    claimed_at: datetime
     received_at: datetime
     deferred: list[str] | None
     settings_key: str
     settings_version: int
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one delivery attempt came to, as the ledger records it."""
+
+    label: str                      # sent, partial, retry, failed, configuration, ambiguous, quota, not_sent
+    state: str                      # the mail's next state
+    detail: str
+    reason: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+    deferred: tuple[str, ...] = ()  # recipients still to send to, on a retry
+    message_id: str | None = None
+    delay: float = 0.0              # seconds before the retry
+    refund: bool = False            # the mail certainly never left: give its unit of quota back
+    config_error: str | None = None
+    pause: str | None = None        # pause the project with this reason (a provider's quota)
+
+
+@dataclass(frozen=True)
+class Attempt(_FromRow):
+    """One row of a mail's attempt history."""
+
+    attempt: int
+    worker: str
+    started_at: datetime
+    ended_at: datetime
+    phase: str | None
+    outcome: str
+    detail: str | None
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,10 @@ class Mail(_FromRow):
     message_id: str | None
     attempts: int
     takeovers: int
+    duplicate_risk: bool
+    phase: str | None
+    claimed_by: str | None
+    lease_until: datetime | None
     refused: dict | None
     next_attempt_at: datetime | None
     created_at: datetime | None
@@ -106,3 +143,61 @@ class Requeue(_FromRow):
     event_id: uuid.UUID
     priority: int
     mail_service: str | None
+
+
+@dataclass(frozen=True)
+class Heartbeat(_FromRow):
+    """The newest scheduler heartbeat: when, how long ago, and how many schedulers beat within the window."""
+
+    beat_at: datetime | None
+    age: float | None
+    fresh: int
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One sample the metrics endpoint reads from the ledger on a scrape."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True)
+class ConsoleUser(_FromRow):
+    """A console account; password_hash is argon2id, None for single sign-on only."""
+
+    username: str
+    password_hash: str | None
+    role: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsoleSession(_FromRow):
+    """A console login: whose it is, the role it acts with now, and its CSRF token."""
+
+    username: str
+    role: str
+    csrf_token: str
+    via: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsoleJob(_FromRow):
+    """A long console job (a Test action, a bulk action) and how far it got."""
+
+    id: uuid.UUID
+    kind: str
+    title: str
+    requested_by: str
+    project: str | None
+    total: int
+    done: int
+    steps: list
+    ok: bool | None
+    summary: str | None
+    started_at: datetime
+    finished_at: datetime | None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import threading
 
 from workers.config import Config
+from workers.leases import LeaseKeeper
 from workers.secrets import SecretBox
 from workers.settings import SettingsService
 from workers.store import Store, open_pool
@@ -31,6 +34,16 @@ class Runtime:
                 if self._store is None:
                     self._store = Store(open_pool(self.config.database_url, self.config.db_pool_max))
         return self._store
+
+    @functools.cached_property
+    def leases(self) -> LeaseKeeper:
+        """The renewer of this process's delivery leases."""
+        return LeaseKeeper(self.store, self.config.lease_seconds, self.config.renew_every)
+
+    @property
+    def worker(self) -> str:
+        """This process as attempts and leases name it: host:pid."""
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     @functools.cached_property
     def box(self) -> SecretBox:

@@ -1,4 +1,4 @@
-"""The scheduler: timed work that must not wait in the broker (retries, recovery, auto resume).
+"""The scheduler: timed work that must not wait in the broker (retries, takeovers, auto resume).
 
 Every pass is a handful of SKIP LOCKED statements, so two schedulers running at once do no harm.
 """
@@ -6,35 +6,39 @@ Every pass is a handful of SKIP LOCKED statements, so two schedulers running at 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from workers import metrics
 from workers.config import Config
-from workers.constants import MailService
-from workers.records import Requeue
+from workers.errors import StoreUnavailable
+from workers.handing import Enqueue, hand_on
 from workers.runtime import Runtime
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[MailService, str, int], None]
 Extra = Callable[[], dict[str, int]]
-
-
-def hand_on(enqueue: Enqueue, mails: list[Requeue]) -> int:
-    """Give mails to their transport queues; returns how many."""
-    for mail in mails:
-        if mail.mail_service:
-            enqueue(MailService(mail.mail_service), str(mail.event_id), mail.priority)
-    return len(mails)
 
 
 def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
     """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
     return hand_on(enqueue, store.take_due_retries(limit))
+
+
+def heartbeat_step(store: Store) -> Extra:
+    """The scheduler's heartbeat: one row per scheduler process, read by health checks and metrics."""
+    from workers.logcontext import HOST
+    name = f"{HOST}:{os.getpid()}"
+
+    def beat() -> dict[str, int]:
+        store.record_heartbeat(name)
+        return {}
+    return beat
 
 
 def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Extra:
@@ -44,7 +48,7 @@ def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datet
 
 @dataclass
 class Scheduler:
-    """One pass hands due retries and lost or stuck mails back to their transport queues."""
+    """One pass hands due retries, lost wake-ups and mails of lost workers back to their transport queues."""
 
     store: Store
     enqueue: Enqueue
@@ -61,18 +65,27 @@ class Scheduler:
         broker = build_broker(config)
         enqueue = enqueuer(broker)
         return cls(runtime.store, enqueue, config,
-                   [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
+                   [heartbeat_step(runtime.store), auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
 
     def tick(self) -> dict[str, int]:
-        """One pass; returns how many mails each part touched."""
+        """One pass; returns how many mails each step touched. A step that fails is logged and
+        skipped, so one bad mail or dead letter never stops the others."""
+        steps: list[Extra] = [
+            *self.extras,
+            lambda: {"due": hand_on_due(self.store, self.enqueue)},
+            lambda: {"stale_queued": hand_on(self.enqueue, self.store.take_stale_queued(self.config.stale_after))},
+            lambda: {"taken_over": hand_on(self.enqueue, self.store.take_over(self.config.takeover_grace))},
+        ]
         done: dict[str, int] = {}
-        for extra in self.extras:
-            done.update(extra())
-        done |= {
-            "due": hand_on_due(self.store, self.enqueue),
-            "stale_queued": hand_on(self.enqueue, self.store.take_stale_queued(self.config.stale_after)),
-            "recovered": hand_on(self.enqueue, self.store.recover_stale_sending(self.config.stale_after)),
-        }
+        for step in steps:
+            try:
+                done.update(step())
+            except StoreUnavailable:  # the store says so once, not every pass
+                done["failed_steps"] = done.get("failed_steps", 0) + 1
+            except Exception:  # noqa: BLE001 - the next step and the next pass still run
+                log.exception("scheduler step failed; the other steps go on")
+                done["failed_steps"] = done.get("failed_steps", 0) + 1
+        metrics.scheduler_pass({k: n for k, n in done.items() if k != "failed_steps"})
         if any(done.values()):
             log.info("scheduler pass: %s", done)
         return done
@@ -82,9 +95,9 @@ class Scheduler:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         log.info("scheduler running every %s s", self.config.scheduler_interval)
+        if self.config.metrics_port:
+            from workers.endpoint import ledger_store, serve_in_thread
+            serve_in_thread(self.config, ledger_store(self.config))
         while not self.stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - a failed pass (database restart) is retried next time
-                log.exception("scheduler pass failed; trying again in %s s", self.config.scheduler_interval)
+            self.tick()
             self.stop.wait(self.config.scheduler_interval)

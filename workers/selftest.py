@@ -9,6 +9,7 @@ from typing import Any
 from workers.delivery import envelope_for
 from workers.diagnosis import Checkup, Stop
 from workers.runtime import Runtime
+from workers.scrub import Scrubber
 from workers.settings import ProjectSettings
 
 UNSAVED = -1  # settings version of a document tested before it is saved
@@ -23,8 +24,11 @@ def test_event(project: str, to: str) -> dict[str, Any]:
 
 
 def self_test(runtime: Runtime, project: str, to: str | None = None,
-              document: dict[str, Any] | None = None) -> Checkup:
-    """Send a test mail with the project's saved settings (or with `document`, not yet saved)."""
+              document: dict[str, Any] | None = None, checkup: Checkup | None = None) -> Checkup:
+    """Send a test mail with the project's saved settings (or with `document`, not yet saved).
+
+    A caller that shows the steps as they happen passes its own `checkup` (the console does).
+    """
     if document is None:
         settings = runtime.settings.load(project)
     else:
@@ -32,7 +36,8 @@ def self_test(runtime: Runtime, project: str, to: str | None = None,
     transport = runtime.transports[settings.service]
     event = test_event(project, to or settings.document["from_address"])
     envelope = envelope_for(event, settings, datetime.now(timezone.utc))
-    checkup = Checkup()
+    checkup = Checkup() if checkup is None else checkup
+    checkup.scrub = Scrubber.of(settings).text
     try:
         transport.diagnose(settings, envelope, checkup)
     except Stop:

@@ -4,29 +4,62 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 import uuid
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from workers import sql
-from workers.errors import StoreError
-from workers.records import Admission, Claim, GlobalLimits, Mail, Project, Requeue
+from workers.database import open_pool
+from workers.errors import DataRefused, StoreError, StoreUnavailable
+from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
+                             Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue)
 
+__all__ = ["Store", "open_pool"]
+MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
+MOVE_QUERY = {"queued": "requeue_resumed", "suspended": "suspend_selected", "sent": "close_ambiguous"}
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
 
 
-def open_pool(database_url: str, max_size: int = 10, name: str = "deskmail") -> ConnectionPool:
-    """A connection pool returning dict rows; opened lazily so nothing connects at import."""
-    return ConnectionPool(
-        database_url, min_size=1, max_size=max(2, max_size), name=name, open=True,
-        kwargs={"row_factory": dict_row, "autocommit": True}, timeout=30,
-    )
+def patiently(call: Callable[[], T], cap: float = 5.0) -> T:
+    """Run a store call until PostgreSQL answers it (the store logs the outage once, not per call)."""
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            time.sleep(delay)
+            delay = min(cap, delay * 2)
+
+
+class Health:
+    """Says once that PostgreSQL is unreachable, and once that it is back, however many calls fail."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failed call; logs only the first of a run."""
+        with self._lock:
+            first, self.down = not self.down, True
+        if first:
+            log.error("PostgreSQL unreachable (%s); waiting for it, mail is kept", _first_line(exc))
+
+    def succeeded(self) -> None:
+        """Note a call that worked; logs only the first after an outage."""
+        if self.down:
+            with self._lock:
+                back, self.down = self.down, False
+            if back:
+                log.warning("PostgreSQL reachable again")
 
 
 class Store:
@@ -35,17 +68,20 @@ class Store:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.q = sql.queries()
+        self.health = Health()
 
     @contextlib.contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; driver errors become StoreError here and nowhere else."""
-        try:
-            with self.pool.connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {str(exc).strip()}") from exc
-        except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-            raise StoreError(f"PostgreSQL: no connection available: {exc}") from exc
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
+        with _translated(self.health), self.pool.connection(**options) as conn:
+            yield conn
+        self.health.succeeded()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator["Store"]:
+        """A store whose every method runs in one transaction, committed when the block ends."""
+        with self._conn() as conn, conn.transaction():
+            yield _InTransaction(self, conn)
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -65,7 +101,8 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, in order, under an advisory lock; return their names."""
         applied: list[str] = []
-        with self._conn() as conn, conn.transaction():
+        with self._conn(deadline=None) as conn, conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS deskmail_migrations "
                          "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -80,51 +117,59 @@ class Store:
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, event: dict[str, Any], *, priority: int, recipients: int) -> Admission:
-        """Record an event and decide queued or backlog in one round trip (idempotent on event_id)."""
-        row = self._one("admit", {
-            "event_id": event["event_id"], "project": event["project"], "kind": event["kind"],
-            "priority": priority, "event": Jsonb(event), "subject": event["subject"][:200],
-            "recipients": recipients, "created_at": event.get("created_at"),
-        })
-        assert row is not None
-        return Admission.from_row(row)
+        """Record one event and decide queued or backlog (idempotent on event_id)."""
+        return self.admit_many([(event, priority, recipients)])[0]
 
-    def reject(self, event_id: uuid.UUID, detail: str, raw: str, event: dict | None = None) -> None:
-        """Keep an invalid event as `rejected`, with the reason, where admins can see it."""
-        event = event if isinstance(event, dict) else None
-        project = event.get("project") if event and isinstance(event.get("project"), str) else None
-        kind = event.get("kind") if event and isinstance(event.get("kind"), str) else None
-        self._all("reject", {"event_id": event_id, "project": project and project[:64], "kind": kind and kind[:32],
-                             "detail": detail[:4000], "raw": raw[:65536], "event": Jsonb(event) if event else None})
+    def admit_many(self, items: list[tuple[dict[str, Any], int, int]]) -> list[Admission]:
+        """Record (event, priority, recipients) items and decide each in one transaction; in order."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
+        return [decided[str(e["event_id"])] for e, _, _ in items]
 
-    # -- delivery -----------------------------------------------------------------------------
+    def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
+        """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
+        `service` (the others are taken, done, or belong to another service now)."""
+        rows = self._all("claim", {"ids": [str(e) for e in event_ids], "worker": worker, "lease": lease,
+                                   "service": service})
+        return [Claim.from_row(r) for r in rows]
 
-    def claim(self, event_id: uuid.UUID | str) -> Claim | None:
-        """Move a queued mail to `sending` for this worker, or None if it is not (or no longer) queued."""
-        row = self._one("claim", {"event_id": event_id})
-        return Claim.from_row(row) if row else None
+    def reroute(self, event_ids: list[str], service: str) -> list[Requeue]:
+        """Move queued mails whose project sends through another service than `service` to that service."""
+        rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
+        return [Requeue.from_row(r) for r in rows]
 
-    def mark_sent(self, event_id: uuid.UUID, detail: str, refused: dict[str, str] | None,
-                  message_id: str) -> None:
-        """Record the server's acceptance (and recipients refused one by one); clears a config error."""
-        self._all("mark_sent", {"event_id": event_id, "detail": detail[:2000], "refused": _json(refused),
-                                "message_id": message_id})
+    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
+        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
+        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
+                                              "tokens": [c.lease_token for c in claims]})
+        return {r["event_id"] for r in rows}
 
-    def mark_final(self, event_id: uuid.UUID, state: str, reason: str | None, detail: str,
-                   refused: dict[str, str] | None = None, message_id: str | None = None) -> None:
-        """Record a final outcome other than sent: failed or ambiguous."""
-        self._all("mark_final", {"event_id": event_id, "state": state, "reason": reason,
-                                 "detail": detail[:2000], "refused": _json(refused), "message_id": message_id})
+    def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
+        """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
+        if not held:
+            return set()
+        rows = self._all("renew_leases", {"ids": [e for e, _ in held], "tokens": [t for _, t in held],
+                                          "lease": lease})
+        return {r["event_id"] for r in rows}
 
-    def mark_retry(self, event_id: uuid.UUID, detail: str, delay: float,
-                   refused: dict[str, str] | None = None, deferred: list[str] | None = None) -> None:
-        """Put a mail back to `queued` with its next attempt time (the scheduler re-enqueues it)."""
-        self._all("mark_retry", {"event_id": event_id, "detail": detail[:2000], "delay": delay,
-                                 "refused": _json(refused), "deferred": deferred})
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
+        """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
+        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                for c, o in done]
+        if not rows:
+            return set()
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+                if r["recorded"]}
 
-    def mark_backlog(self, event_id: uuid.UUID, reason: str, detail: str) -> None:
-        """Divert a claimed mail to the backlog (a provider's own quota was hit)."""
-        self._all("mark_backlog", {"event_id": event_id, "reason": reason, "detail": detail[:2000]})
+    def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
+        """Every delivery attempt of a mail, oldest first."""
+        return [Attempt.from_row(r) for r in self._all("list_attempts", {"event_id": event_id})]
 
     def pause_project(self, project: str, reason: str) -> None:
         """Pause a project's sending unless it is paused already."""
@@ -186,21 +231,24 @@ class Store:
 
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
              detail: str) -> dict[str, str]:
-        """Resume (to `queued`) or suspend selected mails in one transaction; an answer per id.
+        """Move selected mails between states in one transaction; an answer per id.
 
-        `ids=None` selects every mail in from_state (of the project, if given) and unpauses.
-        Resumed mails count in their day's totals (an admin override of the limit) and become due.
+        To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
+        hold no unit take one of today (an admin override of the limit) and become due. To
+        `suspended`: suspend. To `sent`: close an ambiguous mail the admin checked was delivered.
+        `ids=None` selects every mail in from_state (of the project, if given); resuming the whole
+        backlog also unpauses.
         """
+        done = MOVED[to_state]
         with self._conn() as conn, conn.transaction():
             rows = self._lock(conn, ids, project, from_state)
-            outcomes = _outcomes(rows, ids, project, from_state, "resumed" if to_state == "queued" else to_state)
-            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v in ("resumed", to_state)]
-            if chosen and to_state == "queued":
-                self._count_resumed(conn, chosen)
-                conn.execute(self.q["requeue_resumed"], {"ids": chosen, "detail": detail})
-            elif chosen:
-                conn.execute(self.q["suspend_selected"], {"ids": chosen, "detail": detail})
-            if ids is None and to_state == "queued":
+            outcomes = _outcomes(rows, ids, project, from_state, done)
+            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v == done]
+            if chosen:
+                if to_state == "queued":
+                    self._count_resumed(conn, chosen)
+                conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
+            if ids is None and to_state == "queued" and from_state == "backlog":
                 conn.execute(self.q["unpause_project"] if project else self.q["unpause_all"], {"project": project})
             return outcomes
 
@@ -213,8 +261,9 @@ class Store:
     def _count_resumed(self, conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
         for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
             conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
-        day = conn.execute(self.q["global_day"]).fetchone()["day"]
-        conn.execute(self.q["add_quota"], {"scope": "*", "day": day, "n": len(ids)})
+        glob = conn.execute(self.q["count_resumed_global"], {"ids": ids}).fetchone()
+        if glob and glob["n"]:
+            conn.execute(self.q["add_quota"], {"scope": "*", "day": glob["day"], "n": glob["n"]})
 
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""
@@ -245,16 +294,50 @@ class Store:
         row = self._one("control_answer", {"request_id": request_id})
         return row["answer"] if row else None
 
+    def claim_control_request(self, request_id: str, action: str) -> bool:
+        """Take a request id for applying it now; False if it was applied before (use inside atomic())."""
+        return self._one("claim_control_request", {"request_id": request_id, "action": action}) is not None
+
     def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Record the answer to a control request and its audit entry."""
+        """Record the answer to a claimed control request and its audit entry (use inside atomic())."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(self.q["record_control"], {"request_id": message["request_id"],
-                                                    "action": message["action"], "answer": Jsonb(answer)})
-            params = {k: v for k, v in message.items() if k not in ("signature", "requested_by")}
-            conn.execute(self.q["record_audit"], {
-                "actor": message.get("requested_by", "?"), "action": message["action"],
-                "project": message.get("project"), "params": Jsonb(params),
-                "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+            conn.execute(self.q["answer_control_request"], {"request_id": message["request_id"],
+                                                           "answer": Jsonb(answer)})
+            self._audit(conn, message, answer)
+
+    def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:
+        """Keep a refused control message's reason and audit entry; its request id stays free."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["record_control_refusal"], {"request_id": message.get("request_id"),
+                                                           "reason": reason})
+            self._audit(conn, message, {"ok": False, "error": reason, "touched": 0, "refused": True})
+
+    def control_refusal(self, request_id: str) -> str | None:
+        """Why the newest message carrying this request id was refused, or None."""
+        row = self._one("control_refusal", {"request_id": request_id})
+        return row["reason"] if row else None
+
+    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
+                  if k not in ("signature", "requested_by")}
+        conn.execute(self.q["record_audit"], {
+            "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
+            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
+
+    def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
+                      project: str | None = None, kind: str | None = None) -> None:
+        """Keep a message that cannot be admitted as `rejected`: reason, detail, an excerpt and its size."""
+        self._all("keep_rejected", {"event_id": event_id, "project": project and project[:64],
+                                    "kind": kind and kind[:32], "reason": reason, "detail": detail[:4000],
+                                    "raw": excerpt, "raw_size": size})
+
+    def reachable(self) -> bool:
+        """True when PostgreSQL answers (tells a failing statement from a database that is away)."""
+        try:
+            return self._one("reachable") is not None
+        except StoreError:
+            return False
 
     def audit(self, project: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit entries."""
@@ -276,6 +359,124 @@ class Store:
         row = self._one("sent_today", {"scope": scope, "time_zone": time_zone})
         return int(row["sent"]) if row else 0
 
+    # -- admin console ------------------------------------------------------------------------
+
+    def console_mail_page(self, state: str, filters: dict[str, str | None], after: int = 0,
+                          limit: int = 50) -> list[dict[str, Any]]:
+        """One page of mails in `state` matching the console's filters (project, reason, kind, text)."""
+        return self._all("console_mail_page", {"state": state, **_filters(filters), "after": after, "limit": limit})
+
+    def console_mail_count(self, state: str, filters: dict[str, str | None]) -> dict[str, int]:
+        """{project: n} of the mails in `state` matching the filters."""
+        return {r["project"]: r["n"] for r in self._all("console_mail_count", {"state": state, **_filters(filters)})}
+
+    def console_selection_count(self, ids: list[str], state: str) -> dict[str, int]:
+        """{project: n} of the given mails that are still in `state`."""
+        rows = self._all("console_selection_count", {"ids": [uuid.UUID(str(i)) for i in ids], "state": state})
+        return {r["project"]: r["n"] for r in rows}
+
+    def console_mail_reasons(self, state: str) -> list[str]:
+        """The reasons mails in `state` have, for the filter's choices."""
+        return [r["reason"] for r in self._all("console_mail_reasons", {"state": state})]
+
+    def console_audit(self, *, project: str | None = None, actor: str | None = None, action: str | None = None,
+                      before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries, newest first, filtered; `before` pages by id."""
+        return self._all("console_audit", {"project": project, "actor": actor, "action": action,
+                                           "before": before, "limit": limit})
+
+    def console_audit_actions(self) -> list[str]:
+        """Every action name the audit holds."""
+        return [r["action"] for r in self._all("console_audit_actions")]
+
+    def console_user(self, username: str) -> ConsoleUser | None:
+        """A console account, or None."""
+        row = self._one("console_user_get", {"username": username})
+        return ConsoleUser.from_row(row) if row else None
+
+    def console_users(self) -> list[ConsoleUser]:
+        """Every console account."""
+        return [ConsoleUser.from_row(r) for r in self._all("console_user_list")]
+
+    def add_console_user(self, username: str, password_hash: str | None, role: str) -> bool:
+        """Create a console account; False if the name is taken."""
+        return self._rowcount("console_user_add", {"username": username, "password_hash": password_hash,
+                                                   "role": role}) == 1
+
+    def remove_console_user(self, username: str) -> bool:
+        """Delete a console account and its sessions; False if there was none."""
+        return self._rowcount("console_user_remove", {"username": username}) == 1
+
+    def set_console_password(self, username: str, password_hash: str | None) -> bool:
+        """Replace a console account's password, ending its sessions; False for an unknown account."""
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(self.q["console_user_exists"], {"username": username}).fetchone() is None:
+                return False
+            conn.execute(self.q["console_user_passwd"], {"username": username, "password_hash": password_hash})
+            return True
+
+    def record_console_audit(self, actor: str, action: str, params: dict[str, Any], ok: bool) -> None:
+        """An audit entry for a change of the console's own accounts (no control action covers those)."""
+        self._all("record_audit", {"actor": actor, "action": action, "project": None, "params": Jsonb(params),
+                                   "touched": 0, "result": Jsonb({"ok": ok})})
+
+    def add_console_session(self, token_hash: bytes, username: str, csrf_token: str, via: str,
+                            lifetime: float) -> None:
+        """Open a console session (only the token's hash is kept)."""
+        self._all("console_session_add", {"token_hash": token_hash, "username": username, "csrf_token": csrf_token,
+                                          "via": via, "lifetime": lifetime})
+
+    def console_session(self, token_hash: bytes) -> ConsoleSession | None:
+        """The live session with this token hash, with the user's current role, or None."""
+        row = self._one("console_session_get", {"token_hash": token_hash})
+        return ConsoleSession.from_row(row) if row else None
+
+    def remove_console_session(self, token_hash: bytes) -> None:
+        """End a session (and sweep expired ones)."""
+        self._all("console_session_remove", {"token_hash": token_hash})
+
+    def record_login_attempt(self, username: str, address: str, ok: bool) -> None:
+        """Remember a console login attempt; a success forgets the user's failures."""
+        self._all("console_login_attempt", {"username": username, "address": address, "ok": ok})
+        if ok:
+            self._all("console_login_forget", {"username": username})
+
+    def login_failures(self, username: str, address: str, window: float) -> tuple[int, int]:
+        """Failed console logins within `window` seconds: (for this user, from this address)."""
+        row = self._one("console_login_failures", {"username": username, "address": address, "window": window})
+        return (row["by_user"], row["by_address"]) if row else (0, 0)
+
+    def begin_oidc_login(self, state: str, nonce: str, verifier: str) -> None:
+        """Remember a single sign-on login until the provider calls back."""
+        self._all("console_oidc_begin", {"state": state, "nonce": nonce, "verifier": verifier})
+
+    def finish_oidc_login(self, state: str) -> tuple[str, str] | None:
+        """(nonce, verifier) of a pending login, used up; None if unknown or too old."""
+        row = self._one("console_oidc_finish", {"state": state})
+        return (row["nonce"], row["verifier"]) if row else None
+
+    def add_console_job(self, job_id: uuid.UUID, kind: str, title: str, requested_by: str, project: str | None,
+                        total: int = 0) -> None:
+        """Record a console job as started (and forget those older than a week)."""
+        self._all("console_job_sweep")
+        self._all("console_job_add", {"id": job_id, "kind": kind, "title": title, "requested_by": requested_by,
+                                      "project": project, "total": total})
+
+    def console_job_progress(self, job_id: uuid.UUID, done: int, steps: list) -> None:
+        """Record how far a console job got."""
+        self._all("console_job_progress", {"id": job_id, "done": done, "steps": Jsonb(steps)})
+
+    def finish_console_job(self, job_id: uuid.UUID, done: int, steps: list, ok: bool, summary: str) -> None:
+        """Record a console job's end."""
+        self._all("console_job_finish", {"id": job_id, "done": done, "steps": Jsonb(steps), "ok": ok,
+                                         "summary": summary})
+
+    def console_job(self, job_id: uuid.UUID | str) -> ConsoleJob | None:
+        """A console job, or None."""
+        row = self._one("console_job_get", {"id": job_id})
+        return ConsoleJob.from_row(row) if row else None
+
+
     # -- scheduler ----------------------------------------------------------------------------
 
     def take_due_retries(self, limit: int = 500) -> list[Requeue]:
@@ -287,10 +488,81 @@ class Store:
         return [Requeue.from_row(r) for r in
                 self._all("take_stale_queued", {"stale_after": stale_after, "limit": limit})]
 
-    def recover_stale_sending(self, stale_after: float, limit: int = 500) -> list[Requeue]:
-        """Mails stuck in `sending` (a worker died): queue once more, ambiguous the second time."""
-        rows = self._all("recover_stale_sending", {"stale_after": stale_after, "limit": limit})
+    def take_over(self, grace: float, limit: int = 500) -> list[Requeue]:
+        """Expired leases: mark them, and take over those marked `grace` seconds ago (queue them again)."""
+        rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def record_heartbeat(self, scheduler: str) -> None:
+        """Record that the scheduler `host:pid` is alive and reaches the database."""
+        self._all("record_heartbeat", {"scheduler": scheduler})
+
+    def last_heartbeat(self, max_age: float) -> Heartbeat:
+        """The newest scheduler heartbeat, and how many schedulers beat within max_age seconds."""
+        return Heartbeat.from_row(self._one("last_heartbeat", {"max_age": max_age}) or {"fresh": 0})
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database."""
+        return [r["name"] for r in self._all("applied_migrations")]
+
+    def services_in_use(self) -> set[str]:
+        """The mail services some project with settings uses (their queues need a consumer)."""
+        return {r["mail_service"] for r in self._all("services_in_use")}
+
+    def gauges(self) -> list[Gauge]:
+        """Ledger-wide gauges for a metrics scrape, read on one connection."""
+        out: list[Gauge] = []
+        with self._conn() as conn:
+            def rows(name: str) -> list[dict[str, Any]]:
+                return conn.execute(self.q[name]).fetchall()
+            for r in rows("gauge_mails"):
+                out.append(Gauge("mails", (("project", r["project"]), ("state", r["state"])), r["value"]))
+            for r in rows("gauge_backlog"):
+                out.append(Gauge(f"{r['state']}_mails", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_quota"):
+                scope = (("scope", "global" if r["scope"] == "*" else r["scope"]),)
+                out += [Gauge("quota_used", scope, r["used"]), Gauge("quota_limit", scope, r["lim"])]
+            for r in rows("gauge_paused"):
+                out.append(Gauge("project_paused_seconds", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_config_errors"):
+                out.append(Gauge("project_config_error_seconds", (("project", r["project"]),), r["value"]))
+            for r in rows("gauge_oldest_waiting"):
+                out.append(Gauge("oldest_waiting_seconds", (("project", r["project"]),), r["value"]))
+        return out
+
+
+class _InTransaction(Store):
+    """The store's methods on one connection inside an open transaction (see Store.atomic)."""
+
+    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+        self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
+
+    @contextlib.contextmanager
+    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+        with _translated(self.health):
+            yield self._held
+
+
+@contextlib.contextmanager
+def _translated(health: Health) -> Iterator[None]:
+    """Driver errors as deskmail's: lost or refused connections become StoreUnavailable (try again
+    later), data PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
+    try:
+        yield
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+        raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc
+    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+        health.failed(exc)
+        raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
 
 
 def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,
@@ -311,6 +583,21 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _json(value: Any) -> Jsonb | None:
-    return Jsonb(value) if value else None
+def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
+    """The console's list filters, empty ones as NULL."""
+    return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
+
+
+def _cleaned(refused: dict[str, str]) -> dict[str, str]:
+    return {_clean(str(k), 320): _clean(str(v), 500) for k, v in refused.items()}
+
+
+def _clean(text: str, limit: int = 2000) -> str:
+    """Peer text as the ledger can hold it: no NUL, no lone surrogate, bounded."""
+    return text[:limit].replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 

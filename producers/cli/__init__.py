@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.cli import admin, backlog, controls, dev, mail
+from producers.cli import admin, backlog, console, controls, dev, health, mail, problems
 from producers.cli.context import Context, CommandError
 from workers.errors import DeskmailError
 
-GROUPS = (dev, mail, admin, backlog, controls)
+GROUPS = (dev, mail, admin, backlog, controls, problems, console, health)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
         "watch and steer limits and the backlog. Settings come from environment variables (see README).")
     top.add_argument("--database-url", help="PostgreSQL URL (env DESKMAIL_DATABASE_URL)")
     top.add_argument("--amqp-url", help="RabbitMQ URL (env DESKMAIL_AMQP_URL)")
+    top.add_argument("--control-amqp-url", help="RabbitMQ URL of the control vhost (env DESKMAIL_CONTROL_AMQP_URL)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(commands)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import schemas
 from schemas.addresses import normalized_address
+from producers import control
 from producers.cli.context import CommandError, Context, emit
+from producers.cli.controls import printable, send_control
 from workers.diagnosis import Checkup, Status
 from workers.selftest import self_test
 DEFAULT_PROJECT = "default"
@@ -51,7 +53,7 @@ def load_json(path: Path) -> dict:
 
 
 def settings_set(ctx: Context, args: argparse.Namespace) -> int:
-    """Validate and save a project's settings."""
+    """Validate, optionally test, and save a project's settings through the control worker, audited."""
     document = load_json(args.file)
     problems = schemas.validate(schemas.SETTINGS, document)
     if problems:
@@ -61,7 +63,10 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
         print(format_checkup(args.project, document["mail_service"], checkup))
         if not checkup.accepted:
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
-    ctx.runtime.settings.save(args.project, document)
+    answer = send_control(ctx, "settings.set", **control.settings_fields(ctx.runtime.box, args.project, document))
+    if not answer.get("ok"):
+        raise CommandError(f"the settings of project {args.project} were NOT saved: "
+                           f"{printable(str(answer.get('error')))}")
     print(f"saved the {document['mail_service']} settings of project {args.project}")
     return 0
 
@@ -131,6 +136,7 @@ def project_status(ctx: Context, project) -> dict:  # noqa: ANN001 - workers.rec
         "per_day": project.per_day or None, "recipients_per_mail": project.recipients_per_mail or None,
         "time_zone": project.time_zone, "auto_resume": project.auto_resume,
         "backlog": counts.get("backlog", 0), "suspended": counts.get("suspended", 0),
+        "failed": counts.get("failed", 0), "ambiguous": counts.get("ambiguous", 0),
         "counts": counts, "config_error": project.config_error,
     }
 
@@ -151,14 +157,15 @@ def show_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def format_status(rows: list[dict], glob: dict) -> str:
     """The status as an aligned table."""
-    head = f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}  AUTO-RESUME  SENT/FAILED/REJECTED"
+    head = (f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}{'FAILED':>8}"
+            f"{'AMBIGUOUS':>11}  AUTO-RESUME  SENT/REJECTED")
     lines = [head]
     for r in rows:
         today = f"{r['sent_today']}/{r['per_day'] or '-'}"
         c = r["counts"]
-        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}  "
-                     f"{'on' if r['auto_resume'] else 'off':<13}"
-                     f"{c.get('sent', 0)}/{c.get('failed', 0)}/{c.get('rejected', 0)}")
+        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}"
+                     f"{r['failed']:>8}{r['ambiguous']:>11}  {'on' if r['auto_resume'] else 'off':<13}"
+                     f"{c.get('sent', 0)}/{c.get('rejected', 0)}")
         if r["config_error"]:
             lines.append(f"  configuration error: {r['config_error']}")
     lines.append(f"global: {glob['sent_today']}/{glob['MAIL_LIMIT_PER_DAY_SMTP'] or '-'} today "

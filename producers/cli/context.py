@@ -30,12 +30,14 @@ class Context:
         self.config = config
         self.runtime = Runtime(config)
         self._publisher: Publisher | None = None
+        self._control_publisher: Publisher | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Context":
         """Configuration from the environment, overridden by --database-url / --amqp-url."""
         config = Config.from_env()
-        overrides = {k: v for k, v in (("database_url", args.database_url), ("amqp_url", args.amqp_url)) if v}
+        overrides = {k: v for k, v in (("database_url", args.database_url), ("amqp_url", args.amqp_url),
+                                       ("control_amqp_url", getattr(args, "control_amqp_url", None))) if v}
         config = dataclasses.replace(config, **overrides)
         configure_logging("WARNING" if config.log_level.upper() == "INFO" else config.log_level)
         return cls(config)
@@ -51,10 +53,19 @@ class Context:
         self._publisher = Publisher(self.config.amqp_url, self.config.publish_timeout)
         return self._publisher
 
+    @functools.cached_property
+    def control_publisher(self) -> Publisher:
+        """A publisher on the control vhost (DESKMAIL_CONTROL_AMQP_URL, else DESKMAIL_AMQP_URL)."""
+        if self.config.control_url == self.config.amqp_url:
+            return self.publisher
+        self._control_publisher = Publisher(self.config.control_url, self.config.publish_timeout)
+        return self._control_publisher
+
     def close(self) -> None:
         """Release connections."""
-        if self._publisher is not None:
-            self._publisher.close()
+        for publisher in (self._publisher, self._control_publisher):
+            if publisher is not None:
+                publisher.close()
         self.runtime.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import unicodedata
 
 from producers import control
 from producers.cli.context import CommandError, Context, emit
@@ -18,8 +19,17 @@ def add_backlog_actions(backlog: argparse._SubParsersAction) -> None:
         sub.set_defaults(func=run_control, action=f"backlog.{name}")
 
 
+def printable(text: str) -> str:
+    """Text written by whoever sent a message, safe for a terminal: control and format characters escaped.
+
+    ESC sequences could rewrite the screen, CR/LF forge audit lines, and bidi overrides reorder them.
+    """
+    return "".join(ch if ch.isprintable() and unicodedata.category(ch) != "Cf" and ch != "\\"
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add suspended list/resume, limits show/set, audit."""
+    """Add suspended list/resume, limits show/set, project pause/unpause, audit."""
     suspended = commands.add_parser("suspended", help="suspended mails, kept forever").add_subparsers(
         dest="sub", required=True)
     listing = suspended.add_parser("list", help="suspended mails in arrival order")
@@ -37,6 +47,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     auto.add_argument("--project", required=True)
     auto.add_argument("--json", action="store_true")
     auto.set_defaults(func=set_auto_resume)
+    project = commands.add_parser("project", help="pause or unpause a project's sending").add_subparsers(
+        dest="sub", required=True)
+    for name, help_ in (("pause", "stop sending: the project's new mail waits in the backlog"),
+                        ("unpause", "send again (mail already in the backlog waits there until resumed, or auto resume takes it)")):
+        sub = project.add_parser(name, help=help_)
+        sub.add_argument("project")
+        sub.add_argument("--json", action="store_true")
+        sub.set_defaults(func=set_pause, action=f"project.{name}")
     audit = commands.add_parser("audit", help="who changed what, when, and with what result")
     audit.add_argument("--project")
     audit.add_argument("--limit", type=int, default=50)
@@ -47,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _selection(parser: argparse.ArgumentParser, allow_all: bool) -> None:
     parser.add_argument("ids", nargs="*", metavar="ID", help="event ids")
     if allow_all:
-        parser.add_argument("--all", action="store_true", help="every mail of the backlog (of --project)")
+        parser.add_argument("--all", action="store_true", help="every mail in that list (of --project)")
     parser.add_argument("--project")
     parser.add_argument("--json", action="store_true")
 
@@ -70,18 +88,20 @@ def _limits(commands: argparse._SubParsersAction) -> None:
     put.set_defaults(func=set_limits)
 
 
-def _send(ctx: Context, action: str, **fields) -> dict:
+def send_control(ctx: Context, action: str, **fields) -> dict:
+    """Send one control action to the control vhost and return the worker's answer."""
     message = control.control_message(action, ctx.config.control_key, **fields)
     try:
-        return control.send(ctx.publisher, ctx.store, message, ctx.config.control_timeout)
+        return control.send(ctx.control_publisher, ctx.store, message, ctx.config.control_timeout)
     except control.NoAnswer as exc:
         raise CommandError(str(exc)) from exc
 
 
-def _print_answer(answer: dict, as_json: bool) -> int:
+def print_answer(answer: dict, as_json: bool) -> int:
+    """Print a control answer (per id outcomes, then a summary); 0 when it was applied."""
     lines = [f"{k}: {v}" for k, v in (answer.get("outcomes") or {}).items()]
     summary = (f"done: {answer.get('touched', 0)} mail(s)" if answer.get("ok")
-               else f"refused: {answer.get('error')}")
+               else f"refused: {printable(str(answer.get('error')))}")
     emit(answer, as_json, "\n".join(lines + [summary]))
     return 0 if answer.get("ok") else 1
 
@@ -91,7 +111,7 @@ def run_control(ctx: Context, args: argparse.Namespace) -> int:
     use_all = getattr(args, "all", False)
     if bool(args.ids) == bool(use_all):
         raise CommandError("give event ids, or --all (not both)", status=2)
-    return _print_answer(_send(ctx, args.action, ids=args.ids or None, all=use_all or None,
+    return print_answer(send_control(ctx, args.action, ids=args.ids or None, all=use_all or None,
                                project=args.project), args.json)
 
 
@@ -100,14 +120,19 @@ def set_limits(ctx: Context, args: argparse.Namespace) -> int:
     if args.per_day is None and args.recipients_per_mail is None:
         raise CommandError("give --per-day and/or --recipients-per-mail", status=2)
     fields = {"per_day": args.per_day, "recipients_per_mail": args.recipients_per_mail}
-    return _print_answer(_send(ctx, "limits.set", project=args.project, **{"global": args.glob or None},
+    return print_answer(send_control(ctx, "limits.set", project=args.project, **{"global": args.glob or None},
                                **fields), args.json)
 
 
 def set_auto_resume(ctx: Context, args: argparse.Namespace) -> int:
     """Send an auto_resume.set command."""
-    return _print_answer(_send(ctx, "auto_resume.set", project=args.project, enabled=args.state == "on"),
+    return print_answer(send_control(ctx, "auto_resume.set", project=args.project, enabled=args.state == "on"),
                          args.json)
+
+
+def set_pause(ctx: Context, args: argparse.Namespace) -> int:
+    """Send a project.pause or project.unpause command."""
+    return print_answer(send_control(ctx, args.action, project=args.project), args.json)
 
 
 def show_limits(ctx: Context, args: argparse.Namespace) -> int:
@@ -138,10 +163,15 @@ def list_suspended(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(result: dict) -> str:
+    return ("REFUSED " if result.get("refused") else "") + printable(str(result.get("error")))
+
+
 def show_audit(ctx: Context, args: argparse.Namespace) -> int:
     """Print the newest audit entries."""
     rows = ctx.store.audit(args.project, args.limit)
-    text = [f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['actor']:<24} {r['action']:<18} {r['project'] or '-':<12} "
-            f"touched {r['touched']}  {'ok' if r['result'].get('ok') else r['result'].get('error')}" for r in rows]
+    text = [f"{r['at']:%Y-%m-%d %H:%M:%S}  {printable(r['actor']):<24} {printable(r['action']):<18} "
+            f"{printable(r['project'] or '-'):<12} touched {r['touched']}  "
+            f"{'ok' if r['result'].get('ok') else _failure(r['result'])}" for r in rows]
     emit(rows, args.json, "\n".join(text) or "no audit entries")
     return 0

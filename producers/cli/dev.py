@@ -25,8 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     broker.add_parser("declare", help="declare deskmail's queues (as the workers do)").set_defaults(func=declare)
     keys = commands.add_parser("keys", help="secret keys").add_subparsers(dest="sub", required=True)
     keys.add_parser("generate", help="print a new key for DESKMAIL_SECRET_KEYS").set_defaults(func=keys_generate)
-    keys.add_parser("rotate", help="re-encrypt every stored secret under the first key of "
-                    "DESKMAIL_SECRET_KEYS").set_defaults(func=keys_rotate)
+    keys.add_parser("rotate", help="re-encrypt every stored secret under the first key of the workers' "
+                    "DESKMAIL_SECRET_KEYS (a control action)").set_defaults(func=keys_rotate)
     pub = commands.add_parser("publish", help="publish events, one JSON object per line; prints their ids")
     pub.add_argument("file", nargs="?", default="-", help="file of JSON lines, or - for standard input")
     pub.set_defaults(func=publish)
@@ -74,14 +74,16 @@ def migrate(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def declare(ctx: Context, args: argparse.Namespace) -> int:
-    """Declare every deskmail queue with the workers' own arguments."""
+    """Declare every deskmail queue with the workers' own arguments (the control queue on its vhost)."""
     from workers.app import build_broker
-    broker = build_broker(ctx.config)
-    try:
-        for queue in Queue:
-            broker.declare_queue(queue, ensure=True)
-    finally:
-        broker.close()
+    for url, queues in ((ctx.config.amqp_url, [q for q in Queue if q != Queue.CONTROL]),
+                        (ctx.config.control_url, [Queue.CONTROL])):
+        broker = build_broker(ctx.config, url)
+        try:
+            for queue in queues:
+                broker.declare_queue(queue, ensure=True)
+        finally:
+            broker.close()
     print("declared: " + ", ".join(Queue))
     return 0
 
@@ -93,20 +95,20 @@ def keys_generate(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def keys_rotate(ctx: Context, args: argparse.Namespace) -> int:
-    """Re-encrypt every project's secrets under the newest key."""
-    box = ctx.runtime.box
-    count = 0
-    for project in ctx.store.list_projects():
-        if project.secrets:
-            ctx.store.replace_secrets(project.key, project.secrets, box.rotate(project.secrets))
-            count += 1
-    print(f"re-encrypted the secrets of {count} project(s) under the first key")
+    """Ask the control worker to re-encrypt every project's secrets under its newest key, audited."""
+    from producers.cli.controls import printable, send_control
+    answer = send_control(ctx, "keys.rotate")
+    if not answer.get("ok"):
+        raise CommandError(f"nothing was re-encrypted: {printable(str(answer.get('error')))}")
+    print(f"re-encrypted the secrets of {len(answer.get('rotated', []))} project(s) under the first key of the "
+          "workers' DESKMAIL_SECRET_KEYS")
     return 0
 
 
 def publish(ctx: Context, args: argparse.Namespace) -> int:
     """Publish JSON lines; print one event id per good line, report bad ones with line and field."""
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    # Bytes that are not UTF-8 become lone surrogates, which the schema refuses per line, field named.
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="surrogateescape")
     bad = 0
     with stream:
         for number, event_id, error in publish_lines(ctx.publisher, stream):

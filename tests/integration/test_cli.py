@@ -15,12 +15,13 @@ from tests.peers.smtp import SmtpPeer
 
 def deskmail(config, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
-           "DESKMAIL_SECRET_KEYS": TEST_KEY}
+           "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_CONTROL_KEY": config.control_key}
     return subprocess.run([sys.executable, "-m", "producers.cli", *args], input=stdin, capture_output=True,
                           text=True, env=env, timeout=60)
 
 
-def test_settings_are_stored_encrypted_and_shown_redacted(config, store, tmp_path: Path):
+def test_settings_are_stored_encrypted_and_shown_redacted(config, store, worker, tmp_path: Path):
+    worker()
     path = tmp_path / "s.json"
     with SmtpPeer() as peer:
         path.write_text(json.dumps(smtp_settings(peer, password="Canary-Secret-4711")))

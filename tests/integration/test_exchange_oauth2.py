@@ -324,3 +324,24 @@ def test_the_project_ca_file_decides_trust_for_tokens_and_graph_whatever_the_env
     assert refused_token.value.outcome is refused_send.value.outcome is Outcome.CONFIGURATION
     assert "does not trust" in refused_token.value.detail and "does not trust" in refused_send.value.detail
     assert len(microsoft.sent.snapshot()) == 1
+
+
+def test_an_authority_echoing_the_client_secret_url_encoded_or_in_base64_leaks_it_nowhere(
+        runtime, store, worker, publisher, microsoft, tls_ca, caplog):
+    import base64
+    import logging
+    import urllib.parse
+    caplog.set_level(logging.DEBUG)
+    forms = [urllib.parse.quote_plus(SECRET), "".join(f"%{b:02X}" for b in SECRET.encode()),
+             base64.b64encode(f"{microsoft.client_id}:{SECRET}".encode()).decode()]
+    echo = aad_error(400, "invalid_request", "AADSTS900144", "The request body must contain the following parameter: "
+                     f"'grant_type'. Received: client_secret={forms[0]}&x={forms[1]} (Basic {forms[2]})")
+    microsoft.token_replies.extend([echo, echo])
+    event_id, _ = publish(runtime, worker, publisher, exchange_settings(microsoft, tls_ca.ca_path))
+    mail = mail_in(store, event_id, "failed")
+    checkup = self_test(runtime, "alpha")
+    shown = [mail.detail, store.get_project("alpha").config_error, caplog.text,
+             *(f"{step.detail} {step.advice}" for step in checkup.steps)]
+    assert "AADSTS900144" in mail.detail
+    for form in [SECRET, *forms]:
+        assert all(form not in text for text in shown), form

@@ -50,3 +50,26 @@ def test_an_expired_refresh_token_fails_as_a_configuration_error_named_by_google
 def test_a_good_refresh_token_delivers(runtime, store, worker, publisher, smtp, tls_ca):
     send_with_refresh_token(runtime, store, worker, publisher, smtp, tls_ca, "1//good", "sent")
     assert smtp.wait_for(1)[0].auth_user == SENDER
+
+
+def test_a_token_endpoint_echoing_the_client_secret_and_refresh_token_leaks_them_nowhere(
+        runtime, store, worker, publisher, smtp, tls_ca, caplog):
+    import logging
+    import urllib.parse
+    from workers.selftest import self_test
+    caplog.set_level(logging.DEBUG)
+    secret, refresh = "Canary/Client+Secret=42", "1//Canary-Refresh-Token_99"
+    with GoogleTokenPeer(tls_ca.issue(), echo=True) as token:
+        runtime.settings.save("alpha", gmail_settings(smtp, token, tls_ca.ca_path, client_id="cid",
+                                                      client_secret=secret, refresh_token=refresh))
+        worker()
+        event_id = publisher.publish(event())
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.state == "failed")
+        checkup = self_test(runtime, "alpha")
+    mail = store.get_mail(event_id)
+    shown = [mail.detail, store.get_project("alpha").config_error, caplog.text,
+             *(f"{step.detail} {step.advice}" for step in checkup.steps)]
+    assert "invalid_request" in mail.detail and checkup.steps[-1].name == "token"
+    for canary in (secret, refresh):
+        for form in (canary, urllib.parse.quote_plus(canary), urllib.parse.quote(canary, safe="")):
+            assert all(form not in text for text in shown), form

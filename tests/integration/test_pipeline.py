@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 
 import pytest
@@ -12,7 +13,7 @@ from producers.publisher import InvalidEvent, envelope
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.constants import Queue
+from workers.constants import TRANSPORT_BATCH, Queue
 
 PASSWORD = "s3cret-Pa55"
 
@@ -213,6 +214,43 @@ def test_an_unreadable_ca_file_fails_the_mail_as_configuration(runtime, store, w
     with SmtpPeer(security="tls", cert=tls_ca.issue(), users={"desk": PASSWORD}) as peer:
         runtime.settings.save("alpha", smtp_settings(peer, tmp_path / "missing-ca.pem", security="tls"))
         worker()
-        mail = wait_state(store, publisher.publish(event()), "failed", "queued")
+        event_id = publisher.publish(event())
+        wait_until(lambda: (m := store.get_mail(event_id)) and m.attempts >= 1 and m.state in ("failed", "queued"))
+        mail = store.get_mail(event_id)
         assert peer.messages == []
     assert mail.state == "failed" and mail.reason == "configuration" and "missing-ca.pem" in mail.detail
+
+
+def test_record_mails_overtake_notifications_already_waiting(runtime, store, worker, publisher, tls_ca):
+    with SmtpPeer(security="starttls", cert=tls_ca.issue(), users={"desk": PASSWORD},
+                  before_data_reply=lambda envelope: time.sleep(0.02)) as peer:
+        runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+        worker(threads=1)
+        publisher.publish_many([event(subject=f"n{i}") for i in range(120)])
+        wait_until(lambda: len(peer.messages) >= 10)  # notifications are flowing, the rest wait
+        for i in range(5):
+            publisher.publish(event(kind="record", subject=f"r{i}"))
+        sent_before = len(peer.messages)
+        peer.wait_for(125, timeout=60)
+        order = [m.message["Subject"] for m in peer.messages]
+        positions = sorted(order.index(f"r{i}") for i in range(5))
+        # Ahead of them go the transport messages the worker already holds (in progress or
+        # prefetched, TRANSPORT_BATCH mails each, and a prefetched one may slip between two records
+        # that travel alone), never the mass of notifications still waiting in the broker.
+        assert len(order) - 1 - positions[-1] >= 120 - sent_before - 4 * TRANSPORT_BATCH, (sent_before, positions)
+
+
+def test_a_mail_on_the_queue_of_a_service_its_project_left_is_rerouted_not_sent_there(runtime, store, worker,
+                                                                                      peer, tls_ca, caplog):
+    from workers.app import enqueuer
+    from workers.constants import MailService
+    caplog.set_level("INFO", logger="workers.delivery")
+    runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
+    ev = event()
+    assert store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1).state == "queued"
+    broker = worker()
+    enqueuer(broker)(MailService.EXCHANGE, [ev["event_id"]], 1)  # admitted while the project used Exchange
+    mail = wait_state(store, ev["event_id"], "sent")
+    assert mail.mail_service == "smtp" and len(peer.wait_for(1)) == 1
+    assert "1 now go through another mail service" in caplog.text  # the Exchange actor handed it on
+    assert len(store.attempts_of(ev["event_id"])) == 1

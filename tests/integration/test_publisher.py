@@ -44,8 +44,8 @@ def test_an_invalid_event_in_a_batch_is_named_and_nothing_is_published(config, r
         publisher.publish_many([event(), event(to=["not-an-address"]), event()])
     assert "events[1].to[0]" in str(caught.value)
     assert queued_on_admit(config.amqp_url) == before
-    publisher.publish_many([event(), event()])  # the count does see what a batch publishes
-    assert queued_on_admit(config.amqp_url) == before + 2
+    publisher.publish_many([event(), event()])  # the count does see what a batch publishes: one message
+    assert queued_on_admit(config.amqp_url) == before + 1
 
 
 def test_a_batch_nobody_can_receive_is_reported_with_every_event_id():

@@ -148,7 +148,8 @@ def test_gmail_expired_refresh_token_fails_at_token_with_googles_code(runtime, t
 
 def deskmail(config, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
-           "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_OUTBOUND_ALLOW": "127.0.0.0/8"}
+           "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_OUTBOUND_ALLOW": "127.0.0.0/8",
+           "DESKMAIL_CONTROL_KEY": config.control_key}
     return subprocess.run([sys.executable, "-m", "producers.cli", *args], capture_output=True, text=True,
                           env=env, timeout=60)
 
@@ -166,8 +167,9 @@ def test_settings_test_command_prints_the_steps_and_exits_0_only_when_accepted(c
     assert report["steps"][-1]["name"] == "authentication" and report["steps"][-1]["status"] == "failed"
 
 
-def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, starttls_peer, tls_ca,
+def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, worker, starttls_peer, tls_ca,
                                                               tmp_path: Path):
+    worker()
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(smtp_settings(starttls_peer, tls_ca.ca_path, password="nope-nope")))
     done = deskmail(config, "settings", "set", "alpha", "--file", str(path), "--test")

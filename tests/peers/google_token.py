@@ -32,8 +32,8 @@ class GoogleTokenPeer(ServedPeer):
     """POST /token over HTTPS answering jwt-bearer (signature checked) and refresh_token grants."""
 
     def __init__(self, cert: CertPair, *, public_key=None, token: str = "ya29.test-token", refresh_tokens: dict | None = None,
-                 status: int | None = None) -> None:  # noqa: ANN001
-        self.public_key, self.token, self.status = public_key, token, status
+                 status: int | None = None, echo: bool = False) -> None:  # noqa: ANN001
+        self.public_key, self.token, self.status, self.echo = public_key, token, status, echo
         self.refresh_tokens = refresh_tokens or {}
         self.requests: Inbox[dict] = Inbox("token request")
         self._server = PeerServer(self._handler(), server_context(cert))
@@ -43,8 +43,12 @@ class GoogleTokenPeer(ServedPeer):
         """The token endpoint URL."""
         return f"https://127.0.0.1:{self._server.port}/token"
 
-    def answer(self, form: dict[str, str]) -> tuple[int, dict]:
-        """The endpoint's decision for one form."""
+    def answer(self, form: dict[str, str], raw: str = "") -> tuple[int, dict]:
+        """The endpoint's decision for one form; with `echo`, a refusal that quotes the request it was sent."""
+        if self.echo:
+            return 400, {"error": "invalid_request",
+                         "error_description": f"Malformed request {raw} (client_secret {form.get('client_secret')}, "
+                                              f"refresh_token {form.get('refresh_token')})"}
         if self.status:
             return self.status, {"error": "internal_failure"}
         if form.get("grant_type") == "refresh_token":
@@ -71,7 +75,7 @@ class GoogleTokenPeer(ServedPeer):
         class TokenHandler(Handler):
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                self.reply_json(*peer.answer(form))
+                raw = self.rfile.read(length).decode()
+                self.reply_json(*peer.answer(dict(urllib.parse.parse_qsl(raw)), raw))
 
         return TokenHandler

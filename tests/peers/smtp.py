@@ -166,6 +166,28 @@ class _Handler:
         )
 
 
+class _EchoingHandler(_Handler):
+    """Answers every PLAIN and LOGIN attempt with a 535 that echoes the exchange, as some servers do."""
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """535 quoting the initial response (the base64 of \\0user\\0password)."""
+        blob = args[1] if len(args) > 1 else ""
+        return AuthResult(success=False, handled=False,
+                          message=f"535 5.7.8 Authentication failed for AUTH PLAIN {blob}")
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """535 quoting both LOGIN steps, base64 and decoded."""
+        user = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("Username:")
+        if user is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        steps = f"{base64.b64encode(user).decode()} {base64.b64encode(password).decode()}"
+        return AuthResult(success=False, handled=False,
+                          message=f"535 5.7.8 LOGIN {steps} refused for {user.decode()}/{password.decode()}")
+
+
 async def _run_hook(hook: Hook, envelope: Envelope) -> None:
     """Run a fault hook without blocking the loop that serves the other clients."""
     if hook is None:
@@ -254,6 +276,8 @@ class SmtpPeer:
         mail_from_reply: str | None = None,
         data_reply: DataReply = None,
         before_data_reply: BeforeData = None,
+        smtputf8: bool = False,
+        echo_auth: bool = False,
         ready_timeout: float = 5.0,
         step_replies: Mapping[str, StepReply] | None = None,
         on_data_command: Hook = None,
@@ -282,6 +306,8 @@ class SmtpPeer:
         self.mail_from_reply = mail_from_reply
         self.data_reply = data_reply
         self.before_data_reply = before_data_reply
+        self.smtputf8 = smtputf8
+        self.echo_auth = echo_auth
         self.ready_timeout = ready_timeout
         unknown = set(step_replies or ()) - set(STEPS)
         if unknown:
@@ -359,12 +385,13 @@ class SmtpPeer:
     def _controller_for(self, sock: socket.socket) -> Controller:
         """Build the aiosmtpd Controller for this configuration."""
         context = server_context(self.cert) if self.cert is not None else None
-        handler = _Handler(self, self._inbox)
+        handler = (_EchoingHandler if self.echo_auth else _Handler)(self, self._inbox)
         return _BoundController(
             handler,
             sock,
             ready_timeout=self.ready_timeout,
             server_hostname="localhost",
+            enable_SMTPUTF8=self.smtputf8,
             ssl_context=context if self.security == "tls" else None,
             tls_context=context if self.security == "starttls" else None,
             require_starttls=self.require_starttls and self.security == "starttls",

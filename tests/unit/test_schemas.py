@@ -223,7 +223,7 @@ def test_line_break_in_subject_is_rejected(subject: str) -> None:
 
 def test_nul_and_other_control_characters_in_subject_are_rejected_but_tab_is_allowed() -> None:
     assert at(EVENT, event(subject="Hi\x00"), "subject") == [
-        "contains the control character U+0000; header text must be printable"
+        "the text contains U+0000 (NUL, which PostgreSQL and mail cannot carry)"
     ]
     assert at(EVENT, event(subject="Hi\x1b[31m"), "subject") == [
         "contains the control character U+001B; header text must be printable"
@@ -416,8 +416,9 @@ def test_control_message_field_errors_name_their_paths() -> None:
 
 def test_unknown_action_lists_the_allowed_ones() -> None:
     assert found(CONTROL, control(action="backlog.delete", all=True)) == [
-        ("action", "must be one of: backlog.resume, backlog.suspend, suspended.resume, "
-                   "auto_resume.set, limits.set, project.pause, project.unpause")
+        ("action", "must be one of: backlog.resume, backlog.suspend, suspended.resume, failed.retry, "
+                   "ambiguous.resend, ambiguous.close, auto_resume.set, limits.set, project.pause, "
+                   "project.unpause, settings.set, keys.rotate")
     ]
 
 

@@ -1,54 +1,74 @@
 -- Named queries: each block starts with `-- name: <name>`; loaded once by workers.sql.
 
 -- name: admit
-SELECT state, reason, detail, mail_service, is_new
-  FROM deskmail_admit(%(event_id)s, %(project)s, %(kind)s, %(priority)s, %(event)s,
-                      %(subject)s, %(recipients)s, %(created_at)s);
-
--- name: reject
-INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, event)
-VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', 'invalid_event', %(detail)s, %(raw)s, %(event)s)
-ON CONFLICT (event_id) DO NOTHING;
+-- A batch of events admitted in one transaction (one commit for all): each exactly as
+-- deskmail_admit decides it, so quota is taken mail by mail and never overshot.
+SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
+  FROM jsonb_to_recordset(%(rows)s)
+       AS a(event_id uuid, project text, kind text, priority smallint, event jsonb, subject text,
+            recipients integer, created_at timestamptz)
+ CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
+                                   a.recipients, a.created_at) AS d;
 
 -- name: claim
+-- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
+-- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
+-- claims a whole batch; mails not queued (taken, done, not due) are simply not returned.
 UPDATE mail m
-   SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), updated_at = now()
-  FROM (SELECT p.key, p.settings_version
-          FROM projects p, mail x
-         WHERE x.event_id = %(event_id)s AND p.key IN (x.project, 'default') AND p.settings IS NOT NULL
-         ORDER BY p.key = x.project DESC LIMIT 1) AS s
- WHERE m.event_id = %(event_id)s AND m.state = 'queued'
+   SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = %(worker)s,
+       lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
+       takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
+       phase = NULL, updated_at = now()
+  FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-RETURNING m.event_id, m.project, m.kind, m.event, m.message_id, m.attempts, m.received_at, m.deferred,
+RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
+          m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
           s.key AS settings_key, s.settings_version;
 
--- name: mark_sent
--- Also clears the project's configuration error: a send that works proves the settings right.
-WITH sent AS (
-    UPDATE mail SET state = 'sent', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
-           message_id = %(message_id)s, deferred = NULL, sent_at = now(), updated_at = now(),
-           next_attempt_at = NULL
-     WHERE event_id = %(event_id)s AND state = 'sending'
-    RETURNING project)
-UPDATE projects SET config_error = NULL, config_error_at = NULL
- WHERE key = (SELECT project FROM sent) AND config_error IS NOT NULL;
+-- name: reroute
+-- Queued mails whose project now sends through another mail service than the queue they came on
+-- go to that service's queue: settings apply to every mail not sent yet (an admin's fix is meant
+-- for them), and a worker deployed for one service never sends through another.
+UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
+  FROM (SELECT x.event_id, s.mail_service
+          FROM mail x
+          CROSS JOIN LATERAL (SELECT p.mail_service FROM projects p
+                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+ WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
+RETURNING m.event_id, m.priority, m.mail_service;
 
--- name: mark_final
-UPDATE mail SET state = %(state)s, reason = %(reason)s, detail = %(detail)s,
-       refused = coalesce(%(refused)s, refused), message_id = coalesce(%(message_id)s, message_id),
-       updated_at = now(), next_attempt_at = NULL
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- name: enter_data_phase
+-- Written before DATA: from here a loss may have left a copy with the server. A mail not
+-- returned had its lease taken over, and this worker must not send it.
+UPDATE mail m SET phase = 'data'
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
--- name: mark_retry
-UPDATE mail SET state = 'queued', detail = %(detail)s, refused = coalesce(%(refused)s, refused),
-       deferred = coalesce(%(deferred)s, deferred),
-       next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- name: renew_leases
+UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+ WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+RETURNING m.event_id;
 
--- name: mark_backlog
-UPDATE mail SET state = 'backlog', reason = %(reason)s, detail = %(detail)s, updated_at = now(),
-       next_attempt_at = NULL
- WHERE event_id = %(event_id)s AND state = 'sending';
+-- name: record_outcomes
+-- The outcomes of a batch of attempts in one round trip (each as deskmail_record_outcome).
+SELECT r.event_id,
+       deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                               r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                               r.config_error, r.pause) AS recorded
+  FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                         outcome text, state text, reason text, detail text, refused jsonb,
+                                         deferred text[], message_id text, delay double precision,
+                                         refund boolean, config_error text, pause text);
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()
@@ -60,8 +80,8 @@ UPDATE projects SET config_error = %(detail)s, config_error_at = now()
 
 -- name: get_mail
 SELECT event_id, seq, project, kind, priority, state, reason, detail, subject, recipients, mail_service,
-       message_id, attempts, takeovers, refused, next_attempt_at, created_at, received_at, updated_at,
-       claimed_at, sent_at, event
+       message_id, attempts, takeovers, duplicate_risk, phase, claimed_by, lease_until, refused, next_attempt_at,
+       created_at, received_at, updated_at, claimed_at, sent_at, event
   FROM mail WHERE event_id = %(event_id)s;
 
 -- name: get_project
@@ -122,17 +142,12 @@ UPDATE mail SET updated_at = now()
                      ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING event_id, priority, mail_service;
 
--- name: recover_stale_sending
-UPDATE mail
-   SET state = CASE WHEN takeovers >= 1 THEN 'ambiguous' ELSE 'queued' END,
-       detail = CASE WHEN takeovers >= 1
-                     THEN 'worker stopped twice while sending; the mail may or may not have been delivered'
-                     ELSE 'worker stopped while sending; sent again with the same Message-ID' END,
-       takeovers = takeovers + 1, updated_at = now(), next_attempt_at = NULL
- WHERE event_id IN (SELECT event_id FROM mail WHERE state = 'sending'
-                      AND claimed_at < now() - make_interval(secs => %(stale_after)s)
-                    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING event_id, state, priority, mail_service;
+-- name: take_over
+SELECT event_id, state, priority, mail_service FROM deskmail_take_over(%(grace)s, %(limit)s);
+
+-- name: list_attempts
+SELECT attempt, worker, started_at, ended_at, phase, outcome, detail
+  FROM attempts WHERE event_id = %(event_id)s ORDER BY attempt;
 
 -- name: replace_secrets
 UPDATE projects SET secrets = %(new)s WHERE key = %(key)s AND secrets = %(old)s;
@@ -159,20 +174,36 @@ SELECT m.event_id, m.project, m.state FROM mail m
 -- name: requeue_resumed
 -- Resumed mails become due now; the scheduler and the control actor hand them to the broker
 -- in bounded batches, so a large backlog interleaves with fresh mail instead of starving it.
-UPDATE mail SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(),
-       updated_at = now()
- WHERE event_id = ANY(%(ids)s);
+-- Mails that hold no unit (backlog, suspended, failed) take one, of today, as an admin override;
+-- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist.
+UPDATE mail m
+   SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(), updated_at = now(),
+       duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
+       quota_day = coalesce(m.quota_day, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date),
+       global_quota_day = coalesce(m.global_quota_day, (SELECT (now() AT TIME ZONE g.time_zone)::date
+                                                          FROM global_limits g))
+  FROM mail o LEFT JOIN projects p ON p.key = o.project
+ WHERE o.event_id = m.event_id AND m.event_id = ANY(%(ids)s);
 
 -- name: count_resumed_quota
+-- Only mails that hold no unit yet take one (an ambiguous mail still holds its own).
 SELECT m.project, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day, count(*)::int AS n
   FROM mail m LEFT JOIN projects p ON p.key = m.project
- WHERE m.event_id = ANY(%(ids)s) GROUP BY m.project, p.time_zone;
+ WHERE m.event_id = ANY(%(ids)s) AND m.quota_day IS NULL GROUP BY m.project, p.time_zone;
+
+-- name: count_resumed_global
+SELECT (now() AT TIME ZONE g.time_zone)::date AS day,
+       (SELECT count(*)::int FROM mail m WHERE m.event_id = ANY(%(ids)s) AND m.global_quota_day IS NULL) AS n
+  FROM global_limits g;
+
+-- name: close_ambiguous
+-- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
+UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s, updated_at = now(),
+       sent_at = coalesce(sent_at, now())
+ WHERE event_id = ANY(%(ids)s);
 
 -- name: add_quota
 SELECT deskmail_add_quota(%(scope)s, %(day)s, %(n)s);
-
--- name: global_day
-SELECT (now() AT TIME ZONE time_zone)::date AS day FROM global_limits;
 
 -- name: suspend_selected
 UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()
@@ -221,3 +252,210 @@ SELECT p.key FROM projects p
 
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
+
+-- Operations: the scheduler's heartbeat and the gauges the metrics endpoint computes on each scrape.
+-- Each gauge block returns label columns and a `value` column.
+
+-- name: record_heartbeat
+WITH gone AS (DELETE FROM scheduler_heartbeats WHERE beat_at < now() - interval '1 day')
+INSERT INTO scheduler_heartbeats (scheduler) VALUES (%(scheduler)s)
+ON CONFLICT (scheduler) DO UPDATE SET beat_at = now();
+
+-- name: last_heartbeat
+SELECT max(beat_at) AS beat_at, extract(epoch FROM now() - max(beat_at))::float8 AS age,
+       count(*) FILTER (WHERE beat_at > now() - make_interval(secs => %(max_age)s))::int AS fresh
+  FROM scheduler_heartbeats;
+
+-- name: applied_migrations
+SELECT name FROM deskmail_migrations ORDER BY name;
+
+-- name: services_in_use
+SELECT DISTINCT mail_service FROM projects WHERE mail_service IS NOT NULL AND settings IS NOT NULL;
+
+-- name: gauge_mails
+-- Sent and rejected mails pile up forever and are counted by the workers' counters instead.
+SELECT coalesce(project, '(none)') AS project, state, count(*)::float8 AS value
+  FROM mail WHERE state NOT IN ('sent', 'rejected') GROUP BY 1, 2;
+
+-- name: gauge_backlog
+SELECT coalesce(project, '(none)') AS project, state, coalesce(reason, '') AS reason, count(*)::float8 AS value
+  FROM mail WHERE state IN ('backlog', 'suspended') GROUP BY 1, 2, 3;
+
+-- name: gauge_quota
+-- Today's units and the limit per project (in its time zone) and globally ('*'); limit 0: none.
+SELECT p.key AS scope, coalesce(q.sent, 0)::float8 AS used, coalesce(p.per_day, 0)::float8 AS lim
+  FROM projects p
+  LEFT JOIN quota_counters q ON q.scope = p.key AND q.day = (now() AT TIME ZONE p.time_zone)::date
+UNION ALL
+SELECT '*', coalesce(q.sent, 0)::float8, coalesce(g.per_day, 0)::float8
+  FROM global_limits g
+  LEFT JOIN quota_counters q ON q.scope = '*' AND q.day = (now() AT TIME ZONE g.time_zone)::date;
+
+-- name: gauge_paused
+SELECT key AS project, paused_reason AS reason,
+       extract(epoch FROM now() - coalesce(paused_at, now()))::float8 AS value
+  FROM projects WHERE paused_reason IS NOT NULL;
+
+-- name: gauge_config_errors
+SELECT key AS project, extract(epoch FROM now() - coalesce(config_error_at, now()))::float8 AS value
+  FROM projects WHERE config_error IS NOT NULL;
+
+-- name: gauge_oldest_waiting
+-- Mails that could be sent now and are not: queued and due (a retry's wait is not waiting).
+SELECT coalesce(project, '(none)') AS project,
+       extract(epoch FROM now() - min(coalesce(next_attempt_at, received_at)))::float8 AS value
+  FROM mail WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ GROUP BY 1;
+
+-- name: claim_control_request
+-- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
+-- primary key until this one commits, then finds it applied (no row returned).
+INSERT INTO control_requests (request_id, action, answer) VALUES (%(request_id)s, %(action)s, '{}')
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: answer_control_request
+UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: record_control_refusal
+INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: control_refusal
+SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;
+
+-- name: keep_rejected
+-- A rejected message keeps a bounded excerpt and its size; the whole body is never stored.
+INSERT INTO mail (event_id, project, kind, state, reason, detail, raw, raw_size)
+VALUES (%(event_id)s, %(project)s, %(kind)s, 'rejected', %(reason)s, %(detail)s, %(raw)s, %(raw_size)s)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: reachable
+SELECT 1 AS up;
+-- Admin console ------------------------------------------------------------------------------
+
+-- name: console_mail_page
+-- One page of mails in a state, in arrival order (keyset on seq), with the console's filters:
+-- project, reason, kind, and text in the subject or any recipient's address or name.
+SELECT m.seq, m.event_id, m.project, m.kind, m.recipients, m.subject, m.reason, m.detail, m.received_at,
+       m.updated_at, m.attempts
+  FROM mail m
+ WHERE m.state = %(state)s AND m.seq > %(after)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ ORDER BY m.seq LIMIT %(limit)s;
+
+-- name: console_mail_count
+-- How many mails match the same filters, per project (the confirmation's quota figures).
+SELECT m.project, count(*)::int AS n
+  FROM mail m
+ WHERE m.state = %(state)s
+   AND (%(project)s::text IS NULL OR m.project = %(project)s)
+   AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
+   AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
+   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
+                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
+                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
+                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+ GROUP BY m.project ORDER BY m.project;
+
+-- name: console_selection_count
+SELECT m.project, count(*)::int AS n FROM mail m
+ WHERE m.event_id = ANY(%(ids)s) AND m.state = %(state)s GROUP BY m.project ORDER BY m.project;
+
+-- name: console_mail_reasons
+SELECT DISTINCT reason FROM mail WHERE state = %(state)s AND reason IS NOT NULL ORDER BY reason;
+
+-- name: console_audit
+SELECT id, at, actor, action, project, params, touched, result FROM audit
+ WHERE (%(project)s::text IS NULL OR project = %(project)s)
+   AND (%(actor)s::text IS NULL OR actor ILIKE '%%' || %(actor)s || '%%')
+   AND (%(action)s::text IS NULL OR action = %(action)s)
+   AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: console_audit_actions
+SELECT DISTINCT action FROM audit ORDER BY action;
+
+-- name: console_user_get
+SELECT username, password_hash, role, created_at, updated_at FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_list
+SELECT username, password_hash, role, created_at, updated_at FROM console_users ORDER BY username;
+
+-- name: console_user_add
+INSERT INTO console_users (username, password_hash, role) VALUES (%(username)s, %(password_hash)s, %(role)s)
+ON CONFLICT (username) DO NOTHING;
+
+-- name: console_user_remove
+DELETE FROM console_users WHERE username = %(username)s;
+
+-- name: console_user_passwd
+-- A new password ends every session of the user.
+WITH changed AS (
+    UPDATE console_users SET password_hash = %(password_hash)s, updated_at = now()
+     WHERE username = %(username)s RETURNING username)
+DELETE FROM console_sessions WHERE username IN (SELECT username FROM changed);
+
+-- name: console_user_exists
+SELECT 1 FROM console_users WHERE username = %(username)s;
+
+-- name: console_session_add
+INSERT INTO console_sessions (token_hash, username, csrf_token, via, expires_at)
+VALUES (%(token_hash)s, %(username)s, %(csrf_token)s, %(via)s, now() + make_interval(secs => %(lifetime)s));
+
+-- name: console_session_get
+-- The role is read from the user on every request: a role change or removal counts at once.
+SELECT s.username, u.role, s.csrf_token, s.via, s.expires_at
+  FROM console_sessions s JOIN console_users u USING (username)
+ WHERE s.token_hash = %(token_hash)s AND s.expires_at > now();
+
+-- name: console_session_remove
+DELETE FROM console_sessions WHERE token_hash = %(token_hash)s OR expires_at < now();
+
+-- name: console_login_attempt
+INSERT INTO console_login_attempts (username, address, ok) VALUES (%(username)s, %(address)s, %(ok)s);
+
+-- name: console_login_failures
+SELECT (SELECT count(*) FROM console_login_attempts
+         WHERE username = %(username)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_user,
+       (SELECT count(*) FROM console_login_attempts
+         WHERE address = %(address)s AND NOT ok AND at > now() - make_interval(secs => %(window)s))::int AS by_address;
+
+-- name: console_login_forget
+-- A successful login forgets the user's failures, and attempts older than a day go.
+DELETE FROM console_login_attempts
+ WHERE (username = %(username)s AND NOT ok) OR at < now() - interval '1 day';
+
+-- name: console_oidc_begin
+INSERT INTO console_oidc_logins (state, nonce, verifier) VALUES (%(state)s, %(nonce)s, %(verifier)s);
+
+-- name: console_oidc_finish
+-- Each state is good for one callback, within ten minutes.
+DELETE FROM console_oidc_logins WHERE state = %(state)s AND created_at > now() - interval '10 minutes'
+RETURNING state, nonce, verifier;
+
+-- name: console_job_add
+INSERT INTO console_jobs (id, kind, title, requested_by, project, total)
+VALUES (%(id)s, %(kind)s, %(title)s, %(requested_by)s, %(project)s, %(total)s);
+
+-- name: console_job_sweep
+DELETE FROM console_jobs WHERE started_at < now() - interval '7 days';
+
+-- name: console_job_progress
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s WHERE id = %(id)s;
+
+-- name: console_job_finish
+UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary = %(summary)s,
+       finished_at = now()
+ WHERE id = %(id)s;
+
+-- name: console_job_get
+SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
+  FROM console_jobs WHERE id = %(id)s;

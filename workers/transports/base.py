@@ -11,6 +11,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import TYPE_CHECKING
 
+from schemas.addresses import ascii_domain_form
 from workers.constants import MailService
 from workers.errors import DeskmailError
 from workers.settings import ProjectSettings
@@ -71,8 +72,8 @@ class Envelope:
         """The recipients that the message's To and Cc headers do not name (its Bcc)."""
         head = BytesHeaderParser(policy=compat32).parsebytes(self.data)
         named = email.utils.getaddresses(head.get_all("To", []) + head.get_all("Cc", []))
-        seen = {address.lower() for _, address in named}
-        return [r for r in self.recipients if r.lower() not in seen]
+        seen = {address.lower() for _, address in named}  # the headers write domains as punycode
+        return [r for r in self.recipients if ascii_domain_form(r).lower() not in seen]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, R
 from exchangelib.protocol import Protocol
 
 from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER, Checkup
-from workers.transports import tls
+from workers.transports import phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 from workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
 from workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
@@ -91,6 +91,7 @@ def deliver(account: Account, endpoint: Endpoint, auth: Auth, envelope: Envelope
     """Send the envelope with one CreateItem (SendOnly); a failure comes out as an EwsFailure."""
     bcc = [Mailbox(email_address=address) for address in envelope.blind_copies()]
     message = Message(account=account, mime_content=envelope.data, bcc_recipients=bcc or None)
+    phase.before_data()
     try:
         message.send(save_copy=False)
     except (EWSError, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from workers import diagnosis
 from workers.constants import MailService
+from workers.scrub import scrubbed
 from workers.diagnosis import Checkup
 from workers.settings import ProjectSettings
 from workers.transports import autodiscover, ews
@@ -60,6 +61,7 @@ class ExchangeTransport(Transport):
         self._discovered: dict[tuple[str, int, str], tuple[str, float]] = {}  # -> (EWS URL, when found)
         self._lock = threading.Lock()
 
+    @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver through the project's Exchange server."""
         block = settings.block()

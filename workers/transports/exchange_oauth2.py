@@ -9,6 +9,7 @@ import msal
 
 from workers import diagnosis
 from workers.constants import MailService
+from workers.scrub import scrubbed
 from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
 from workers.settings import ProjectSettings
 from workers.transports import ews, graph, smtp_checkup, smtp_session
@@ -44,6 +45,7 @@ class ExchangeOAuth2Transport(Transport):
         self.graph = GraphClient(self.allow)
         self.ews = ews.EwsSender(self.allow)
 
+    @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver by the block's route with a cached token for the app registration."""
         block = settings.block()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from workers.constants import MailService
+from workers.scrub import scrubbed
 from workers.settings import ProjectSettings
 from workers.diagnosis import TOKEN, Checkup
 from workers.transports import smtp_checkup, smtp_session
@@ -22,6 +23,7 @@ class GmailOAuth2Transport(Transport):
         self.sender = SmtpSender(allow, final_reply_timeout)
         self.tokens = GoogleTokens(self.sender.allow)
 
+    @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over Gmail's SMTP with a bearer token for the sender."""
         block = settings.block()

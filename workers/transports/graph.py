@@ -14,8 +14,9 @@ from typing import Callable, Iterable
 
 import requests
 
+from schemas.addresses import ascii_domain_form
 from workers.diagnosis import AUTHENTICATION, SENDER
-from workers.transports import https, tls
+from workers.transports import https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
@@ -45,7 +46,7 @@ def with_bcc(envelope: Envelope) -> bytes:
     hidden = envelope.blind_copies()
     if not hidden:
         return envelope.data
-    return ("Bcc: " + ",\r\n ".join(hidden) + "\r\n").encode("utf-8") + envelope.data
+    return ("Bcc: " + ",\r\n ".join(map(ascii_domain_form, hidden)) + "\r\n").encode("utf-8") + envelope.data
 
 
 def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
@@ -54,7 +55,9 @@ def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token:
     dropped and a fresh one tried once."""
     body = base64.b64encode(with_bcc(envelope))
     for attempt in (1, 2):
-        response = _post(session, mailbox, body, token())
+        bearer = token()
+        phase.before_data()
+        response = _post(session, mailbox, body, bearer)
         if response.status_code == 401 and attempt == 1:
             drop()
             continue

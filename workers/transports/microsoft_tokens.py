@@ -16,6 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from workers import metrics
+from workers.scrub import Scrubber
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
@@ -90,10 +92,9 @@ class AppRegistration:
                                authority_url=self.authority_url, scope=scope)
 
     def scrub(self, text: str) -> str:
-        """Someone else's text (Microsoft's, an exception's) with any secret of this registration masked."""
-        for secret in self._secrets():
-            text = text.replace(secret, "********")
-        return text
+        """Someone else's text (Microsoft's, an exception's) with any secret of this registration masked, in any
+        encoding workers.scrub knows."""
+        return Scrubber(self._secrets(), [self.client_id]).text(text)
 
     def _secrets(self) -> list[str]:
         if isinstance(self.credential, dict):
@@ -162,10 +163,15 @@ def _check_private_key(pem: str) -> None:
 
 def acquire(app: msal.ConfidentialClientApplication, registration: AppRegistration, scope: str) -> str:
     """An access token for scope, from msal's cache while it has more than 5 minutes left."""
-    with _translated(registration):
-        result = app.acquire_token_for_client(scopes=[scope])
+    try:
+        with _translated(registration):
+            result = app.acquire_token_for_client(scopes=[scope])
+    except TransportFailure:
+        metrics.token_refresh_failed("exchange_oauth2")
+        raise
     if "access_token" in result:
         return result["access_token"]
+    metrics.token_refresh_failed("exchange_oauth2")
     raise _refusal(registration, result, scope)
 
 

@@ -6,6 +6,7 @@ import smtplib
 from typing import Iterable
 
 from workers.constants import MailService
+from workers.scrub import scrubbed
 from workers.settings import ProjectSettings
 from workers.diagnosis import Checkup
 from workers.transports import smtp_checkup, smtp_session
@@ -54,7 +55,7 @@ class SmtpSender:
             try:
                 return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout)
             except TransportFailure as exc:
-                if exc.outcome is not Outcome.PERMANENT:
+                if exc.outcome is not Outcome.PERMANENT:  # a permanent refusal leaves the session reset
                     self.sessions.discard(key)
                 raise
             except OSError as exc:  # smtplib's own errors are OSErrors too
@@ -62,6 +63,11 @@ class SmtpSender:
                 if not reused or attempt == 2 or isinstance(exc, TimeoutError):
                     raise TransportFailure(Outcome.TRANSIENT,
                                            f"connection lost before the end of DATA: {exc}") from exc
+            except BaseException:
+                # Anything else left the exchange half-way (a command half-written, a MAIL without its end):
+                # the session is closed, never handed to the next mail.
+                self.sessions.discard(key)
+                raise
         raise AssertionError("unreachable")
 
 
@@ -73,6 +79,7 @@ class SmtpTransport(Transport):
     def __init__(self, allow: Iterable = (), final_reply_timeout: float = 600.0) -> None:
         self.sender = SmtpSender(allow, final_reply_timeout)
 
+    @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over the project's SMTP server."""
         block = settings.block()

@@ -13,9 +13,10 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NoReturn, Protocol
 
-from workers.transports import netpolicy, tls
+from schemas.addresses import ascii_domain_form
+from workers.transports import netpolicy, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 
 QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
@@ -203,9 +204,19 @@ def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float)
 
 
 def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
-    """MAIL FROM; a refused sender is the project's settings, not the mail."""
-    options = ["SMTPUTF8"] if not envelope.data.isascii() and smtp.has_extn("smtputf8") else []
-    code, text = smtp.mail(envelope.sender, options)
+    """MAIL FROM; a refused sender is the project's settings, not the mail.
+
+    Without SMTPUTF8 at the server, domains go as punycode, and a Unicode local part (or a message whose
+    headers need UTF-8) fails the mail before anything is said, so the session stays usable.
+    """
+    if smtp.has_extn("smtputf8"):  # addresses go as given
+        utf8 = not envelope.data.isascii() or not all(a.isascii() for a in (envelope.sender, *envelope.recipients))
+        sender = envelope.sender
+    elif _needs_smtputf8(envelope):
+        _refuse_without_smtputf8(envelope)
+    else:
+        utf8, sender = False, ascii_domain_form(envelope.sender)
+    code, text = smtp.mail(sender, ["SMTPUTF8"] if utf8 else [])
     if code != 250:
         smtp.rset()
         outcome = classify(code, words(code, text))
@@ -215,22 +226,54 @@ def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
     return words(code, text)
 
 
+def _needs_smtputf8(envelope: Envelope) -> bool:
+    """True when an address or the message cannot be written in ASCII, even with domains in punycode."""
+    addresses = (envelope.sender, *envelope.recipients)
+    return not envelope.data.isascii() or not all(ascii_domain_form(a).isascii() for a in addresses)
+
+
+def _refuse_without_smtputf8(envelope: Envelope) -> NoReturn:
+    """The failure of a mail a server without SMTPUTF8 cannot take: naming the addresses at fault."""
+    if not ascii_domain_form(envelope.sender).isascii():
+        raise TransportFailure(Outcome.CONFIGURATION,
+                               f"the sender {envelope.sender} has a non-ASCII local part and the server does "
+                               "not offer SMTPUTF8; use an ASCII from address for this server")
+    unicode = [a for a in envelope.recipients if not ascii_domain_form(a).isascii()]
+    named = ", ".join(unicode[:5]) + (f" and {len(unicode) - 5} more" if len(unicode) > 5 else "")
+    raise TransportFailure(Outcome.PERMANENT,
+                           f"the server does not offer SMTPUTF8, which the non-ASCII local part of "
+                           f"{named or 'an address in the headers'} needs; the mail was not sent",
+                           refused={a: "non-ASCII local part; the server does not offer SMTPUTF8"
+                                    for a in unicode})
+
+
 def deliver(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
     """RCPT for each recipient, then DATA, after a MAIL FROM the server took."""
     refused, deferred = _recipients(smtp, envelope.recipients)
     if len(refused) + len(deferred) == len(envelope.recipients):
         smtp.rset()
         return _all_refused(refused, deferred)
+    phase.before_data()
     return Delivered(_data(smtp, envelope.data, final_reply_timeout), refused, deferred)
 
 
 def _recipients(smtp: smtplib.SMTP, recipients: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """RCPT for each (domain as punycode unless the server takes UTF-8); refusals keyed by the address as given.
+
+    An authentication answer to a RCPT (535, `550 5.7.30` Basic authentication retired, 530) is about the
+    account, not the recipient: the whole mail fails as a configuration error.
+    """
     refused: dict[str, str] = {}
     deferred: dict[str, str] = {}
+    utf8 = smtp.has_extn("smtputf8")
     for address in recipients:
-        code, text = smtp.rcpt(address)
-        if code not in (250, 251):
-            (deferred if 400 <= code < 500 else refused)[address] = words(code, text)
+        code, text = smtp.rcpt(address if utf8 else ascii_domain_form(address))
+        if code in (250, 251):
+            continue
+        reply = words(code, text)
+        if classify(code, reply) is Outcome.CONFIGURATION:
+            raise TransportFailure(Outcome.CONFIGURATION, f"recipient {address} refused for the account: {reply}")
+        (deferred if 400 <= code < 500 else refused)[address] = reply
     return refused, deferred
 
 
@@ -268,6 +311,16 @@ def _final_reply(smtp: smtplib.SMTP, final_reply_timeout: float) -> str:
         code, text = smtp.getreply()
     except (smtplib.SMTPServerDisconnected, OSError) as exc:
         waited = time.monotonic() - started
+        if _was_reset(exc):
+            # A reset, not a close: Linux answers with RST when a socket is closed while received data is still
+            # unread, so the server stopped before it had read the whole message and its final "." — it cannot
+            # have taken the mail, and sending it again is safe. A clean close (FIN) or silence after the "."
+            # says nothing of the kind: the server may have read everything and queued the mail before going
+            # away, so that stays ambiguous. (We send nothing while we wait, so no firewall that forgot the
+            # connection has a packet of ours to answer with a reset.)
+            raise TransportFailure(Outcome.TRANSIENT,
+                                   f"connection reset before the server read the whole message ({waited:.0f} s "
+                                   "after the end of DATA); it did not take the mail") from exc
         raise TransportFailure(Outcome.AMBIGUOUS,
                                f"no reply after the end of DATA ({type(exc).__name__} after {waited:.0f} s); "
                                "the server may or may not have taken the mail") from exc
@@ -277,6 +330,18 @@ def _final_reply(smtp: smtplib.SMTP, final_reply_timeout: float) -> str:
     if code != 250:
         raise TransportFailure(classify(code, words(code, text)), f"message refused: {words(code, text)}")
     return words(code, text)
+
+
+def _was_reset(exc: BaseException) -> bool:
+    """True when a ConnectionResetError is behind exc (smtplib turns it into SMTPServerDisconnected)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _quietly_close(smtp: smtplib.SMTP) -> None:
