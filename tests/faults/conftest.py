@@ -34,6 +34,7 @@ TEMPLATE_DB = "deskmail_template"
 # delivery leases once they exist; STALE_AFTER governs recovery until then.
 WORKER_ENV = {
     "DESKMAIL_SECRET_KEYS": TEST_KEY,
+    "DESKMAIL_CONTROL_KEY": "faults-control-key",  # the control actor refuses to start without one
     "DESKMAIL_OUTBOUND_ALLOW": "127.0.0.0/8",
     "DESKMAIL_RETRY_BASE": "0.5",
     "DESKMAIL_RETRY_CAP": "2",
