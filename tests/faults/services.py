@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -21,16 +22,12 @@ from tests.peers.net import free_port
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # the real scripts: /usr/sbin's wrapper switches to the rabbitmq user
 
 
-def _wait_port(port: int, timeout: float) -> None:
-    import socket
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class RabbitNode:
@@ -76,19 +73,38 @@ class RabbitNode:
                               capture_output=True, text=True, check=check, timeout=timeout)
 
     def start(self, timeout: float = 90) -> None:
-        """Start the node and wait until it accepts AMQP connections."""
+        """Start the node and wait until it accepts AMQP connections.
+
+        Right after a kill -9 a start can fail at once (a port or the node name not yet released):
+        it is tried again, with a fresh distribution port, until `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._spawn(deadline):
+                break
+            if time.monotonic() > deadline:
+                tail = (self.base / "server.out").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"RabbitMQ node {self.name} did not start: {tail}")
+            self.dist_port = free_port()
+            time.sleep(1)
+        self.up_at = time.monotonic()
+        self.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
+
+    def _spawn(self, deadline: float) -> bool:
+        """One start attempt: True once the node wrote its pid file, False if the server exited first."""
         self.pid_file.unlink(missing_ok=True)
         log = open(self.base / "server.out", "ab")
         self._server = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.pid_file.exists():
-            if self._server.poll() is not None or time.monotonic() > deadline:
+        log.close()
+        while not (self.pid_file.exists() and _port_open(self.port)):  # listeners open last in the boot
+            if self._server.poll() is not None:
+                self._server = None
+                return False
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"RabbitMQ node {self.name} did not start; see {self.base / 'server.out'}")
             time.sleep(0.1)
-        _wait_port(self.port, timeout)  # listeners open last in the boot: clients can work from here
-        self.up_at = time.monotonic()
-        self.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
+        return True
 
     @property
     def pid(self) -> int:
