@@ -174,14 +174,28 @@ class Publisher:
 
     def _send(self, body: bytes, message_id: str, priority: int, queue: str) -> None:
         self._returned.value = None
+        # One deadline for the whole publish: pool, connection, reconnections and the confirm share
+        # `timeout`, so a stalled broker makes publish raise after it, not after each step's own.
+        deadline = time.monotonic() + self.timeout
+        left = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
+
+        def publish_once(producer: kombu.Producer) -> None:
+            producer.publish(body, exchange="", routing_key=queue, delivery_mode=2, mandatory=True,
+                             priority=priority, content_type="application/json", content_encoding="utf-8",
+                             message_id=message_id, timeout=left(), confirm_timeout=left())
+
         try:
             with self._pool.acquire(block=True, timeout=self.timeout) as conn:
+                def before_reconnect(exc: Exception, interval: float) -> None:
+                    # kombu calls this before each new connection attempt
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"no confirm within {self.timeout:g} s") from exc
+                    conn.connect_timeout = left()
+
+                conn.connect_timeout = left()
                 producer = conn.Producer(on_return=self._on_return)
-                producer.publish(body, exchange="", routing_key=queue, delivery_mode=2, mandatory=True,
-                                 priority=priority, content_type="application/json", content_encoding="utf-8",
-                                 message_id=message_id, timeout=self.timeout, confirm_timeout=self.timeout,
-                                 retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                           "interval_step": 0.5})
+                conn.ensure(producer, publish_once, errback=before_reconnect, max_retries=2,
+                            interval_start=0.2, interval_step=0.5, interval_max=1)(producer)
         except (kombu.exceptions.KombuError, OSError, TimeoutError) as exc:
             raise BrokerError(f"RabbitMQ did not confirm the message ({type(exc).__name__}: {exc}); "
                               "it may or may not have been queued, publishing it again is safe") from exc

@@ -13,7 +13,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from workers.admit import Admitter
-from workers.broker import ArrivalRabbitmqBroker
+from workers.broker import ArrivalRabbitmqBroker, SafeJSONEncoder
 from workers.config import Config
 from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
@@ -40,6 +40,7 @@ def build_broker(config: Config, url: str | None = None) -> dramatiq.Broker:
     message is only a wake-up; one lost in a broker crash is re-sent by the scheduler after
     DESKMAIL_STALE_AFTER. Publishers of events do use confirms (producers/publisher.py).
     """
+    dramatiq.set_encoder(SafeJSONEncoder())
     broker = ArrivalRabbitmqBroker(url=with_timeouts(url or config.amqp_url), confirm_delivery=False,
                                    max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())

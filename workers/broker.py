@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 
+import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +37,21 @@ class ArrivalRabbitmqBroker(RabbitmqBroker):
     def consumer_class(self):  # noqa: ANN201 - Dramatiq's consumer class
         """Dramatiq's RabbitMQ consumer with the queue stamp."""
         return _ArrivalConsumer
+
+
+class SafeJSONEncoder(dramatiq.JSONEncoder):
+    """Dramatiq's JSON encoder whose decode fails as a DecodeError on any body it cannot read.
+
+    Dramatiq dead-letters a body that raises DecodeError; one nested too deep for json (a
+    RecursionError) or otherwise unreadable would instead escape the consumer and come back forever.
+    From the dead-letter queue the scheduler keeps it as `rejected`.
+    """
+
+    def decode(self, data: bytes) -> dict:  # type: ignore[override]
+        """The message dict of a body, or DecodeError."""
+        try:
+            return super().decode(data)
+        except DecodeError:
+            raise
+        except (RecursionError, ValueError, TypeError) as exc:
+            raise DecodeError(f"the message body cannot be decoded: {type(exc).__name__}", data, exc) from None

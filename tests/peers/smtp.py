@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Collection, Literal, Mapping
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from tests.peers.inbox import Inbox
 from tests.peers.net import bound_socket
@@ -25,6 +25,9 @@ from tests.peers.tlsca import CertPair, server_context
 Security = Literal["none", "starttls", "tls"]
 DataReply = str | Callable[[Envelope], str | None] | None
 BeforeData = Callable[[Envelope], Any] | Callable[[Envelope], Awaitable[Any]] | None
+Hook = Callable[[Envelope], Any] | None
+StepReply = str | Callable[[], str | None] | None
+STEPS = ("greeting", "ehlo", "auth", "mail", "rcpt", "data", "final")
 
 XOAUTH2_ERROR_CHALLENGE = json.dumps(
     {"status": "400", "schemes": "Bearer", "scope": "https://mail.google.com/"}
@@ -118,7 +121,7 @@ class _Handler:
         self.peer.mail_options.append(list(options))
         if self.peer.auth_required and not session.authenticated:
             return AUTH_REQUIRED
-        reply = self.peer.mail_from_reply or "250 OK"
+        reply = self.peer.scripted("mail") or self.peer.mail_from_reply or "250 OK"
         if _is_ok(reply):
             envelope.mail_from = address
             envelope.mail_options.extend(options)
@@ -128,8 +131,10 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Accept the recipient unless `rcpt_replies` scripts another answer for it."""
+        if self.peer.rcpt_delay:
+            await asyncio.sleep(self.peer.rcpt_delay)
         replies = self.peer.rcpt_replies
-        reply = replies.get(address) or replies.get(address.lower()) or "250 OK"
+        reply = self.peer.scripted("rcpt") or replies.get(address) or replies.get(address.lower()) or "250 OK"
         if _is_ok(reply):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
@@ -142,9 +147,11 @@ class _Handler:
             await hook(envelope)
         elif hook is not None:
             await asyncio.to_thread(hook, envelope)  # keeps the loop serving other clients
+        if self.peer.final_reply_delay:
+            await asyncio.sleep(self.peer.final_reply_delay)
         scripted = self.peer.data_reply
         reply = scripted(envelope) if callable(scripted) else scripted
-        reply = reply or "250 OK"
+        reply = self.peer.scripted("final") or reply or "250 OK"
         if _is_ok(reply):
             self.inbox.add(self._received(session, envelope))
         return reply
@@ -183,6 +190,60 @@ class _EchoingHandler(_Handler):
                           message=f"535 5.7.8 LOGIN {steps} refused for {user.decode()}/{password.decode()}")
 
 
+async def _run_hook(hook: Hook, envelope: Envelope) -> None:
+    """Run a fault hook without blocking the loop that serves the other clients."""
+    if hook is None:
+        return
+    if inspect.iscoroutinefunction(hook):
+        await hook(envelope)
+    else:
+        await asyncio.to_thread(hook, envelope)
+
+
+class _ScriptedSMTP(SMTP):
+    """aiosmtpd's server with scripted replies at the steps its handler API cannot reach
+    (greeting, EHLO/HELO, AUTH, the DATA command) and hooks around DATA."""
+
+    @property
+    def _peer(self) -> "SmtpPeer":
+        return self.event_handler.peer
+
+    async def _handle_client(self) -> None:
+        reply = self._peer.scripted("greeting")
+        if reply is None:
+            await super()._handle_client()
+            return
+        await self.push(reply)
+        self.transport.close()
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        reply = self._ehlo_refused = self._peer.scripted("ehlo")
+        await (self.push(reply) if reply else super().smtp_EHLO(hostname))
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        # the client's HELO after a refused EHLO gets the same answer: one scripted call per greeting
+        reply = self._ehlo_refused if hasattr(self, "_ehlo_refused") else self._peer.scripted("ehlo")
+        await (self.push(reply) if reply else super().smtp_HELO(hostname))
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        reply = self._peer.scripted("auth")
+        await (self.push(reply) if reply else super().smtp_AUTH(arg))
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        await _run_hook(self._peer.on_data_command, self.envelope)
+        reply = self._peer.scripted("data")
+        if reply:
+            await self.push(reply)
+            return
+        envelope = self.envelope
+        await super().smtp_DATA(arg)  # the final reply has been written (push drains) when this returns
+        await _run_hook(self._peer.after_data_reply, envelope)
+
+
 class _BoundController(Controller):
     """A Controller serving on a socket bound beforehand (aiosmtpd cannot listen on port 0)."""
 
@@ -194,6 +255,10 @@ class _BoundController(Controller):
     def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
         """Listen on the pre-bound socket (aiosmtpd's documented override point)."""
         return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
+
+    def factory(self) -> SMTP:
+        """The scripted server (aiosmtpd's documented override point)."""
+        return _ScriptedSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class SmtpPeer:
@@ -217,8 +282,20 @@ class SmtpPeer:
         echo_auth: bool = False,
         data_size_limit: int = 64 * 1024 * 1024,
         ready_timeout: float = 5.0,
+        step_replies: Mapping[str, StepReply] | None = None,
+        on_data_command: Hook = None,
+        after_data_reply: Hook = None,
+        rcpt_delay: float = 0.0,
+        final_reply_delay: float = 0.0,
     ) -> None:
-        """Configure the peer; nothing listens until `start()` or `with`."""
+        """Configure the peer; nothing listens until `start()` or `with`.
+
+        `step_replies` scripts the reply at a step of STEPS (a string, or a callable returning one,
+        or None for the normal answer), over the other options. `on_data_command` runs when DATA
+        arrives (before the end of DATA), `before_data_reply` after the final "." and before the
+        reply (inside the DATA window), `after_data_reply` once the reply was written; the delays
+        slow each RCPT reply and the final reply.
+        """
         if security != "none" and cert is None:
             raise ValueError(f"security={security!r} needs cert=CertPair")
         self.security = security
@@ -238,6 +315,14 @@ class SmtpPeer:
         self.mail_from_count = 0  # MAIL commands received, whatever their answer
         self.mail_options: list[list[str]] = []  # the parameters of each MAIL command (e.g. SIZE=n)
         self.ready_timeout = ready_timeout
+        unknown = set(step_replies or ()) - set(STEPS)
+        if unknown:
+            raise ValueError(f"unknown SMTP steps {sorted(unknown)}; known: {STEPS}")
+        self.step_replies: dict[str, StepReply] = dict(step_replies or {})
+        self.on_data_command = on_data_command
+        self.after_data_reply = after_data_reply
+        self.rcpt_delay = rcpt_delay
+        self.final_reply_delay = final_reply_delay
         self._inbox: Inbox[Received] = Inbox("SMTP message")
         self._controller: Controller | None = None
         self._port: int | None = None
@@ -263,6 +348,11 @@ class SmtpPeer:
     def messages(self) -> list[Received]:
         """A copy of the messages accepted so far, in order."""
         return self._inbox.snapshot()
+
+    def scripted(self, step: str) -> str | None:
+        """The reply scripted for a step right now, or None for the normal answer."""
+        reply = self.step_replies.get(step)
+        return reply() if callable(reply) else reply
 
     def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
         """Block until `count` messages were accepted and return them all."""
