@@ -18,7 +18,7 @@ from workers.errors import DeskmailError
 from workers.settings import ProjectSettings
 
 if TYPE_CHECKING:
-    from workers.diagnosis import Checkup
+    from workers.transports.steps import Recorder
 
 
 class Outcome(enum.StrEnum):
@@ -102,9 +102,9 @@ class Transport(abc.ABC):
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver one message, or raise TransportFailure."""
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: "Checkup") -> None:
-        """The Test action: send envelope step by step on fresh connections and tokens, recording each step
-        in checkup (workers.diagnosis); a failed step raises diagnosis.Stop."""
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: "Recorder") -> None:
+        """The Test action: send envelope through the same client as send, on fresh connections and tokens,
+        reporting each step to checkup (a workers.diagnosis.Checkup, whose failed step raises diagnosis.Stop)."""
         raise NotImplementedError(f"the {self.service} transport has no Test action")
 
     def close(self) -> None:

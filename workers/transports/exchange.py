@@ -16,7 +16,7 @@ from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.diagnosis import Checkup
 from workers.settings import ProjectSettings
-from workers.transports import autodiscover, ews
+from workers.transports import autodiscover, ews, probes
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint
 
@@ -106,7 +106,7 @@ class ExchangeTransport(Transport):
             endpoint = endpoint_of(block, self.final_reply_timeout, url)
         except TransportFailure as failure:
             checkup.failed(diagnosis.RESOLVE, failure.detail, "fix the project's exchange settings")
-        diagnosis.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
+        probes.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
                                  allow=self.sender.allow, timeout=endpoint.timeout)
         ews.diagnose(checkup, endpoint, password_of(block), mailbox, envelope, self.sender.allow)
 

@@ -7,12 +7,11 @@ from typing import Callable, Iterable
 
 import msal
 
-from workers import diagnosis
 from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
 from workers.settings import ProjectSettings
-from workers.transports import ews, graph, smtp_checkup, smtp_session
+from workers.transports import ews, graph, probes, smtp_session
 from workers.transports.base import Delivered, Envelope, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint as EwsEndpoint
 from workers.transports.graph import GraphClient, Mailbox
@@ -20,6 +19,7 @@ from workers.transports.https import PolicySession
 from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, acquire, build_app, close_app, \
     scope_for
 from workers.transports.smtp import SmtpSender, submission_endpoint
+from workers.transports.tokens import Bound
 
 EWS_URL = "https://outlook.office365.com/EWS/Exchange.asmx"
 SMTP_HOST = "smtp.office365.com"
@@ -54,7 +54,7 @@ class ExchangeOAuth2Transport(Transport):
         drop: Drop = lambda: self.tokens.drop(key)  # noqa: E731
         route = block.get("route", "graph")
         if route == "smtp":
-            auth = smtp_session.XOAuth2(block["sender"], token, drop)
+            auth = smtp_session.XOAuth2(block["sender"], Bound(token, drop))
             return self.smtp.send(key, self._smtp_endpoint(block), auth, envelope)
         if route == "ews":
             auth = ews.Token(block["client_id"], token, drop)
@@ -65,7 +65,7 @@ class ExchangeOAuth2Transport(Transport):
         """The Test action: the authority's endpoint, a fresh token, then the route's own steps."""
         block = settings.block()
         registration, scope = AppRegistration.from_block(block), scope_of(block)
-        diagnosis.https_endpoint(checkup, registration.authority_url, ca_file=registration.ca_file,
+        probes.https_endpoint(checkup, registration.authority_url, ca_file=registration.ca_file,
                                  allow=self.allow, timeout=registration.timeout)
         app = self._fresh_token(checkup, registration, scope)
         route_steps = {"smtp": self._diagnose_smtp, "ews": self._diagnose_ews}.get(block.get("route", "graph"),
@@ -92,7 +92,7 @@ class ExchangeOAuth2Transport(Transport):
     def _diagnose_graph(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
         """Graph's endpoint, then one real sendMail: a 202 proves the token, the sender and the send."""
         mailbox = self._mailbox(block)
-        diagnosis.https_endpoint(checkup, mailbox.graph_url, ca_file=mailbox.ca_file, allow=self.allow,
+        probes.https_endpoint(checkup, mailbox.graph_url, ca_file=mailbox.ca_file, allow=self.allow,
                                  timeout=mailbox.timeout)
         try:
             with PolicySession(self.allow, ca_file=mailbox.ca_file) as session:
@@ -105,13 +105,13 @@ class ExchangeOAuth2Transport(Transport):
 
     def _diagnose_smtp(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
         """The shared SMTP steps, logging in with XOAUTH2 as the sender."""
-        auth = smtp_session.XOAuth2(block["sender"], token, drop)
-        smtp_checkup.diagnose(checkup, self._smtp_endpoint(block), auth, envelope, self.allow)
+        auth = smtp_session.XOAuth2(block["sender"], Bound(token, drop))
+        self.smtp.test(self._smtp_endpoint(block), auth, envelope, checkup)
 
     def _diagnose_ews(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
         """The EWS host's endpoint, then the shared EWS steps (impersonating the sender) on a fresh account."""
         endpoint = self._ews_endpoint(block)
-        diagnosis.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, allow=self.allow,
+        probes.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, allow=self.allow,
                                  timeout=endpoint.timeout)
         ews.diagnose(checkup, endpoint, ews.Token(block["client_id"], token, drop), block["sender"], envelope,
                      self.allow)

@@ -7,8 +7,8 @@ from typing import Iterable
 from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.settings import ProjectSettings
-from workers.diagnosis import TOKEN, Checkup
-from workers.transports import smtp_checkup, smtp_session
+from workers.transports import smtp_session
+from workers.transports.steps import TOKEN, Recorder
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.google_tokens import DEFAULT_TOKEN_URI, GoogleTokens, token_advice
 from workers.transports.smtp import SmtpSender, submission_endpoint
@@ -39,19 +39,18 @@ class GmailOAuth2Transport(Transport):
         check_gmail_cap(envelope)
         block = settings.block()
         key = (settings.key, settings.version)
-        auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),
-                                    lambda: self.tokens.drop(key))
+        auth = smtp_session.XOAuth2(block["sender"], self.tokens.source(key, block))
         return self.sender.send(key, self._endpoint(block), auth, envelope)
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action: a fresh token from Google, then the SMTP steps on a connection of its own."""
         block = settings.block()
         tokens, key = GoogleTokens(self.sender.allow), (settings.key, "test")
+        source = tokens.source(key, block)
         with checkup.step(TOKEN, token_advice) as note:
-            tokens.token(key, block)
+            source.token()
             note.detail = f"access token for {block['sender']} from {block.get('token_uri') or DEFAULT_TOKEN_URI}"
-        auth = smtp_session.XOAuth2(block["sender"], lambda: tokens.token(key, block), lambda: None)
-        smtp_checkup.diagnose(checkup, self._endpoint(block), auth, envelope, self.sender.allow)
+        self.sender.test(self._endpoint(block), smtp_session.XOAuth2(block["sender"], source), envelope, checkup)
 
     def _endpoint(self, block: dict) -> smtp_session.Endpoint:
         return submission_endpoint(block, "smtp.gmail.com", self.sender.final_reply_timeout)

@@ -13,6 +13,7 @@ from google.oauth2 import service_account
 from workers import metrics
 from workers.transports.base import Outcome, TransportFailure
 from workers.transports.https import PolicySession
+from workers.transports.tokens import Bound
 
 SCOPES = ["https://mail.google.com/"]
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -109,6 +110,10 @@ class GoogleTokens:
             except google.auth.exceptions.GoogleAuthError as exc:
                 metrics.token_refresh_failed("gmail_oauth2")
                 raise _refresh_failure(exc) from None
+
+    def source(self, key: Hashable, block: dict) -> Bound:
+        """The account's token source (workers.transports.tokens)."""
+        return Bound(lambda: self.token(key, block), lambda: self.drop(key))
 
     def drop(self, key: Hashable) -> None:
         """Forget the account's token (the server refused it)."""

@@ -16,7 +16,7 @@ import requests
 
 from schemas.addresses import ascii_domain_form
 from workers.attachments import Attachment
-from workers.diagnosis import AUTHENTICATION, SENDER
+from workers.transports.steps import AUTHENTICATION, SENDER
 from workers.transports import https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause

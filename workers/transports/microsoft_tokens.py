@@ -21,6 +21,7 @@ from workers.scrub import Scrubber
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
+from workers.transports.tokens import Bound
 
 AUTHORITY_URL = "https://login.microsoftonline.com"
 Key = tuple[str, int]  # (project, settings version): new settings get a new app, the old one is closed
@@ -249,6 +250,10 @@ class MicrosoftTokens:
             if account.app is None:
                 account.app = build_app(registration, self.allow)
             return acquire(account.app, registration, scope)
+
+    def source(self, key: Key, block: dict, scope: str) -> Bound:
+        """The account's token source for scope (workers.transports.tokens)."""
+        return Bound(lambda: self.token(key, block, scope), lambda: self.drop(key))
 
     def drop(self, key: Key) -> None:
         """Forget the account's tokens (a server refused one): the next call asks Entra ID again."""

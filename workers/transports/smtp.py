@@ -8,8 +8,8 @@ from typing import Iterable
 from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.settings import ProjectSettings
-from workers.diagnosis import Checkup
-from workers.transports import smtp_checkup, smtp_session
+from workers.transports import smtp_session
+from workers.transports.steps import Recorder
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.sessions import SessionCache
 
@@ -70,6 +70,15 @@ class SmtpSender:
                 raise
         raise AssertionError("unreachable")
 
+    def test(self, endpoint: smtp_session.Endpoint, auth: smtp_session.Authenticator | None, envelope: Envelope,
+             steps: Recorder) -> Delivered:
+        """The Test action: the same exchange as send, on a connection of its own, every step reported."""
+        smtp = smtp_session.open_session(endpoint, auth, self.allow, steps)
+        try:
+            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout, steps)
+        finally:
+            smtp_session.quit_quietly(smtp)
+
 
 class SmtpTransport(Transport):
     """The `smtp` mail service."""
@@ -86,11 +95,11 @@ class SmtpTransport(Transport):
         endpoint = endpoint_of(block, self.sender.final_reply_timeout)
         return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(block), envelope)
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action over the project's SMTP server, on a connection of its own."""
         block = settings.block()
-        smtp_checkup.diagnose(checkup, endpoint_of(block, self.sender.final_reply_timeout),
-                              authenticator_of(block), envelope, self.sender.allow)
+        self.sender.test(endpoint_of(block, self.sender.final_reply_timeout), authenticator_of(block), envelope,
+                         checkup)
 
     def close(self) -> None:
         """Close this thread's sessions."""
