@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -10,6 +11,7 @@ from typing import Any, Callable
 import schemas
 from workers.errors import UnknownProject
 from workers.secrets import SecretBox
+from workers.service_settings import ServiceSettings, typed
 from workers.store import Store
 
 SCHEMA = "project-settings.v1"
@@ -58,6 +60,11 @@ class ProjectSettings:
     def block(self) -> dict[str, Any]:
         """The block of the chosen mail service (e.g. the `smtp` object)."""
         return self.document.get(self.service, {})
+
+    @functools.cached_property
+    def typed(self) -> ServiceSettings:
+        """The chosen mail service's block as its typed settings, built once (workers.service_settings)."""
+        return typed(self.service, self.block())
 
 
 class SettingsService:
