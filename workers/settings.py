@@ -6,7 +6,7 @@ import copy
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import schemas
 from workers.errors import UnknownProject
@@ -15,6 +15,7 @@ from workers.service_settings import ServiceSettings, typed
 from workers.store import Store
 
 SCHEMA = "project-settings.v1"
+T = TypeVar("T")
 REDACTED = "********"
 
 
@@ -65,6 +66,13 @@ class ProjectSettings:
     def typed(self) -> ServiceSettings:
         """The chosen mail service's block as its typed settings, built once (workers.service_settings)."""
         return typed(self.service, self.block())
+
+    def typed_as(self, kind: type[T]) -> T:
+        """The typed settings, which a transport knows the class of (TypeError for another service's)."""
+        found = self.typed
+        if not isinstance(found, kind):
+            raise TypeError(f"project {self.key!r} sends by {self.service}, not by {kind.__name__}")
+        return found
 
 
 class SettingsService:

@@ -50,11 +50,6 @@ def discover(exchange: ExchangeSettings, mailbox: str, allow: tuple) -> autodisc
                                  verify=exchange.verify_certificate, timeout=float(exchange.timeout_seconds))
 
 
-def _exchange(settings: ProjectSettings) -> ExchangeSettings:
-    exchange = settings.typed
-    assert isinstance(exchange, ExchangeSettings)
-    return exchange
-
 
 class ExchangeTransport(Transport):
     """The `exchange` mail service."""
@@ -70,7 +65,7 @@ class ExchangeTransport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver through the project's Exchange server."""
-        exchange = _exchange(settings)
+        exchange = settings.typed_as(ExchangeSettings)
         mailbox = mailbox_of(exchange, envelope)
         found = (settings.key, settings.version, mailbox.lower())
         url = self._ews_url(found, exchange, mailbox) if exchange.autodiscover else None
@@ -100,7 +95,7 @@ class ExchangeTransport(Transport):
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
         """Autodiscover if set; DNS, TCP and TLS to the EWS host; then authentication, sender and send with one
         CreateItem."""
-        exchange = _exchange(settings)
+        exchange = settings.typed_as(ExchangeSettings)
         mailbox = mailbox_of(exchange, envelope)
         url = None
         if exchange.autodiscover:

@@ -28,11 +28,6 @@ def scope_of(microsoft: ExchangeOAuth2Settings) -> str:
     return scope_for(microsoft.graph_url if microsoft.route == "graph" else microsoft.ews_url)
 
 
-def _microsoft(settings: ProjectSettings) -> ExchangeOAuth2Settings:
-    microsoft = settings.typed
-    assert isinstance(microsoft, ExchangeOAuth2Settings)
-    return microsoft
-
 
 class ExchangeOAuth2Transport(Transport):
     """The `exchange_oauth2` mail service."""
@@ -49,7 +44,7 @@ class ExchangeOAuth2Transport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver by the settings' route with a cached token for the app registration."""
-        microsoft = _microsoft(settings)
+        microsoft = settings.typed_as(ExchangeOAuth2Settings)
         key = (settings.key, settings.version)
         source = self.tokens.source(key, microsoft, scope_of(microsoft))
         if microsoft.route == "smtp":
@@ -63,7 +58,7 @@ class ExchangeOAuth2Transport(Transport):
 
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
         """The Test action: the authority's endpoint, a fresh token, then the route's own steps."""
-        microsoft = _microsoft(settings)
+        microsoft = settings.typed_as(ExchangeOAuth2Settings)
         registration, scope = AppRegistration.of(microsoft), scope_of(microsoft)
         probes.https_endpoint(checkup, registration.authority_url, ca_file=registration.ca_file,
                               allow=self.allow, timeout=registration.timeout)

@@ -25,11 +25,6 @@ def check_gmail_cap(envelope: Envelope) -> None:
                                                   f"over Gmail's cap of {MAX_ATTACHMENT_BYTES} bytes per mail")
 
 
-def _gmail(settings: ProjectSettings) -> GmailSettings:
-    gmail = settings.typed
-    assert isinstance(gmail, GmailSettings)
-    return gmail
-
 
 class GmailOAuth2Transport(Transport):
     """The `gmail_oauth2` mail service."""
@@ -44,14 +39,14 @@ class GmailOAuth2Transport(Transport):
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over Gmail's SMTP with a bearer token for the sender."""
         check_gmail_cap(envelope)
-        gmail = _gmail(settings)
+        gmail = settings.typed_as(GmailSettings)
         key = (settings.key, settings.version)
         auth = smtp_session.XOAuth2(gmail.sender, self.tokens.source(key, gmail))
         return self.sender.send(key, self._endpoint(gmail), auth, envelope)
 
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action: a fresh token from Google, then the SMTP steps on a connection of its own."""
-        gmail = _gmail(settings)
+        gmail = settings.typed_as(GmailSettings)
         tokens, key = GoogleTokens(self.sender.allow), (settings.key, "test")
         source = tokens.source(key, gmail)
         with checkup.step(TOKEN, token_advice) as note:

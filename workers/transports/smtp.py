@@ -90,15 +90,13 @@ class SmtpTransport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over the project's SMTP server."""
-        smtp = settings.typed
-        assert isinstance(smtp, SmtpSettings)
+        smtp = settings.typed_as(SmtpSettings)
         endpoint = endpoint_of(smtp, self.sender.final_reply_timeout)
         return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(smtp), envelope)
 
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action over the project's SMTP server, on a connection of its own."""
-        smtp = settings.typed
-        assert isinstance(smtp, SmtpSettings)
+        smtp = settings.typed_as(SmtpSettings)
         self.sender.test(endpoint_of(smtp, self.sender.final_reply_timeout), authenticator_of(smtp), envelope,
                          checkup)
 

@@ -7,11 +7,11 @@ a failure go on to the caller with the step it happened in, and the Test action 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, NoReturn, Protocol
+from typing import Callable, Iterator, NoReturn
 
-from workers.transports.base import TransportFailure
+from workers.transports.base import Recorder, TransportFailure  # noqa: F401 - the recorder's interface
 
 DISCOVER = "autodiscover"
 RESOLVE, CONNECT, TLS, CAPABILITIES = "name resolution", "TCP connect", "TLS", "capabilities"
@@ -25,23 +25,6 @@ class Note:
     """What a step's body tells about it when it passes."""
 
     detail: str = ""
-
-
-class Recorder(Protocol):
-    """Where a client reports its steps: a Checkup records them, QUIET does not."""
-
-    @property
-    def recording(self) -> bool:
-        """True when passed steps are kept (the client may then spend a little on describing them)."""
-
-    def passed(self, name: str, detail: str) -> None:
-        """A step passed."""
-
-    def failed_with(self, name: str, failure: TransportFailure, advice: str = "") -> NoReturn:
-        """A step failed by failure: raises."""
-
-    def step(self, name: str, advice: Advice = "") -> AbstractContextManager[Note]:
-        """Run a step's body; a TransportFailure out of it fails the step."""
 
 
 def attributed(name: str, failure: TransportFailure, advice: str = "") -> TransportFailure:
