@@ -16,14 +16,11 @@ import requests
 
 from schemas.addresses import ascii_domain_form
 from workers.attachments import Attachment
-from workers.transports.steps import AUTHENTICATION, SENDER
-from workers.transports import https, phase, tls
+from workers.transports import graph_replies, https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
 GRAPH_URL = "https://graph.microsoft.com"
-QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
-BUSY = {429, 503, 504}
 MIME_LIMIT = 4_000_000  # bytes of a sendMail request body; Graph refuses requests over about 4 MB
 UPLOAD_CHUNK = 10 * 320 * 1024  # Graph wants upload chunks in multiples of 320 KiB, each under 4 MB
 
@@ -207,33 +204,23 @@ def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) 
     code, message = _error_of(response)
     words = f"{status} {code}: {message}"[:500]
     wait = https.retry_after(response.headers.get("Retry-After"))
-    if any(marker in f"{code} {message}".lower() for marker in QUOTA_MARKERS):
-        raise TransportFailure(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: "
-                                              f"{words}", retry_after=wait)
-    if status in BUSY or status >= 500:
-        raise TransportFailure(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", retry_after=wait)
-    if status in (401, 403, 404):
-        raise _refused(status, words, mailbox, envelope)
-    raise TransportFailure(Outcome.PERMANENT, f"Graph refused the message: {words}")
+    rule = graph_replies.rule_for(status, code, message)
+    if rule.outcome is Outcome.QUOTA:
+        raise advised(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: {words}",
+                      rule.advice, retry_after=wait)
+    if rule.outcome is Outcome.TRANSIENT:
+        raise advised(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", rule.advice, retry_after=wait)
+    if rule.outcome is Outcome.CONFIGURATION:
+        send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
+            f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
+        problem = PROBLEMS.get(status, PROBLEMS[403]).format(sender=mailbox.sender, words=words)
+        raise advised(Outcome.CONFIGURATION, problem, rule.advice.format(sender=mailbox.sender, send_as=send_as),
+                      step=rule.step or None)
+    raise advised(Outcome.PERMANENT, f"Graph refused the message: {words}", rule.advice)
 
 
-def _refused(status: int, words: str, mailbox: Mailbox, envelope: Envelope) -> TransportFailure:
-    """The configuration failure for a refused token (401), sender (403) or mailbox (404)."""
-    if status == 401:
-        return advised(Outcome.CONFIGURATION, f"Graph refused the access token: {words}",
-                       "check that graph_url belongs to the same Microsoft cloud as authority_url",
-                       step=AUTHENTICATION)
-    if status == 404:
-        return advised(Outcome.CONFIGURATION, f"Graph has no mailbox {mailbox.sender}: {words}",
-                       "set sender to a mailbox in Exchange Online of this tenant (a licensed user or shared "
-                       f"mailbox); MailboxNotEnabledForRESTAPI means {mailbox.sender} is on-premises, inactive "
-                       "or unlicensed", step=SENDER)
-    send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
-        f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
-    return advised(Outcome.CONFIGURATION, f"Graph refused to send as {mailbox.sender}: {words}",
-                   "grant the app registration the Mail.Send application permission (Microsoft Graph) with "
-                   "admin consent; if an application access policy limits the app to some mailboxes, add "
-                   f"{mailbox.sender} to it{send_as}", step=SENDER)
+PROBLEMS = {401: "Graph refused the access token: {words}", 404: "Graph has no mailbox {sender}: {words}",
+            403: "Graph refused to send as {sender}: {words}"}
 
 
 def _error_of(response: requests.Response) -> tuple[str, str]:

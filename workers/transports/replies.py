@@ -26,8 +26,10 @@ class Scope(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Rule:
-    r"""One row: code prefix (e.g. "5", "550", or "" for any), enhanced status (a regex the whole status must
-    match, e.g. r"5\.7\.13[0-9]", or "" for any), words (a regex searched in the text) -> meaning."""
+    r"""One row: code prefix (SMTP reply code or HTTP status, e.g. "5", "550", or "" for any), enhanced status (a
+    regex the whole of SMTP's RFC 3463 status or Graph's error code must match, e.g. r"5\.7\.13[0-9]", or "" for
+    any), words (a regex searched in the text) -> meaning, and the Test-action step it fails when it is not the
+    one the answer came in."""
 
     code: str = ""
     enhanced: str = ""
@@ -36,6 +38,7 @@ class Rule:
     scope: Scope = Scope.MAIL
     advice: str = ""
     provider: str = ""  # whose documented answer this is, when it is one provider's
+    step: str = ""
 
     def matches(self, code: str, enhanced: str, text: str) -> bool:
         """True when the answer has this row's code prefix, enhanced status prefix and words."""
