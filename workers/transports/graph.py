@@ -154,12 +154,14 @@ def _call(session: requests.Session, mailbox: Mailbox, method: str, url: str, *,
         raise TransportFailure(Outcome.CONFIGURATION, detail) from None
     except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
         lost = any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc))
-        if lost and sending:
-            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the send of the draft "
+        if lost and sending and not isinstance(exc, requests.exceptions.ConnectTimeout):
+            # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and
+            # what matters is whether the request went out whole, when Graph may have taken the message
+            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
                                                       f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                      "have been sent") from None
+                                                      "have been taken") from None
         raise TransportFailure(Outcome.TRANSIENT, f"{method} {urllib.parse.urlsplit(url).path} failed before the "
-                                                  f"mail was sent ({type(root_cause(exc)).__name__})") from None
+                                                  f"message was sent ({type(root_cause(exc)).__name__})") from None
 
 
 def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: str, token: Callable[[], str]) -> None:
@@ -173,25 +175,8 @@ def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: st
 
 def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) -> requests.Response:
     """One sendMail request; errors classified by whether Graph may have taken the message."""
-    try:
-        return session.post(mailbox.send_url, data=body, allow_redirects=False,
-                            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
-                            timeout=(mailbox.timeout, mailbox.final_reply_timeout))
-    except requests.exceptions.SSLError as exc:
-        parts = urllib.parse.urlsplit(mailbox.graph_url)
-        detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
-        raise TransportFailure(Outcome.CONFIGURATION, detail) from None
-    except requests.exceptions.ConnectTimeout:
-        raise TransportFailure(Outcome.TRANSIENT, f"{mailbox.graph_url} did not answer in time") from None
-    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-        # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and what
-        # matters is whether the request went out whole, when Graph may have taken the message
-        if any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc)):
-            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
-                                                      f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                      "have been taken") from None
-        raise TransportFailure(Outcome.TRANSIENT, f"connection to {mailbox.graph_url} failed before the message "
-                                                  f"was sent ({type(root_cause(exc)).__name__})") from None
+    return _call(session, mailbox, "POST", mailbox.send_url, sending=True, data=body,
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
 
 
 def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) -> Delivered:
