@@ -61,21 +61,23 @@ class Checkup:
     steps: list[Step] = field(default_factory=list)
     scrub: Callable[[str], str] = _unchanged
     recording = True  # a workers.transports.steps.Recorder that keeps every step
+    _outcome: str = field(default="", repr=False)
 
     def passed(self, name: str, detail: str) -> None:
         """Record a passed step."""
         self.steps.append(Step(name, Status.PASSED, self.scrub(detail)))
 
-    def failed(self, name: str, detail: str, advice: str, outcome: str = "") -> NoReturn:
+    def failed(self, name: str, detail: str, advice: str) -> NoReturn:
         """Record a failed step and end the checkup."""
-        self.steps.append(Step(name, Status.FAILED, self.scrub(detail), self.scrub(advice), str(outcome)))
+        outcome, self._outcome = self._outcome, ""
+        self.steps.append(Step(name, Status.FAILED, self.scrub(detail), self.scrub(advice), outcome))
         raise Stop(name)
 
     def failed_with(self, name: str, failure: TransportFailure, advice: str = "") -> NoReturn:
         """Record the step the failure names (else `name`) as failed by it, with the failure's own advice, else
         the given one, else the outcome's, and end the checkup (a send raises the same failure, step named)."""
-        self.failed(failure.step or name, failure.problem, failure.advice or advice or ADVICE[failure.outcome],
-                    failure.outcome)
+        self._outcome = str(failure.outcome)  # failed() keeps its signature: subclasses override it
+        self.failed(failure.step or name, failure.problem, failure.advice or advice or ADVICE[failure.outcome])
 
     @contextmanager
     def step(self, name: str, advice: Advice = "") -> Iterator[Note]:

@@ -254,7 +254,8 @@ def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float,
         for address in envelope.recipients:
             _recipient_reply(address, *smtp.rcpt(_rcpt_form(smtp, address)), refused, deferred)
         delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, _data_command)
-        note.detail = _accepted(envelope, delivered)
+        if steps.recording:
+            note.detail = _accepted(envelope, delivered)
     return delivered
 
 
@@ -289,7 +290,8 @@ def _pipelined(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: floa
             _abandon(smtp, data_reply, reset=False)
         delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, lambda _smtp: data_reply,
                              hooked=True)
-        note.detail = _accepted(envelope, delivered)
+        if steps.recording:
+            note.detail = _accepted(envelope, delivered)
     return delivered
 
 
