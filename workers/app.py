@@ -25,7 +25,7 @@ from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
-from workers.scheduler import hand_on_due
+from workers.handing import hand_on_due
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from typing import Callable, Iterable
 
 from workers.constants import TRANSPORT_BATCH, MailService
 from workers.records import Requeue
+from workers.store import Store
 
 Enqueue = Callable[[MailService, list[str], int], None]
 
@@ -22,3 +23,8 @@ def hand_on(enqueue: Enqueue, mails: Iterable[Requeue], batch: int = TRANSPORT_B
         for start in range(0, len(ids), batch):
             enqueue(MailService(service), ids[start:start + batch], priority)
     return count
+
+
+def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
+    """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
+    return hand_on(enqueue, store.take_due_retries(limit))

@@ -11,13 +11,13 @@ import binascii
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
 from typing import Sequence
 
 from workers import mime_parts
+from workers.mime_parts import Sender  # noqa: F401 - part of this module's API
 from workers.attachments import Attachment
 
 from schemas.addresses import ascii_domain_form
@@ -27,17 +27,6 @@ _CRLF = "\r\n"
 # RFC 5322 atext and the spaces between atoms: a display name of only these may be written bare; any other
 # (a `.`, `,`, `"`, `@`, `(`, ...) must be a quoted-string, or a parser reads it as something else.
 _PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-
-
-@dataclass(frozen=True)
-class Sender:
-    """Who a project's mail comes from."""
-
-    address: str
-    name: str | None = None
-    reply_to: str | None = None
-    list_unsubscribe: str | None = None  # the project's URL template, for notifications (workers.mime_parts)
-    list_unsubscribe_post: bool = True
 
 
 def message_id_for(event_id: uuid.UUID | str, domain: str) -> str:

@@ -20,13 +20,11 @@ import hashlib
 import logging
 import secrets
 import urllib.parse
-from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 from workers.attachments import Attachment
 
-if TYPE_CHECKING:
-    from workers.message import Sender
 
 log = logging.getLogger(__name__)
 _CRLF = "\r\n"
@@ -37,7 +35,18 @@ _AUTOMATIC = ["Auto-Submitted: auto-generated", "X-Auto-Response-Suppress: All"]
 Part = Callable[[str, str], str]    # workers.message's text part: (text, subtype) -> headers and body
 
 
-def sender_for(event: dict, sender: "Sender") -> "Sender":
+@dataclass(frozen=True)
+class Sender:
+    """Who a project's mail comes from."""
+
+    address: str
+    name: str | None = None
+    reply_to: str | None = None
+    list_unsubscribe: str | None = None  # the project's URL template, for notifications (workers.mime_parts)
+    list_unsubscribe_post: bool = True
+
+
+def sender_for(event: dict, sender: Sender) -> Sender:
     """The project's sender, with the technician's display name for a record mail that gives one."""
     if event.get("kind") == "record" and event.get("from_name"):
         return replace(sender, name=event["from_name"])
@@ -66,7 +75,7 @@ def threading(event: dict, domain: str) -> tuple[str | None, list[str]]:
     return in_reply_to, references
 
 
-def headers(event: dict, sender: "Sender") -> list[str]:
+def headers(event: dict, sender: Sender) -> list[str]:
     """Threading headers, and for notifications the RFC 3834 auto-reply headers and List-Unsubscribe."""
     if event.get("kind") == "notification" and "in_reply_to" not in event and "references" not in event:
         return _AUTOMATIC + _unsubscribe(event, sender) if sender.list_unsubscribe else _AUTOMATIC  # the hot path
@@ -81,7 +90,7 @@ def headers(event: dict, sender: "Sender") -> list[str]:
     return lines
 
 
-def _unsubscribe(event: dict, sender: "Sender") -> list[str]:
+def _unsubscribe(event: dict, sender: Sender) -> list[str]:
     """RFC 8058 List-Unsubscribe from the project's URL template, or nothing."""
     template = sender.list_unsubscribe
     if not template:

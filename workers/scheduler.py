@@ -16,18 +16,13 @@ from typing import Callable
 from workers import metrics
 from workers.config import Config
 from workers.errors import StoreUnavailable
-from workers.handing import Enqueue, hand_on
+from workers.handing import Enqueue, hand_on, hand_on_due  # noqa: F401 - hand_on_due stays importable here
 from workers.runtime import Runtime
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
 Extra = Callable[[], dict[str, int]]
-
-
-def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
-    """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
-    return hand_on(enqueue, store.take_due_retries(limit))
 
 
 def heartbeat_step(store: Store) -> Extra:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import schemas
 from workers.errors import UnknownProject
 from workers.secrets import SecretBox
+from workers.service_settings import ServiceSettings, typed
 from workers.store import Store
 
 SCHEMA = "project-settings.v1"
+T = TypeVar("T")
 REDACTED = "********"
 
 
@@ -58,6 +61,18 @@ class ProjectSettings:
     def block(self) -> dict[str, Any]:
         """The block of the chosen mail service (e.g. the `smtp` object)."""
         return self.document.get(self.service, {})
+
+    @functools.cached_property
+    def typed(self) -> ServiceSettings:
+        """The chosen mail service's block as its typed settings, built once (workers.service_settings)."""
+        return typed(self.service, self.block())
+
+    def typed_as(self, kind: type[T]) -> T:
+        """The typed settings, which a transport knows the class of (TypeError for another service's)."""
+        found = self.typed
+        if not isinstance(found, kind):
+            raise TypeError(f"project {self.key!r} sends by {self.service}, not by {kind.__name__}")
+        return found
 
 
 class SettingsService:

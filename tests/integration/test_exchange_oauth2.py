@@ -17,6 +17,7 @@ from tests.integration.helpers import event
 from tests.peers.ews import EwsPeer
 from tests.peers.microsoft import MicrosoftPeer, aad_error, graph_error, new_certificate
 from tests.peers.smtp import SmtpPeer
+from workers.service_settings import typed
 from workers.delivery import envelope_for
 from workers.selftest import self_test
 from workers.settings import ProjectSettings
@@ -292,7 +293,7 @@ def test_bcc_names_only_the_recipients_that_to_and_cc_do_not_show(microsoft, tls
 
 def test_a_graph_answer_lost_after_the_message_went_out_is_ambiguous(microsoft, tls_ca):
     settings = exchange_settings(microsoft, tls_ca.ca_path)
-    block, tokens = settings["exchange_oauth2"], MicrosoftTokens(LOOPBACK)
+    block, tokens = typed("exchange_oauth2", settings["exchange_oauth2"]), MicrosoftTokens(LOOPBACK)
     mailbox = graph.Mailbox(microsoft.url, SENDER, str(tls_ca.ca_path), timeout=5, final_reply_timeout=0.2)
     microsoft.graph_delay = 0.5
     with PolicySession(LOOPBACK, ca_file=str(tls_ca.ca_path)) as session, pytest.raises(TransportFailure) as caught:
@@ -308,6 +309,7 @@ def test_the_project_ca_file_decides_trust_for_tokens_and_graph_whatever_the_env
         monkeypatch.setenv(name, str(tls_ca.self_signed().cert_path))
     settings = exchange_settings(microsoft, tls_ca.ca_path)
     block, tokens, client = settings["exchange_oauth2"], MicrosoftTokens(LOOPBACK), graph.GraphClient(LOOPBACK)
+    block, unverified_block = typed("exchange_oauth2", block), typed("exchange_oauth2", {**block, "ca_file": None})
     mailbox = graph.Mailbox(microsoft.url, SENDER, str(tls_ca.ca_path), timeout=5, final_reply_timeout=5)
     token = lambda: tokens.token(("alpha", 1), block, microsoft.scope)  # noqa: E731
     try:
@@ -315,7 +317,7 @@ def test_the_project_ca_file_decides_trust_for_tokens_and_graph_whatever_the_env
         for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
             monkeypatch.setenv(name, str(tls_ca.ca_path))  # the environment's CA never stands in for ca_file
         with pytest.raises(TransportFailure) as refused_token:
-            tokens.token(("beta", 1), {**block, "ca_file": None}, microsoft.scope)
+            tokens.token(("beta", 1), unverified_block, microsoft.scope)
         unverified = graph.Mailbox(microsoft.url, SENDER, None, timeout=5, final_reply_timeout=5)
         with pytest.raises(TransportFailure) as refused_send:
             client.send(unverified, envelope_of(settings), token, lambda: None)

@@ -119,6 +119,8 @@ class _Handler:
         """Demand AUTH if configured, then accept the sender unless a `mail_from_reply` is scripted."""
         self.peer.mail_from_count += 1
         self.peer.mail_options.append(list(options))
+        # what the client had already sent behind MAIL: its RCPTs and DATA when it pipelines (RFC 2920)
+        self.peer.behind_mail.append(bytes(getattr(server._reader, "_buffer", b"")))
         if self.peer.auth_required and not session.authenticated:
             return AUTH_REQUIRED
         reply = self.peer.scripted("mail") or self.peer.mail_from_reply or "250 OK"
@@ -126,6 +128,15 @@ class _Handler:
             envelope.mail_from = address
             envelope.mail_options.extend(options)
         return reply
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO answer, with PIPELINING when the peer offers it (aiosmtpd does not by itself)."""
+        session.host_name = hostname
+        if self.peer.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -279,6 +290,7 @@ class SmtpPeer:
         data_reply: DataReply = None,
         before_data_reply: BeforeData = None,
         smtputf8: bool = False,
+        pipelining: bool = False,
         echo_auth: bool = False,
         data_size_limit: int = 64 * 1024 * 1024,
         ready_timeout: float = 5.0,
@@ -310,6 +322,8 @@ class SmtpPeer:
         self.data_reply = data_reply
         self.before_data_reply = before_data_reply
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining  # offer PIPELINING (RFC 2920); aiosmtpd reads a pipelined group in order
+        self.behind_mail: list[bytes] = []  # per MAIL command, the bytes already received after it
         self.echo_auth = echo_auth
         self.data_size_limit = data_size_limit  # offered as SIZE; a larger message is refused after DATA
         self.mail_from_count = 0  # MAIL commands received, whatever their answer

@@ -22,7 +22,7 @@ from exchangelib import Configuration
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, UnauthorizedError
 
-from workers.diagnosis import DISCOVER
+from workers.transports.steps import DISCOVER
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure
 from workers.transports.ews_auth import Password

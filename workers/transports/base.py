@@ -9,7 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import TYPE_CHECKING, Callable
+from contextlib import AbstractContextManager
+from typing import Any, Callable, NoReturn, Protocol
 
 from schemas.addresses import ascii_domain_form
 from workers.attachments import Attachment
@@ -17,8 +18,6 @@ from workers.constants import MailService
 from workers.errors import DeskmailError
 from workers.settings import ProjectSettings
 
-if TYPE_CHECKING:
-    from workers.diagnosis import Checkup
 
 
 class Outcome(enum.StrEnum):
@@ -93,6 +92,24 @@ class Delivered:
     deferred: dict[str, str] = field(default_factory=dict)
 
 
+class Recorder(Protocol):
+    """Where a client reports the steps of an exchange (workers.transports.steps): a Checkup records them,
+    QUIET does not."""
+
+    @property
+    def recording(self) -> bool:
+        """True when passed steps are kept (the client may then spend a little on describing them)."""
+
+    def passed(self, name: str, detail: str) -> None:
+        """A step passed."""
+
+    def failed_with(self, name: str, failure: TransportFailure, advice: str = "") -> NoReturn:
+        """A step failed by failure: raises."""
+
+    def step(self, name: str, advice: Any = "") -> AbstractContextManager[Any]:
+        """Run a step's body; a TransportFailure out of it fails the step."""
+
+
 class Transport(abc.ABC):
     """One mail service. Implementations live one per module under workers/transports/."""
 
@@ -102,9 +119,9 @@ class Transport(abc.ABC):
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver one message, or raise TransportFailure."""
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: "Checkup") -> None:
-        """The Test action: send envelope step by step on fresh connections and tokens, recording each step
-        in checkup (workers.diagnosis); a failed step raises diagnosis.Stop."""
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
+        """The Test action: send envelope through the same client as send, on fresh connections and tokens,
+        reporting each step to checkup (a workers.diagnosis.Checkup, whose failed step raises diagnosis.Stop)."""
         raise NotImplementedError(f"the {self.service} transport has no Test action")
 
     def close(self) -> None:

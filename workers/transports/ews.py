@@ -25,30 +25,19 @@ from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, R
 from exchangelib.protocol import Protocol
 
 from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER, Checkup
-from workers.transports import phase, tls
+from workers.transports import ews_replies, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 from workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
 from workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
 from workers.transports.https import ANSWER_LOST, Refused, causes
+from workers.transports.replies import Scope
 
 VERSION = Build(15, 20)  # Exchange 2016 and later: with the version preset, exchangelib sends no ConvertId probe
 MAX_CONNECTIONS = 4      # per account and process; Exchange throttles concurrent EWS connections per user
 MAX_IDLE = 30.0          # seconds; connections idle longer are closed before use, so that a send does not race
                          # a server or load balancer closing them (a lost answer makes the mail ambiguous)
 
-SENDER_REFUSALS = frozenset({
-    "ErrorNonExistentMailbox", "ErrorSendAsDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied",
-    "ErrorImpersonationFailed", "ErrorAccessDenied", "ErrorNonPrimarySmtpAddress", "ErrorAccountDisabled",
-    "ErrorInvalidExchangeImpersonationHeaderData", "ErrorMailboxLogonFailed", "ErrorCreateItemAccessDenied",
-    "ErrorInvalidSmtpAddress", "ErrorMailboxConfiguration"})
-QUOTA_CODES = frozenset({"ErrorQuotaExceeded", "ErrorSubmissionQuotaExceeded"})
-RECIPIENT_REFUSALS = frozenset({"ErrorInvalidRecipients", "ErrorMailRecipientNotFound", "ErrorMissingRecipients"})
 REWRAPPED = (ErrorServerBusy, ErrorTimeoutExpired)  # what exchangelib re-raises connection errors as
-PASSING = frozenset({
-    "ErrorServerBusy", "ErrorInternalServerTransientError", "ErrorInternalServerError", "ErrorTimeoutExpired",
-    "ErrorMailboxStoreUnavailable", "ErrorMailboxMoveInProgress", "ErrorMailboxFailover", "ErrorADUnavailable",
-    "ErrorTooManyObjectsOpened", "ErrorExceededConnectionCount", "ErrorConnectionFailed",
-    "ErrorConnectionFailedTransientError"})
 
 
 class EwsFailure(TransportFailure):
@@ -152,14 +141,15 @@ def _ews_failure(exc: BaseException, auth: Auth, mailbox: str) -> EwsFailure:
     """An answer of EWS itself: a ResponseCode, a SOAP fault, or something unexpected."""
     code = type(exc).__name__ if isinstance(exc, ResponseMessageError) else ""
     said = f"{code}: {_short(exc)}" if code else _short(exc)
-    if code in QUOTA_CODES or "SubmissionQuotaExceeded" in str(exc):
+    rule = ews_replies.rule_for(code, str(exc))
+    if rule.outcome is Outcome.QUOTA:
         return EwsFailure(Outcome.QUOTA, f"Exchange sending quota: {said}", answered=True)
-    if code in SENDER_REFUSALS:
+    if rule.outcome is Outcome.CONFIGURATION:
         return EwsFailure(Outcome.CONFIGURATION, f"Exchange refused {mailbox} as the sender for {auth.who}: {said}",
-                          SENDER, advice=auth.sender_advice(mailbox), answered=True)
-    if code in RECIPIENT_REFUSALS:
+                          rule.step or SEND, advice=auth.sender_advice(mailbox), answered=True)
+    if rule.scope is Scope.RECIPIENT:
         return EwsFailure(Outcome.PERMANENT, f"Exchange refused the recipients: {said}", answered=True)
-    if code in PASSING:
+    if rule.outcome is Outcome.TRANSIENT:
         return EwsFailure(Outcome.TRANSIENT, f"Exchange is busy or unavailable: {said}", answered=True,
                           retry_after=getattr(exc, "back_off", None) or None)
     return EwsFailure(Outcome.PERMANENT, f"Exchange refused the message: {said}", answered=bool(code))

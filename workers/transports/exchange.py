@@ -15,8 +15,9 @@ from workers import diagnosis
 from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.diagnosis import Checkup
+from workers.service_settings import ExchangeSettings
 from workers.settings import ProjectSettings
-from workers.transports import autodiscover, ews
+from workers.transports import autodiscover, ews, probes
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint
 
@@ -24,30 +25,30 @@ DISCOVERY_TTL = 3600.0  # seconds; Outlook asks Autodiscover again about as ofte
 NO_EWS_URL = "set ews_url to the server's EWS endpoint, or autodiscover: true"
 
 
-def endpoint_of(block: dict, final_reply_timeout: float, url: str | None = None) -> Endpoint:
-    """The EWS endpoint of an `exchange` settings block, at url when Autodiscover found it."""
-    url = url or block.get("ews_url")
+def endpoint_of(exchange: ExchangeSettings, final_reply_timeout: float, url: str | None = None) -> Endpoint:
+    """The EWS endpoint of the `exchange` settings, at url when Autodiscover found it."""
+    url = url or exchange.ews_url
     if not url:
         raise TransportFailure(Outcome.CONFIGURATION, NO_EWS_URL)
-    return Endpoint(url=url, verify=block.get("verify_certificate", True), ca_file=block.get("ca_file"),
-                    timeout=float(block.get("timeout_seconds", 30)), final_reply_timeout=final_reply_timeout)
+    return Endpoint(url=url, verify=exchange.verify_certificate, ca_file=exchange.ca_file,
+                    timeout=float(exchange.timeout_seconds), final_reply_timeout=final_reply_timeout)
 
 
-def password_of(block: dict) -> ews.Password:
+def password_of(exchange: ExchangeSettings) -> ews.Password:
     """The account's password credentials."""
-    return ews.Password(block["username"], block["password"], block.get("auth_type", "ntlm"))
+    return ews.Password(exchange.username, exchange.password, exchange.auth_type)
 
 
-def mailbox_of(block: dict, envelope: Envelope) -> str:
-    """The mailbox that sends: the block's sender, else the project's from_address."""
-    return block.get("sender") or envelope.sender
+def mailbox_of(exchange: ExchangeSettings, envelope: Envelope) -> str:
+    """The mailbox that sends: the settings' sender, else the project's from_address."""
+    return exchange.sender or envelope.sender
 
 
-def discover(block: dict, mailbox: str, allow: tuple) -> autodiscover.Found:
-    """Ask Autodiscover for the mailbox's EWS URL with the block's account, trust and timeout."""
-    return autodiscover.discover(mailbox, password_of(block), allow=allow, ca_file=block.get("ca_file"),
-                                 verify=block.get("verify_certificate", True),
-                                 timeout=float(block.get("timeout_seconds", 30)))
+def discover(exchange: ExchangeSettings, mailbox: str, allow: tuple) -> autodiscover.Found:
+    """Ask Autodiscover for the mailbox's EWS URL with the settings' account, trust and timeout."""
+    return autodiscover.discover(mailbox, password_of(exchange), allow=allow, ca_file=exchange.ca_file,
+                                 verify=exchange.verify_certificate, timeout=float(exchange.timeout_seconds))
+
 
 
 class ExchangeTransport(Transport):
@@ -64,26 +65,27 @@ class ExchangeTransport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver through the project's Exchange server."""
-        block = settings.block()
-        mailbox = mailbox_of(block, envelope)
+        exchange = settings.typed_as(ExchangeSettings)
+        mailbox = mailbox_of(exchange, envelope)
         found = (settings.key, settings.version, mailbox.lower())
-        url = self._ews_url(found, block, mailbox) if block.get("autodiscover") else None
+        url = self._ews_url(found, exchange, mailbox) if exchange.autodiscover else None
         try:
-            return self.sender.send((settings.key, settings.version), endpoint_of(block, self.final_reply_timeout, url),
-                                    password_of(block), mailbox, envelope)
+            return self.sender.send((settings.key, settings.version),
+                                    endpoint_of(exchange, self.final_reply_timeout, url), password_of(exchange),
+                                    mailbox, envelope)
         except ews.EwsFailure as failure:
             if url and not failure.answered and failure.step == diagnosis.AUTHENTICATION:
                 with self._lock:
                     self._discovered.pop(found, None)
             raise
 
-    def _ews_url(self, found: tuple[str, int, str], block: dict, mailbox: str) -> str:
+    def _ews_url(self, found: tuple[str, int, str], exchange: ExchangeSettings, mailbox: str) -> str:
         """The discovered EWS URL for the mailbox: this process's, if recent, else Autodiscover's."""
         with self._lock:
             known = self._discovered.get(found)
         if known and time.monotonic() - known[1] < DISCOVERY_TTL:
             return known[0]
-        url = discover(block, mailbox, self.sender.allow).ews_url
+        url = discover(exchange, mailbox, self.sender.allow).ews_url
         with self._lock:
             for key in [k for k in self._discovered if k[0] == found[0] and k[1] != found[1]]:
                 del self._discovered[key]  # an older settings version's
@@ -93,22 +95,22 @@ class ExchangeTransport(Transport):
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
         """Autodiscover if set; DNS, TCP and TLS to the EWS host; then authentication, sender and send with one
         CreateItem."""
-        block = settings.block()
-        mailbox = mailbox_of(block, envelope)
+        exchange = settings.typed_as(ExchangeSettings)
+        mailbox = mailbox_of(exchange, envelope)
         url = None
-        if block.get("autodiscover"):
+        if exchange.autodiscover:
             with checkup.step(diagnosis.DISCOVER) as note:
-                found = discover(block, mailbox, self.sender.allow)
+                found = discover(exchange, mailbox, self.sender.allow)
                 note.detail = f"{found.source} gave {found.ews_url}" + \
                     (f" (the mailbox is {found.address})" if found.address.lower() != mailbox.lower() else "")
             url = found.ews_url
         try:
-            endpoint = endpoint_of(block, self.final_reply_timeout, url)
+            endpoint = endpoint_of(exchange, self.final_reply_timeout, url)
         except TransportFailure as failure:
             checkup.failed(diagnosis.RESOLVE, failure.detail, "fix the project's exchange settings")
-        diagnosis.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
+        probes.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
                                  allow=self.sender.allow, timeout=endpoint.timeout)
-        ews.diagnose(checkup, endpoint, password_of(block), mailbox, envelope, self.sender.allow)
+        ews.diagnose(checkup, endpoint, password_of(exchange), mailbox, envelope, self.sender.allow)
 
     def close(self) -> None:
         """Close the connections of every cached account."""

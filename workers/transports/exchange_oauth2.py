@@ -3,16 +3,16 @@ sendMail (route `graph`, the default), SMTP AUTH XOAUTH2 (route `smtp`) or EWS (
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import msal
 
-from workers import diagnosis
 from workers.constants import MailService
 from workers.scrub import scrubbed
 from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
+from workers.service_settings import ExchangeOAuth2Settings
 from workers.settings import ProjectSettings
-from workers.transports import ews, graph, smtp_checkup, smtp_session
+from workers.transports import ews, graph, probes, smtp_session
 from workers.transports.base import Delivered, Envelope, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint as EwsEndpoint
 from workers.transports.graph import GraphClient, Mailbox
@@ -20,17 +20,13 @@ from workers.transports.https import PolicySession
 from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, acquire, build_app, close_app, \
     scope_for
 from workers.transports.smtp import SmtpSender, submission_endpoint
-
-EWS_URL = "https://outlook.office365.com/EWS/Exchange.asmx"
-SMTP_HOST = "smtp.office365.com"
-Token, Drop = Callable[[], str], Callable[[], None]  # a bearer token source, and how to tell it a token was refused
+from workers.transports.tokens import Bound
 
 
-def scope_of(block: dict) -> str:
+def scope_of(microsoft: ExchangeOAuth2Settings) -> str:
     """Graph's scope for route graph; Exchange Online's (the origin of ews_url) for routes ews and smtp."""
-    if block.get("route", "graph") == "graph":
-        return scope_for(block.get("graph_url", graph.GRAPH_URL))
-    return scope_for(block.get("ews_url", EWS_URL))
+    return scope_for(microsoft.graph_url if microsoft.route == "graph" else microsoft.ews_url)
+
 
 
 class ExchangeOAuth2Transport(Transport):
@@ -47,32 +43,31 @@ class ExchangeOAuth2Transport(Transport):
 
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
-        """Deliver by the block's route with a cached token for the app registration."""
-        block = settings.block()
-        key, scope = (settings.key, settings.version), scope_of(block)
-        token: Token = lambda: self.tokens.token(key, block, scope)  # noqa: E731
-        drop: Drop = lambda: self.tokens.drop(key)  # noqa: E731
-        route = block.get("route", "graph")
-        if route == "smtp":
-            auth = smtp_session.XOAuth2(block["sender"], token, drop)
-            return self.smtp.send(key, self._smtp_endpoint(block), auth, envelope)
-        if route == "ews":
-            auth = ews.Token(block["client_id"], token, drop)
-            return self.ews.send(key, self._ews_endpoint(block), auth, block["sender"], envelope)
-        return self.graph.send(self._mailbox(block), envelope, token, drop)
+        """Deliver by the settings' route with a cached token for the app registration."""
+        microsoft = settings.typed_as(ExchangeOAuth2Settings)
+        key = (settings.key, settings.version)
+        source = self.tokens.source(key, microsoft, scope_of(microsoft))
+        if microsoft.route == "smtp":
+            auth = smtp_session.XOAuth2(microsoft.sender, source)
+            return self.smtp.send(key, self._smtp_endpoint(microsoft), auth, envelope)
+        if microsoft.route == "ews":
+            return self.ews.send(key, self._ews_endpoint(microsoft),
+                                 ews.Token(microsoft.client_id, source.token, source.drop), microsoft.sender,
+                                 envelope)
+        return self.graph.send(self._mailbox(microsoft), envelope, source.token, source.drop)
 
     def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
         """The Test action: the authority's endpoint, a fresh token, then the route's own steps."""
-        block = settings.block()
-        registration, scope = AppRegistration.from_block(block), scope_of(block)
-        diagnosis.https_endpoint(checkup, registration.authority_url, ca_file=registration.ca_file,
-                                 allow=self.allow, timeout=registration.timeout)
+        microsoft = settings.typed_as(ExchangeOAuth2Settings)
+        registration, scope = AppRegistration.of(microsoft), scope_of(microsoft)
+        probes.https_endpoint(checkup, registration.authority_url, ca_file=registration.ca_file,
+                              allow=self.allow, timeout=registration.timeout)
         app = self._fresh_token(checkup, registration, scope)
-        route_steps = {"smtp": self._diagnose_smtp, "ews": self._diagnose_ews}.get(block.get("route", "graph"),
+        route_steps = {"smtp": self._diagnose_smtp, "ews": self._diagnose_ews}.get(microsoft.route,
                                                                                    self._diagnose_graph)
         try:
-            route_steps(checkup, block, envelope, lambda: acquire(app, registration, scope),
-                        app.remove_tokens_for_client)
+            route_steps(checkup, microsoft, envelope,
+                        Bound(lambda: acquire(app, registration, scope), app.remove_tokens_for_client))
         finally:
             close_app(app)
 
@@ -89,43 +84,46 @@ class ExchangeOAuth2Transport(Transport):
         checkup.passed(TOKEN, f"app-only token for {scope} from {registration.authority}")
         return app
 
-    def _diagnose_graph(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
+    def _diagnose_graph(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+                        source: Bound) -> None:
         """Graph's endpoint, then one real sendMail: a 202 proves the token, the sender and the send."""
-        mailbox = self._mailbox(block)
-        diagnosis.https_endpoint(checkup, mailbox.graph_url, ca_file=mailbox.ca_file, allow=self.allow,
-                                 timeout=mailbox.timeout)
+        mailbox = self._mailbox(microsoft)
+        probes.https_endpoint(checkup, mailbox.graph_url, ca_file=mailbox.ca_file, allow=self.allow,
+                              timeout=mailbox.timeout)
         try:
             with PolicySession(self.allow, ca_file=mailbox.ca_file) as session:
-                delivered = graph.send(session, mailbox, envelope, token, drop)
+                delivered = graph.send(session, mailbox, envelope, source.token, source.drop)
         except TransportFailure as failure:
-            checkup.failed_with(failure.step or SEND, failure)
+            checkup.failed_with(SEND, failure)
         checkup.passed(AUTHENTICATION, "Graph accepted the token")
         checkup.passed(SENDER, f"the app may send as {mailbox.sender} (Mail.Send)")
         checkup.passed(SEND, f"accepted for {', '.join(envelope.recipients)}: {delivered.detail}")
 
-    def _diagnose_smtp(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
-        """The shared SMTP steps, logging in with XOAUTH2 as the sender."""
-        auth = smtp_session.XOAuth2(block["sender"], token, drop)
-        smtp_checkup.diagnose(checkup, self._smtp_endpoint(block), auth, envelope, self.allow)
+    def _diagnose_smtp(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+                       source: Bound) -> None:
+        """The SMTP client's steps, logging in with XOAUTH2 as the sender."""
+        auth = smtp_session.XOAuth2(microsoft.sender, source)
+        self.smtp.test(self._smtp_endpoint(microsoft), auth, envelope, checkup)
 
-    def _diagnose_ews(self, checkup: Checkup, block: dict, envelope: Envelope, token: Token, drop: Drop) -> None:
+    def _diagnose_ews(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+                      source: Bound) -> None:
         """The EWS host's endpoint, then the shared EWS steps (impersonating the sender) on a fresh account."""
-        endpoint = self._ews_endpoint(block)
-        diagnosis.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, allow=self.allow,
-                                 timeout=endpoint.timeout)
-        ews.diagnose(checkup, endpoint, ews.Token(block["client_id"], token, drop), block["sender"], envelope,
-                     self.allow)
+        endpoint = self._ews_endpoint(microsoft)
+        probes.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, allow=self.allow,
+                              timeout=endpoint.timeout)
+        ews.diagnose(checkup, endpoint, ews.Token(microsoft.client_id, source.token, source.drop),
+                     microsoft.sender, envelope, self.allow)
 
-    def _mailbox(self, block: dict) -> Mailbox:
-        return Mailbox(block.get("graph_url", graph.GRAPH_URL), block["sender"], block.get("ca_file"),
-                       float(block.get("timeout_seconds", 30)), self.smtp.final_reply_timeout)
+    def _mailbox(self, microsoft: ExchangeOAuth2Settings) -> Mailbox:
+        return Mailbox(microsoft.graph_url, microsoft.sender, microsoft.ca_file, float(microsoft.timeout_seconds),
+                       self.smtp.final_reply_timeout)
 
-    def _smtp_endpoint(self, block: dict) -> smtp_session.Endpoint:
-        return submission_endpoint(block, SMTP_HOST, self.smtp.final_reply_timeout)
+    def _smtp_endpoint(self, microsoft: ExchangeOAuth2Settings) -> smtp_session.Endpoint:
+        return submission_endpoint(microsoft, self.smtp.final_reply_timeout)
 
-    def _ews_endpoint(self, block: dict) -> EwsEndpoint:
-        return EwsEndpoint(url=block.get("ews_url", EWS_URL), ca_file=block.get("ca_file"),
-                           timeout=float(block.get("timeout_seconds", 30)),
+    def _ews_endpoint(self, microsoft: ExchangeOAuth2Settings) -> EwsEndpoint:
+        return EwsEndpoint(url=microsoft.ews_url, ca_file=microsoft.ca_file,
+                           timeout=float(microsoft.timeout_seconds),
                            final_reply_timeout=self.smtp.final_reply_timeout)
 
     def close(self) -> None:

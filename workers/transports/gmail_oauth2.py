@@ -6,11 +6,12 @@ from typing import Iterable
 
 from workers.constants import MailService
 from workers.scrub import scrubbed
+from workers.service_settings import GmailSettings
 from workers.settings import ProjectSettings
-from workers.diagnosis import TOKEN, Checkup
-from workers.transports import smtp_checkup, smtp_session
+from workers.transports import smtp_session
+from workers.transports.steps import TOKEN, Recorder
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
-from workers.transports.google_tokens import DEFAULT_TOKEN_URI, GoogleTokens, token_advice
+from workers.transports.google_tokens import GoogleTokens, token_advice
 from workers.transports.smtp import SmtpSender, submission_endpoint
 
 
@@ -22,6 +23,7 @@ def check_gmail_cap(envelope: Envelope) -> None:
     if envelope.attachment_bytes > MAX_ATTACHMENT_BYTES:
         raise TransportFailure(Outcome.PERMANENT, f"the attachments are {envelope.attachment_bytes} bytes together, "
                                                   f"over Gmail's cap of {MAX_ATTACHMENT_BYTES} bytes per mail")
+
 
 
 class GmailOAuth2Transport(Transport):
@@ -37,24 +39,23 @@ class GmailOAuth2Transport(Transport):
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over Gmail's SMTP with a bearer token for the sender."""
         check_gmail_cap(envelope)
-        block = settings.block()
+        gmail = settings.typed_as(GmailSettings)
         key = (settings.key, settings.version)
-        auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),
-                                    lambda: self.tokens.drop(key))
-        return self.sender.send(key, self._endpoint(block), auth, envelope)
+        auth = smtp_session.XOAuth2(gmail.sender, self.tokens.source(key, gmail))
+        return self.sender.send(key, self._endpoint(gmail), auth, envelope)
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action: a fresh token from Google, then the SMTP steps on a connection of its own."""
-        block = settings.block()
+        gmail = settings.typed_as(GmailSettings)
         tokens, key = GoogleTokens(self.sender.allow), (settings.key, "test")
+        source = tokens.source(key, gmail)
         with checkup.step(TOKEN, token_advice) as note:
-            tokens.token(key, block)
-            note.detail = f"access token for {block['sender']} from {block.get('token_uri') or DEFAULT_TOKEN_URI}"
-        auth = smtp_session.XOAuth2(block["sender"], lambda: tokens.token(key, block), lambda: None)
-        smtp_checkup.diagnose(checkup, self._endpoint(block), auth, envelope, self.sender.allow)
+            source.token()
+            note.detail = f"access token for {gmail.sender} from {gmail.token_uri}"
+        self.sender.test(self._endpoint(gmail), smtp_session.XOAuth2(gmail.sender, source), envelope, checkup)
 
-    def _endpoint(self, block: dict) -> smtp_session.Endpoint:
-        return submission_endpoint(block, "smtp.gmail.com", self.sender.final_reply_timeout)
+    def _endpoint(self, gmail: GmailSettings) -> smtp_session.Endpoint:
+        return submission_endpoint(gmail, self.sender.final_reply_timeout)
 
     def close(self) -> None:
         """Close this thread's sessions."""

@@ -11,8 +11,10 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from workers import metrics
+from workers.service_settings import GmailSettings
 from workers.transports.base import Outcome, TransportFailure
 from workers.transports.https import PolicySession
+from workers.transports.tokens import Bound
 
 SCOPES = ["https://mail.google.com/"]
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -58,16 +60,15 @@ class _TimedRequest(google.auth.transport.requests.Request):
         return super().__call__(url, method, body, headers, timeout=timeout or self.timeout, **kwargs)
 
 
-def credentials_for(block: dict):  # noqa: ANN201 - a google.auth credentials object
+def credentials_for(gmail: GmailSettings):  # noqa: ANN201 - a google.auth credentials object
     """Service-account (domain-wide delegation, subject = sender) or OAuth client + refresh token credentials."""
-    token_uri = block.get("token_uri") or DEFAULT_TOKEN_URI
-    key = block.get("service_account_key")
-    if key:
-        info = {**key, "token_uri": token_uri}
+    token_uri = gmail.token_uri or DEFAULT_TOKEN_URI
+    if gmail.service_account_key:
+        info = {**gmail.service_account_key, "token_uri": token_uri}
         return service_account.Credentials.from_service_account_info(info, scopes=SCOPES).with_subject(
-            block["sender"])
-    return user_credentials.Credentials(None, refresh_token=block["refresh_token"], token_uri=token_uri,
-                                        client_id=block["client_id"], client_secret=block["client_secret"],
+            gmail.sender)
+    return user_credentials.Credentials(None, refresh_token=gmail.refresh_token, token_uri=token_uri,
+                                        client_id=gmail.client_id, client_secret=gmail.client_secret,
                                         scopes=SCOPES)
 
 
@@ -89,26 +90,30 @@ class GoogleTokens:
         self._creds: dict[Hashable, object] = {}
         self._lock = threading.Lock()
 
-    def token(self, key: Hashable, block: dict) -> str:
+    def token(self, key: Hashable, gmail: GmailSettings) -> str:
         """A valid access token for the account, refreshing it when needed."""
         with self._lock:
             creds = self._creds.get(key)
             if creds is None:
-                creds = self._creds[key] = credentials_for(block)
+                creds = self._creds[key] = credentials_for(gmail)
             if not creds.valid:
-                self._refresh(creds, block)
+                self._refresh(creds, gmail)
             return creds.token
 
-    def _refresh(self, creds, block: dict) -> None:  # noqa: ANN001 - a google.auth credentials object
+    def _refresh(self, creds, gmail: GmailSettings) -> None:  # noqa: ANN001 - a google.auth credentials object
         """Ask the token endpoint for a new token; a refused address or an unusable ca_file raises its own
         TransportFailure from the session."""
-        timeout = float(block.get("timeout_seconds", 30))
-        with PolicySession(self.allow, ca_file=block.get("ca_file"), timeout=timeout) as session:
+        timeout = float(gmail.timeout_seconds)
+        with PolicySession(self.allow, ca_file=gmail.ca_file, timeout=timeout) as session:
             try:
                 creds.refresh(_TimedRequest(session, timeout))
             except google.auth.exceptions.GoogleAuthError as exc:
                 metrics.token_refresh_failed("gmail_oauth2")
                 raise _refresh_failure(exc) from None
+
+    def source(self, key: Hashable, gmail: GmailSettings) -> Bound:
+        """The account's token source (workers.transports.tokens)."""
+        return Bound(lambda: self.token(key, gmail), lambda: self.drop(key))
 
     def drop(self, key: Hashable) -> None:
         """Forget the account's token (the server refused it)."""

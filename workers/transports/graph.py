@@ -16,14 +16,11 @@ import requests
 
 from schemas.addresses import ascii_domain_form
 from workers.attachments import Attachment
-from workers.diagnosis import AUTHENTICATION, SENDER
-from workers.transports import https, phase, tls
+from workers.transports import graph_replies, https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
 
 GRAPH_URL = "https://graph.microsoft.com"
-QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
-BUSY = {429, 503, 504}
 MIME_LIMIT = 4_000_000  # bytes of a sendMail request body; Graph refuses requests over about 4 MB
 UPLOAD_CHUNK = 10 * 320 * 1024  # Graph wants upload chunks in multiples of 320 KiB, each under 4 MB
 
@@ -157,12 +154,14 @@ def _call(session: requests.Session, mailbox: Mailbox, method: str, url: str, *,
         raise TransportFailure(Outcome.CONFIGURATION, detail) from None
     except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
         lost = any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc))
-        if lost and sending:
-            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the send of the draft "
+        if lost and sending and not isinstance(exc, requests.exceptions.ConnectTimeout):
+            # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and
+            # what matters is whether the request went out whole, when Graph may have taken the message
+            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
                                                       f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                      "have been sent") from None
+                                                      "have been taken") from None
         raise TransportFailure(Outcome.TRANSIENT, f"{method} {urllib.parse.urlsplit(url).path} failed before the "
-                                                  f"mail was sent ({type(root_cause(exc)).__name__})") from None
+                                                  f"message was sent ({type(root_cause(exc)).__name__})") from None
 
 
 def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: str, token: Callable[[], str]) -> None:
@@ -176,25 +175,8 @@ def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: st
 
 def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) -> requests.Response:
     """One sendMail request; errors classified by whether Graph may have taken the message."""
-    try:
-        return session.post(mailbox.send_url, data=body, allow_redirects=False,
-                            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
-                            timeout=(mailbox.timeout, mailbox.final_reply_timeout))
-    except requests.exceptions.SSLError as exc:
-        parts = urllib.parse.urlsplit(mailbox.graph_url)
-        detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
-        raise TransportFailure(Outcome.CONFIGURATION, detail) from None
-    except requests.exceptions.ConnectTimeout:
-        raise TransportFailure(Outcome.TRANSIENT, f"{mailbox.graph_url} did not answer in time") from None
-    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-        # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and what
-        # matters is whether the request went out whole, when Graph may have taken the message
-        if any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc)):
-            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
-                                                      f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                      "have been taken") from None
-        raise TransportFailure(Outcome.TRANSIENT, f"connection to {mailbox.graph_url} failed before the message "
-                                                  f"was sent ({type(root_cause(exc)).__name__})") from None
+    return _call(session, mailbox, "POST", mailbox.send_url, sending=True, data=body,
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
 
 
 def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) -> Delivered:
@@ -207,33 +189,23 @@ def _outcome(response: requests.Response, mailbox: Mailbox, envelope: Envelope) 
     code, message = _error_of(response)
     words = f"{status} {code}: {message}"[:500]
     wait = https.retry_after(response.headers.get("Retry-After"))
-    if any(marker in f"{code} {message}".lower() for marker in QUOTA_MARKERS):
-        raise TransportFailure(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: "
-                                              f"{words}", retry_after=wait)
-    if status in BUSY or status >= 500:
-        raise TransportFailure(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", retry_after=wait)
-    if status in (401, 403, 404):
-        raise _refused(status, words, mailbox, envelope)
-    raise TransportFailure(Outcome.PERMANENT, f"Graph refused the message: {words}")
+    rule = graph_replies.rule_for(status, code, message)
+    if rule.outcome is Outcome.QUOTA:
+        raise advised(Outcome.QUOTA, f"Graph: the mailbox {mailbox.sender} is over its sending limit: {words}",
+                      rule.advice, retry_after=wait)
+    if rule.outcome is Outcome.TRANSIENT:
+        raise advised(Outcome.TRANSIENT, f"Graph is busy or failing: {words}", rule.advice, retry_after=wait)
+    if rule.outcome is Outcome.CONFIGURATION:
+        send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
+            f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
+        problem = PROBLEMS.get(status, PROBLEMS[403]).format(sender=mailbox.sender, words=words)
+        raise advised(Outcome.CONFIGURATION, problem, rule.advice.format(sender=mailbox.sender, send_as=send_as),
+                      step=rule.step or None)
+    raise advised(Outcome.PERMANENT, f"Graph refused the message: {words}", rule.advice)
 
 
-def _refused(status: int, words: str, mailbox: Mailbox, envelope: Envelope) -> TransportFailure:
-    """The configuration failure for a refused token (401), sender (403) or mailbox (404)."""
-    if status == 401:
-        return advised(Outcome.CONFIGURATION, f"Graph refused the access token: {words}",
-                       "check that graph_url belongs to the same Microsoft cloud as authority_url",
-                       step=AUTHENTICATION)
-    if status == 404:
-        return advised(Outcome.CONFIGURATION, f"Graph has no mailbox {mailbox.sender}: {words}",
-                       "set sender to a mailbox in Exchange Online of this tenant (a licensed user or shared "
-                       f"mailbox); MailboxNotEnabledForRESTAPI means {mailbox.sender} is on-premises, inactive "
-                       "or unlicensed", step=SENDER)
-    send_as = "" if envelope.sender.lower() == mailbox.sender.lower() else \
-        f"; and give {mailbox.sender} Send As rights on {envelope.sender}, the from address"
-    return advised(Outcome.CONFIGURATION, f"Graph refused to send as {mailbox.sender}: {words}",
-                   "grant the app registration the Mail.Send application permission (Microsoft Graph) with "
-                   "admin consent; if an application access policy limits the app to some mailboxes, add "
-                   f"{mailbox.sender} to it{send_as}", step=SENDER)
+PROBLEMS = {401: "Graph refused the access token: {words}", 404: "Graph has no mailbox {sender}: {words}",
+            403: "Graph refused to send as {sender}: {words}"}
 
 
 def _error_of(response: requests.Response) -> tuple[str, str]:

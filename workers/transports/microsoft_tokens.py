@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from workers import metrics
 from workers.scrub import Scrubber
+from workers.service_settings import ExchangeOAuth2Settings
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure, advised
 from workers.transports.https import PolicySession, root_cause
+from workers.transports.tokens import Bound
 
 AUTHORITY_URL = "https://login.microsoftonline.com"
 Key = tuple[str, int]  # (project, settings version): new settings get a new app, the old one is closed
@@ -72,14 +74,13 @@ class AppRegistration:
     timeout: float = 30.0
 
     @classmethod
-    def from_block(cls, block: dict) -> "AppRegistration":
-        """Read the registration from the settings block."""
-        certificate = block.get("certificate")
+    def of(cls, microsoft: ExchangeOAuth2Settings) -> "AppRegistration":
+        """The registration in the `exchange_oauth2` settings."""
+        certificate = microsoft.certificate
         credential = {"private_key": certificate["private_key"], "thumbprint": certificate["thumbprint"]} \
-            if certificate else block["client_secret"]
-        return cls(block["tenant_id"], block["client_id"], credential,
-                   block.get("authority_url", AUTHORITY_URL).rstrip("/"), block.get("ca_file"),
-                   float(block.get("timeout_seconds", 30)))
+            if certificate else (microsoft.client_secret or "")
+        return cls(microsoft.tenant_id, microsoft.client_id, credential, microsoft.authority_url.rstrip("/"),
+                   microsoft.ca_file, float(microsoft.timeout_seconds))
 
     @property
     def authority(self) -> str:
@@ -241,14 +242,18 @@ class MicrosoftTokens:
         self._accounts: dict[Key, _Account] = {}
         self._lock = threading.Lock()
 
-    def token(self, key: Key, block: dict, scope: str) -> str:
+    def token(self, key: Key, microsoft: ExchangeOAuth2Settings, scope: str) -> str:
         """A valid access token for the account and scope."""
         account = self._account(key)
         with account.lock:
-            registration = AppRegistration.from_block(block)
+            registration = AppRegistration.of(microsoft)
             if account.app is None:
                 account.app = build_app(registration, self.allow)
             return acquire(account.app, registration, scope)
+
+    def source(self, key: Key, microsoft: ExchangeOAuth2Settings, scope: str) -> Bound:
+        """The account's token source for scope (workers.transports.tokens)."""
+        return Bound(lambda: self.token(key, microsoft, scope), lambda: self.drop(key))
 
     def drop(self, key: Key) -> None:
         """Forget the account's tokens (a server refused one): the next call asks Entra ID again."""

@@ -7,35 +7,34 @@ from typing import Iterable
 
 from workers.constants import MailService
 from workers.scrub import scrubbed
+from workers.service_settings import ExchangeOAuth2Settings, GmailSettings, SmtpSettings
 from workers.settings import ProjectSettings
-from workers.diagnosis import Checkup
-from workers.transports import smtp_checkup, smtp_session
+from workers.transports import smtp_session
+from workers.transports.steps import Recorder
 from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.sessions import SessionCache
 
 
-def endpoint_of(block: dict, final_reply_timeout: float) -> smtp_session.Endpoint:
-    """The SMTP endpoint described by a settings block."""
+def endpoint_of(smtp: SmtpSettings, final_reply_timeout: float) -> smtp_session.Endpoint:
+    """The SMTP endpoint described by the `smtp` settings."""
     return smtp_session.Endpoint(
-        host=block["host"], port=int(block["port"]), security=block.get("security", "starttls"),
-        verify=block.get("verify_certificate", True), ca_file=block.get("ca_file"),
-        timeout=float(block.get("timeout_seconds", 30)), final_reply_timeout=final_reply_timeout)
+        host=smtp.host, port=int(smtp.port), security=smtp.security, verify=smtp.verify_certificate,
+        ca_file=smtp.ca_file, timeout=float(smtp.timeout_seconds), final_reply_timeout=final_reply_timeout)
 
 
-def submission_endpoint(block: dict, default_host: str, final_reply_timeout: float) -> smtp_session.Endpoint:
+def submission_endpoint(service: GmailSettings | ExchangeOAuth2Settings,
+                        final_reply_timeout: float) -> smtp_session.Endpoint:
     """The provider's STARTTLS submission endpoint (`smtp_host`, `smtp_port`), for the OAuth2 services."""
     return smtp_session.Endpoint(
-        host=block.get("smtp_host", default_host), port=int(block.get("smtp_port", 587)), security="starttls",
-        ca_file=block.get("ca_file"), timeout=float(block.get("timeout_seconds", 30)),
-        final_reply_timeout=final_reply_timeout)
+        host=service.smtp_host, port=int(service.smtp_port), security="starttls", ca_file=service.ca_file,
+        timeout=float(service.timeout_seconds), final_reply_timeout=final_reply_timeout)
 
 
-def authenticator_of(block: dict) -> smtp_session.Authenticator | None:
-    """PLAIN or LOGIN with the block's username and password, or None for `auth: none`."""
-    mechanism = block.get("auth", "plain")
-    if mechanism == "none" or not block.get("username"):
+def authenticator_of(smtp: SmtpSettings) -> smtp_session.Authenticator | None:
+    """PLAIN or LOGIN with the username and password, or None for `auth: none`."""
+    if smtp.auth == "none" or not smtp.username:
         return None
-    return smtp_session.PasswordAuth(mechanism, block["username"], block.get("password", ""))
+    return smtp_session.PasswordAuth(smtp.auth, smtp.username, smtp.password or "")
 
 
 class SmtpSender:
@@ -70,6 +69,15 @@ class SmtpSender:
                 raise
         raise AssertionError("unreachable")
 
+    def test(self, endpoint: smtp_session.Endpoint, auth: smtp_session.Authenticator | None, envelope: Envelope,
+             steps: Recorder) -> Delivered:
+        """The Test action: the same exchange as send, on a connection of its own, every step reported."""
+        smtp = smtp_session.open_session(endpoint, auth, self.allow, steps)
+        try:
+            return smtp_session.transmit(smtp, envelope, endpoint.final_reply_timeout, steps)
+        finally:
+            smtp_session.quit_quietly(smtp)
+
 
 class SmtpTransport(Transport):
     """The `smtp` mail service."""
@@ -82,15 +90,15 @@ class SmtpTransport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over the project's SMTP server."""
-        block = settings.block()
-        endpoint = endpoint_of(block, self.sender.final_reply_timeout)
-        return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(block), envelope)
+        smtp = settings.typed_as(SmtpSettings)
+        endpoint = endpoint_of(smtp, self.sender.final_reply_timeout)
+        return self.sender.send((settings.key, settings.version), endpoint, authenticator_of(smtp), envelope)
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action over the project's SMTP server, on a connection of its own."""
-        block = settings.block()
-        smtp_checkup.diagnose(checkup, endpoint_of(block, self.sender.final_reply_timeout),
-                              authenticator_of(block), envelope, self.sender.allow)
+        smtp = settings.typed_as(SmtpSettings)
+        self.sender.test(endpoint_of(smtp, self.sender.final_reply_timeout), authenticator_of(smtp), envelope,
+                         checkup)
 
     def close(self) -> None:
         """Close this thread's sessions."""

@@ -1,7 +1,10 @@
-"""The SMTP client shared by the SMTP, Gmail and Exchange-over-SMTP transports.
+"""The one SMTP client of the SMTP, Gmail and Exchange-over-SMTP transports, for sends and the Test action.
 
 Each phase of the exchange is explicit so that a failure is classified by where it happened:
 before the end of DATA nothing was delivered (retry is safe), after it the mail is ambiguous.
+Every phase reports to a recorder (workers.transports.steps): a send passes QUIET, the Test action a Checkup,
+so both go through the same code and fail the same way, at the same step. Replies are classified by
+workers.transports.smtp_replies. With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out as one group.
 """
 
 from __future__ import annotations
@@ -9,19 +12,21 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
-import socket
 import ssl
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, NoReturn, Protocol
+from typing import Callable, Iterable, Iterator, NoReturn, Protocol
 
 from schemas.addresses import ascii_domain_form
-from workers.transports import netpolicy, phase, tls
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+from workers.transports import phase, probes
+from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
+from workers.transports.smtp_replies import classify, rule_for
+from workers.transports.tokens import TokenSource
+from workers.transports.steps import AUTHENTICATION, CAPABILITIES, QUIET, SEND, SENDER, TLS, Recorder
 
-QUOTA_MARKERS = ("5.4.5", "4.5.3", "submissionquotaexceeded", "daily user sending limit",
-                 "sending limit exceeded", "quota exceeded")
-CONFIG_CODES = {530, 534, 535, 538}
+GREETING_TIMEOUT = 10.0  # a server that says nothing this long is not speaking SMTP in clear on this port
+IMPLICIT_TLS_PORT, SUBMISSION_PORT = 465, 587
 _EOL = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
 _DOT = re.compile(rb"(?m)^\.")
 
@@ -52,81 +57,82 @@ def words(code: int, text: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"
 
 
-def classify(code: int, text: str) -> Outcome:
-    """The outcome class of an SMTP reply that is not a success."""
-    lowered = text.lower()
-    if any(marker in lowered for marker in QUOTA_MARKERS):
-        return Outcome.QUOTA
-    if code in CONFIG_CODES or "5.7.30" in lowered or "5.7.8" in lowered or "5.7.57" in lowered:
-        return Outcome.CONFIGURATION
-    return Outcome.TRANSIENT if 400 <= code < 500 else Outcome.PERMANENT
+def refusal(code: int, text: bytes | str, problem: str, outcome: Outcome | None = None) -> TransportFailure:
+    """The failure for a refusing reply: its table row's outcome (unless the phase says better) and advice."""
+    said = words(code, text)
+    rule = rule_for(code, said)
+    return advised(outcome or rule.outcome, f"{problem}: {said}", rule.advice)
 
 
-def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """The endpoint's verifying (or, if configured so, non-verifying) TLS context."""
-    return tls.context(endpoint.ca_file, endpoint.verify)
-
-
-class _Checked:
-    """Mixin: smtplib connects to an address the outbound policy checked, not to what DNS says later."""
-
-    allow: tuple = ()
-
-    def _get_socket(self, host, port, timeout):  # noqa: ANN001 - smtplib's signature
-        sock = netpolicy.connect(host, port, self.allow, timeout)
-        if isinstance(self, smtplib.SMTP_SSL):
-            return self.context.wrap_socket(sock, server_hostname=host)
-        return sock
-
-
-class _SMTP(_Checked, smtplib.SMTP):
-    pass
-
-
-class _SMTPS(_Checked, smtplib.SMTP_SSL):
-    pass
-
-
-def _tls_failure(endpoint: Endpoint, exc: ssl.SSLError | ssl.CertificateError) -> TransportFailure:
-    what, change = tls.problem(endpoint.host, endpoint.port, exc)
-    return TransportFailure(Outcome.CONFIGURATION, f"{what}; {change}")
-
-
-def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable = ()) -> smtplib.SMTP:
-    """Connect, greet, secure (TLS required when configured) and log in."""
-    cls = _SMTPS if endpoint.security == "tls" else _SMTP
-    kwargs = {"context": tls_context(endpoint)} if endpoint.security == "tls" else {}
-    smtp = cls(timeout=endpoint.timeout, **kwargs)
-    smtp.allow = tuple(allow)
-    smtp._host = endpoint.host  # smtplib verifies the certificate against _host, set only by __init__
+@contextmanager
+def _lost(endpoint: Endpoint, during: str) -> Iterator[None]:
+    """A connection that broke during a phase before DATA: transient, nothing can have been delivered."""
     try:
-        code, text = smtp.connect(endpoint.host, endpoint.port)
-        if code != 220:
-            raise TransportFailure(classify(code, words(code, text)), f"greeting: {words(code, text)}")
-        ehlo(smtp)
-        if endpoint.security == "starttls":
-            _starttls(smtp, endpoint)
-        if auth is not None:
-            auth.login(smtp)
-        return smtp
+        yield
     except TransportFailure:
+        raise
+    except (smtplib.SMTPException, OSError) as exc:
+        raise TransportFailure(Outcome.TRANSIENT, f"connection to {endpoint.host}:{endpoint.port} lost during "
+                                                  f"{during}: {type(exc).__name__}: {exc}") from exc
+
+
+def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable = (),
+                 steps: Recorder = QUIET) -> smtplib.SMTP:
+    """Resolve, connect, secure (TLS required when configured), greet and log in, each phase a step."""
+    context = probes.trust(steps, endpoint.ca_file, endpoint.verify) if endpoint.security != "none" else None
+    sock = probes.connect(steps, endpoint.host, endpoint.port, allow=allow, timeout=endpoint.timeout)
+    if endpoint.security == "tls":
+        assert context is not None
+        sock = probes.secure(steps, sock, endpoint.host, endpoint.port, context)
+    smtp = smtplib.SMTP(timeout=endpoint.timeout)  # no host given: it connects nowhere by itself
+    smtp.sock, smtp._host = sock, endpoint.host  # smtplib checks the certificate against _host on STARTTLS
+    try:
+        _greeting(steps, smtp, endpoint)
+        if endpoint.security == "starttls":
+            assert context is not None
+            _starttls(steps, smtp, endpoint, context)
+        _login(steps, smtp, endpoint, auth)
+        return smtp
+    except BaseException:
         _quietly_close(smtp)
         raise
-    except (ssl.SSLError, ssl.CertificateError) as exc:
-        _quietly_close(smtp)
-        raise _tls_failure(endpoint, exc) from exc
-    except (smtplib.SMTPException, OSError) as exc:
-        _quietly_close(smtp)
-        raise _connection_failure(endpoint, exc) from exc
 
 
-def _connection_failure(endpoint: Endpoint, exc: BaseException) -> TransportFailure:
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        hint = " (port 465 expects implicit TLS: use security `tls`)" if endpoint.port == 465 and \
-            endpoint.security != "tls" else ""
-        return TransportFailure(Outcome.TRANSIENT, f"{endpoint.host}:{endpoint.port} did not answer in time{hint}")
-    return TransportFailure(Outcome.TRANSIENT, f"connection to {endpoint.host}:{endpoint.port} lost: "
-                                               f"{type(exc).__name__}: {exc}")
+def _greeting(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
+    """The 220 greeting and EHLO, named as the server's capabilities."""
+    smtp.sock.settimeout(min(endpoint.timeout, GREETING_TIMEOUT))
+    try:
+        code, text = smtp.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        steps.failed_with(CAPABILITIES, advised(
+            Outcome.TRANSIENT, f"no SMTP greeting from {endpoint.host}:{endpoint.port} ({type(exc).__name__})",
+            _silent_server_advice(endpoint)))
+    smtp.sock.settimeout(endpoint.timeout)
+    if code != 220:
+        failure = refusal(code, text, "the server greets with")
+        failure.advice = failure.advice or "the server refuses connections from this host; ask its administrator"
+        steps.failed_with(CAPABILITIES, failure)
+    _ehlo(steps, smtp, endpoint)
+
+
+def _silent_server_advice(endpoint: Endpoint) -> str:
+    if endpoint.port == IMPLICIT_TLS_PORT and endpoint.security != "tls":
+        return f"port {IMPLICIT_TLS_PORT} expects implicit TLS: set security to `tls`, or use port " \
+               f"{SUBMISSION_PORT} with `starttls`"
+    if endpoint.security != "tls":
+        return "this port waits for the client to speak first, as an implicit-TLS port does: set security " \
+               "to `tls`, or use the server's SMTP submission port"
+    return "check that this port is the server's SMTP port"
+
+
+def _ehlo(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
+    with steps.step(CAPABILITIES, "the server does not accept EHLO or HELO from this host") as note:
+        with _lost(endpoint, "EHLO"):
+            ehlo(smtp)
+        if steps.recording:
+            offered = sorted(name.upper() + (f" {args.strip()}" if args.strip() else "")
+                             for name, args in smtp.esmtp_features.items())
+            note.detail = f"{endpoint.host} offers: {', '.join(offered) or 'nothing (HELO only)'}"
 
 
 def ehlo(smtp: smtplib.SMTP) -> None:
@@ -135,18 +141,55 @@ def ehlo(smtp: smtplib.SMTP) -> None:
     if code != 250:
         code, text = smtp.helo()
         if code != 250:
-            raise TransportFailure(classify(code, words(code, text)), f"EHLO/HELO refused: {words(code, text)}")
+            raise refusal(code, text, "EHLO/HELO refused")
 
 
-def _starttls(smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
+def _starttls(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint, context: ssl.SSLContext) -> None:
     if not smtp.has_extn("starttls"):
-        raise TransportFailure(Outcome.CONFIGURATION,
-                               f"{endpoint.host}:{endpoint.port} does not offer STARTTLS, which the settings "
-                               "require; fix the server or choose another port or security")
-    code, text = smtp.starttls(context=tls_context(endpoint))
-    if code != 220:
-        raise TransportFailure(Outcome.CONFIGURATION, f"STARTTLS refused: {words(code, text)}")
-    ehlo(smtp)
+        steps.failed_with(TLS, advised(
+            Outcome.CONFIGURATION, f"{endpoint.host}:{endpoint.port} does not offer STARTTLS, which the settings "
+                                   "require",
+            "use the server's submission port (usually 587), or security `tls` with its implicit-TLS port "
+            "(usually 465)"))
+    try:
+        smtp.starttls(context=context)
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        steps.failed_with(TLS, probes.tls_failure(endpoint.host, endpoint.port, exc))
+    except smtplib.SMTPResponseException as exc:
+        steps.failed_with(TLS, advised(Outcome.CONFIGURATION, f"STARTTLS refused: {words(exc.smtp_code, exc.smtp_error)}",
+                                       "check the server's TLS set-up"))
+    except (smtplib.SMTPException, OSError) as exc:
+        steps.failed_with(TLS, advised(Outcome.TRANSIENT, f"STARTTLS failed: {type(exc).__name__}: {exc}",
+                                       "check the server's TLS set-up"))
+    steps.passed(TLS, f"STARTTLS, {smtp.sock.version()}, " + (
+        f"certificate of {endpoint.host} verified" if endpoint.verify else "certificate NOT verified"))
+    _ehlo(steps, smtp, endpoint)
+
+
+def _login(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint, auth: Authenticator | None) -> None:
+    if auth is None:
+        steps.passed(AUTHENTICATION, "none configured")
+        return
+    with steps.step(AUTHENTICATION, login_advice) as note:
+        with _lost(endpoint, "AUTH"):
+            auth.login(smtp)
+        note.detail = "accepted"
+
+
+def login_advice(failure: TransportFailure) -> str:
+    """What to change after a refused login, by the server's words (when its table row gave no advice)."""
+    text = failure.detail.lower()
+    if "5.7.30" in text or "basic auth" in text:
+        return "the provider no longer accepts passwords (Basic authentication) here: use the exchange_oauth2 " \
+               "service for Microsoft 365, or OAuth2 for this provider"
+    if "xoauth2" in text:
+        return "the token was refused for this sender: check that the sender is the mailbox the token is for, " \
+               "and that the app may send as it (Gmail: domain-wide delegation for https://mail.google.com/; " \
+               "Microsoft 365: SMTP.SendAsApp and the mailbox's service principal)"
+    if "does not offer auth" in text:
+        return "the server offers no AUTH on this connection: use STARTTLS or TLS, or set auth to `none` if " \
+               "the server relays without login"
+    return "check username and password (some providers need an app password for SMTP), and the auth mechanism"
 
 
 class PasswordAuth:
@@ -162,9 +205,8 @@ class PasswordAuth:
         try:
             smtp.auth(self.mechanism, method, initial_response_ok=True)
         except smtplib.SMTPAuthenticationError as exc:
-            raise TransportFailure(Outcome.CONFIGURATION,
-                                   f"authentication as {self.username!r} refused: {words(exc.smtp_code, exc.smtp_error)}") \
-                from None
+            raise refusal(exc.smtp_code, exc.smtp_error, f"authentication as {self.username!r} refused",
+                          Outcome.CONFIGURATION) from None
         except smtplib.SMTPNotSupportedError:
             raise TransportFailure(Outcome.CONFIGURATION,
                                    "the server does not offer AUTH here (is TLS required first?)") from None
@@ -175,19 +217,18 @@ class PasswordAuth:
 class XOAuth2:
     """AUTH XOAUTH2 with a bearer token from a token source; a refusal drops the token once."""
 
-    def __init__(self, user: str, token: Callable[[], str], drop: Callable[[], None]) -> None:
-        self.user, self._token, self._drop = user, token, drop
+    def __init__(self, user: str, tokens: TokenSource) -> None:
+        self.user, self.tokens = user, tokens
 
     def login(self, smtp: smtplib.SMTP) -> None:
         """Authenticate with the cached token, and with a fresh one if the server refuses it."""
         for attempt in (1, 2):
-            code, text = self._try(smtp, self._token())
+            code, text = self._try(smtp, self.tokens.token())
             if code == 235:
                 return
-            self._drop()
+            self.tokens.drop()
             if attempt == 2 or code not in (535, 334, 454):
-                raise TransportFailure(Outcome.CONFIGURATION,
-                                       f"XOAUTH2 as {self.user!r} refused: {words(code, text)}")
+                raise refusal(code, text, f"XOAUTH2 as {self.user!r} refused", Outcome.CONFIGURATION)
 
     def _try(self, smtp: smtplib.SMTP, token: str) -> tuple[int, bytes]:
         blob = base64.b64encode(f"user={self.user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
@@ -197,10 +238,83 @@ class XOAuth2:
         return code, text
 
 
-def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
-    """MAIL, RCPT each, DATA: classified by phase; only a lost final reply is ambiguous."""
-    mail_from(smtp, envelope)
-    return deliver(smtp, envelope, final_reply_timeout)
+def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float,
+             steps: Recorder = QUIET) -> Delivered:
+    """MAIL, RCPT each, DATA (as one group when the server offers PIPELINING): classified by phase; only a lost
+    final reply is ambiguous."""
+    if smtp.has_extn("pipelining"):
+        return _pipelined(smtp, envelope, final_reply_timeout, steps)
+    with steps.step(SENDER, _sender_advice(envelope)) as note:
+        sender, options = mail_parameters(smtp, envelope)
+        said = _sender_reply(smtp, envelope, *smtp.mail(sender, options))
+        note.detail = f"{envelope.sender} accepted: {said}"
+    with steps.step(SEND) as note:
+        refused: dict[str, str] = {}
+        deferred: dict[str, str] = {}
+        for address in envelope.recipients:
+            _recipient_reply(address, *smtp.rcpt(_rcpt_form(smtp, address)), refused, deferred)
+        delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, _data_command)
+        if steps.recording:
+            note.detail = _accepted(envelope, delivered)
+    return delivered
+
+
+def _pipelined(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float, steps: Recorder) -> Delivered:
+    """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order. DATA is in the group, so
+    the phase hook runs before it goes out; the message itself still waits for the 354."""
+    with steps.step(SENDER, _sender_advice(envelope)) as note:
+        sender, options = mail_parameters(smtp, envelope)
+        group = [f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options),
+                 *(f"RCPT TO:{smtplib.quoteaddr(_rcpt_form(smtp, a))}" for a in envelope.recipients), "DATA"]
+        phase.before_data()
+        smtp.send("".join(line + "\r\n" for line in group))
+        mail_reply = smtp.getreply()
+        rcpt_replies = [smtp.getreply() for _ in envelope.recipients]
+        data_reply = smtp.getreply()
+        try:
+            said = _sender_reply(smtp, envelope, *mail_reply, reset=False)
+        except TransportFailure:
+            _abandon(smtp, data_reply)
+            raise
+        note.detail = f"{envelope.sender} accepted: {said}"
+    with steps.step(SEND) as note:
+        refused: dict[str, str] = {}
+        deferred: dict[str, str] = {}
+        try:
+            for address, (code, text) in zip(envelope.recipients, rcpt_replies):
+                _recipient_reply(address, code, text, refused, deferred)
+        except TransportFailure:
+            _abandon(smtp, data_reply)
+            raise
+        if len(refused) + len(deferred) == len(envelope.recipients):
+            _abandon(smtp, data_reply, reset=False)
+        delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, lambda _smtp: data_reply,
+                             hooked=True)
+        if steps.recording:
+            note.detail = _accepted(envelope, delivered)
+    return delivered
+
+
+def _abandon(smtp: smtplib.SMTP, data_reply: tuple[int, bytes], reset: bool = True) -> None:
+    """End a pipelined group whose message will not be sent: a DATA the server took anyway gets an empty
+    message's end (it has no recipient to deliver it to), then the transaction is reset."""
+    if data_reply[0] == 354:
+        smtp.send(b".\r\n")
+        smtp.getreply()
+    if reset:
+        smtp.rset()
+
+
+def _accepted(envelope: Envelope, delivered: Delivered) -> str:
+    detail = f"accepted for {', '.join(envelope.recipients)}: {delivered.detail}"
+    if delivered.refused or delivered.deferred:
+        detail += "; refused: " + "; ".join(f"{a}: {r}" for a, r in {**delivered.refused, **delivered.deferred}.items())
+    return detail
+
+
+def _sender_advice(envelope: Envelope) -> str:
+    return f"the account may not send as {envelope.sender}: use its own address as the from address, or give it " \
+           "the right to send as this address"
 
 
 def size_limit(smtp: smtplib.SMTP) -> int | None:
@@ -224,8 +338,8 @@ def check_size(smtp: smtplib.SMTP, envelope: Envelope) -> None:
                                "takes (SIZE); send smaller or fewer attachments")
 
 
-def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
-    """MAIL FROM (with SIZE when the server offers it); a refused sender is the project's settings, not the mail.
+def mail_parameters(smtp: smtplib.SMTP, envelope: Envelope) -> tuple[str, list[str]]:
+    """MAIL FROM's address and parameters (SMTPUTF8, SIZE), decided before anything is said.
 
     Without SMTPUTF8 at the server, domains go as punycode, and a Unicode local part (or a message whose
     headers need UTF-8) fails the mail before anything is said, so the session stays usable.
@@ -239,14 +353,23 @@ def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
     else:
         utf8, sender = False, ascii_domain_form(envelope.sender)
     options = (["SMTPUTF8"] if utf8 else []) + ([f"SIZE={len(envelope.data)}"] if smtp.has_extn("size") else [])
-    code, text = smtp.mail(sender, options)
-    if code != 250:
+    return sender, options
+
+
+def _sender_reply(smtp: smtplib.SMTP, envelope: Envelope, code: int, text: bytes, reset: bool = True) -> str:
+    """MAIL FROM's reply; a refused sender is the project's settings, not the mail."""
+    if code == 250:
+        return words(code, text)
+    if reset:
         smtp.rset()
-        outcome = classify(code, words(code, text))
-        if outcome is Outcome.PERMANENT:
-            outcome = Outcome.CONFIGURATION
-        raise TransportFailure(outcome, f"sender {envelope.sender} refused: {words(code, text)}")
-    return words(code, text)
+    outcome = classify(code, words(code, text))
+    raise refusal(code, text, f"sender {envelope.sender} refused",
+                  Outcome.CONFIGURATION if outcome is Outcome.PERMANENT else outcome)
+
+
+def _rcpt_form(smtp: smtplib.SMTP, address: str) -> str:
+    """A recipient as RCPT names it: the domain as punycode unless the server takes UTF-8."""
+    return address if smtp.has_extn("smtputf8") else ascii_domain_form(address)
 
 
 def _needs_smtputf8(envelope: Envelope) -> bool:
@@ -270,37 +393,41 @@ def _refuse_without_smtputf8(envelope: Envelope) -> NoReturn:
                                     for a in unicode})
 
 
-def deliver(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float) -> Delivered:
-    """RCPT for each recipient, then DATA, after a MAIL FROM the server took."""
-    refused, deferred = _recipients(smtp, envelope.recipients)
-    if len(refused) + len(deferred) == len(envelope.recipients):
-        smtp.rset()
-        return _all_refused(refused, deferred)
-    phase.before_data()
-    return Delivered(_data(smtp, envelope.data, final_reply_timeout), refused, deferred)
-
-
-def _recipients(smtp: smtplib.SMTP, recipients: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """RCPT for each (domain as punycode unless the server takes UTF-8); refusals keyed by the address as given.
+def _recipient_reply(address: str, code: int, text: bytes, refused: dict[str, str], deferred: dict[str, str]) -> None:
+    """One RCPT's reply, keyed by the address as given.
 
     An authentication answer to a RCPT (535, `550 5.7.30` Basic authentication retired, 530) is about the
     account, not the recipient: the whole mail fails as a configuration error.
     """
-    refused: dict[str, str] = {}
-    deferred: dict[str, str] = {}
-    utf8 = smtp.has_extn("smtputf8")
-    for address in recipients:
-        code, text = smtp.rcpt(address if utf8 else ascii_domain_form(address))
-        if code in (250, 251):
-            continue
-        reply = words(code, text)
-        if classify(code, reply) is Outcome.CONFIGURATION:
-            raise TransportFailure(Outcome.CONFIGURATION, f"recipient {address} refused for the account: {reply}")
-        (deferred if 400 <= code < 500 else refused)[address] = reply
-    return refused, deferred
+    if code in (250, 251):
+        return
+    reply = words(code, text)
+    if classify(code, reply) is Outcome.CONFIGURATION:
+        raise refusal(code, text, f"recipient {address} refused for the account")
+    (deferred if 400 <= code < 500 else refused)[address] = reply
 
 
-def _all_refused(refused: dict[str, str], deferred: dict[str, str]) -> Delivered:
+def _deliver(smtp: smtplib.SMTP, envelope: Envelope, refused: dict[str, str], deferred: dict[str, str],
+             final_reply_timeout: float, data_command: Callable[[smtplib.SMTP], tuple[int, bytes]],
+             hooked: bool = False) -> Delivered:
+    """After the RCPTs: all refused -> RSET and fail; else the phase hook (unless it ran), DATA, the message."""
+    if len(refused) + len(deferred) == len(envelope.recipients):
+        smtp.rset()
+        _all_refused(refused, deferred)
+    if not hooked:
+        phase.before_data()
+    code, text = data_command(smtp)
+    if code != 354:
+        smtp.rset()
+        raise refusal(code, text, "DATA refused")
+    return Delivered(_message(smtp, envelope.data, final_reply_timeout), refused, deferred)
+
+
+def _data_command(smtp: smtplib.SMTP) -> tuple[int, bytes]:
+    return smtp.docmd("DATA")
+
+
+def _all_refused(refused: dict[str, str], deferred: dict[str, str]) -> NoReturn:
     replies = {**refused, **deferred}
     summary = "; ".join(f"{a}: {r}" for a, r in list(replies.items())[:5])
     if any(classify(int(r[:3]), r) is Outcome.QUOTA for r in replies.values()):
@@ -309,11 +436,8 @@ def _all_refused(refused: dict[str, str], deferred: dict[str, str]) -> Delivered
     raise TransportFailure(outcome, f"every recipient refused: {summary}", refused=refused)
 
 
-def _data(smtp: smtplib.SMTP, data: bytes, final_reply_timeout: float) -> str:
-    code, text = smtp.docmd("DATA")
-    if code != 354:
-        smtp.rset()
-        raise TransportFailure(classify(code, words(code, text)), f"DATA refused: {words(code, text)}")
+def _message(smtp: smtplib.SMTP, data: bytes, final_reply_timeout: float) -> str:
+    """The message after a 354, dot-stuffed, and the server's final reply."""
     payload = _DOT.sub(b"..", _EOL.sub(b"\r\n", data))
     if not payload.endswith(b"\r\n"):
         payload += b"\r\n"
@@ -351,7 +475,7 @@ def _final_reply(smtp: smtplib.SMTP, final_reply_timeout: float) -> str:
         if sock and smtp.sock is sock:
             sock.settimeout(previous)
     if code != 250:
-        raise TransportFailure(classify(code, words(code, text)), f"message refused: {words(code, text)}")
+        raise refusal(code, text, "message refused")
     return words(code, text)
 
 
