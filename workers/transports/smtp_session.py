@@ -206,12 +206,17 @@ class PasswordAuth:
             smtp.auth(self.mechanism, method, initial_response_ok=True)
         except smtplib.SMTPAuthenticationError as exc:
             raise refusal(exc.smtp_code, exc.smtp_error, f"authentication as {self.username!r} refused",
-                          Outcome.CONFIGURATION) from None
+                          _login_refused(exc.smtp_code)) from None
         except smtplib.SMTPNotSupportedError:
             raise TransportFailure(Outcome.CONFIGURATION,
                                    "the server does not offer AUTH here (is TLS required first?)") from None
         finally:
             smtp.password = ""
+
+
+def _login_refused(code: int) -> Outcome | None:
+    """A permanent refusal of a login is the settings' fault; a temporary one (454 4.7.0) is what its row says."""
+    return Outcome.CONFIGURATION if code >= 500 else None
 
 
 class XOAuth2:
@@ -228,7 +233,7 @@ class XOAuth2:
                 return
             self.tokens.drop()
             if attempt == 2 or code not in (535, 334, 454):
-                raise refusal(code, text, f"XOAUTH2 as {self.user!r} refused", Outcome.CONFIGURATION)
+                raise refusal(code, text, f"XOAUTH2 as {self.user!r} refused", _login_refused(code))
 
     def _try(self, smtp: smtplib.SMTP, token: str) -> tuple[int, bytes]:
         blob = base64.b64encode(f"user={self.user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
