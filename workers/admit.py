@@ -112,7 +112,8 @@ class Admitter:
             if admission.is_new:
                 metrics.admitted(event["project"], admission.state, admission.reason)
             log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
-                      f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+                      f" ({admission.detail})" if admission.detail else "",
+                      "" if admission.is_new else " (seen before)")
             if admission.state == State.QUEUED:
                 queued.append(Requeue(event["event_id"], Kind(event["kind"]).priority, admission.mail_service))
         hand_on(self.enqueue, queued)

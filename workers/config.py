@@ -25,7 +25,8 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting("DESKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/deskmail",
                 "PostgreSQL connection URL; `deskmail db migrate` creates the database if it is missing."),
-        Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ URL for workers and publishers."),
+        Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F",
+                "RabbitMQ URL for workers and publishers."),
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
         Setting("DESKMAIL_CONTROL_KEY", "",
@@ -45,19 +46,25 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds one publish may take in all (connection, reconnection, confirm) before it raises."),
         Setting("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT", "600",
                 "Seconds to wait for the reply to the end of DATA (RFC 5321 says 10 minutes); after it, `ambiguous`."),
-        Setting("DESKMAIL_RETRY_BASE", "30", "Seconds before the first retry of a transient failure; doubles each time."),
+        Setting("DESKMAIL_RETRY_BASE", "30",
+                "Seconds before the first retry of a transient failure; doubles each time."),
         Setting("DESKMAIL_RETRY_CAP", "3600", "Longest wait between two retries, in seconds."),
-        Setting("DESKMAIL_RETRY_LIFETIME", "432000", "Seconds after which a mail still failing transiently is `failed` (5 days)."),
+        Setting("DESKMAIL_RETRY_LIFETIME", "432000",
+                "Seconds after which a mail still failing transiently is `failed` (5 days)."),
         Setting("DESKMAIL_STALE_AFTER", "900",
-                "Seconds after which the scheduler hands a queued mail nobody took to the broker again (a lost wake-up)."),
+                "Seconds after which the scheduler hands a queued mail nobody took to the broker again "
+                "(a lost wake-up)."),
         Setting("DESKMAIL_LEASE_SECONDS", "60",
                 "Seconds a worker's claim on a mail lasts; renewed every quarter of it while the exchange runs."),
         Setting("DESKMAIL_TAKEOVER_GRACE", "30",
-                "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
+                "Seconds an expired lease stays marked before the scheduler takes the mail over "
+                "(at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
-                "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
-        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
+                "CIDRs that admin-configured mail hosts may resolve to although not globally routable "
+                "(e.g. 10.0.0.0/8): the only way past the outbound guard."),
+        Setting("DESKMAIL_LOG_LEVEL", "INFO",
+                "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
         Setting("DESKMAIL_LOG_FORMAT", "text",
                 "`text` (one line per record) or `json` (one JSON object per line, with event_id, project, service, "
                 "attempt and host on every line about a mail)."),
@@ -72,7 +79,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_HEARTBEAT_MAX_AGE", "60",
                 "Seconds after which `deskmail healthcheck` calls the scheduler's last heartbeat stale."),
         Setting("DESKMAIL_HEALTH_TIMEOUT", "3",
-                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it unreachable."),
+                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it "
+                "unreachable."),
         Setting("DESKMAIL_ATTACHMENT_MAX_BYTES", "26214400",
                 "Largest attachment, decoded, in bytes (25 MB); checked by the publisher and at admission."),
         Setting("DESKMAIL_ATTACHMENTS_MAX_BYTES", "26214400",
@@ -81,7 +89,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_ATTACHMENT_RETENTION", "604800",
                 "Seconds a failed or ambiguous mail keeps its attachments for a retry or resend (7 days)."),
         Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
-                "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
+                "Address `deskmail console` listens on; a non-loopback one needs TLS or "
+                "DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
         Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
         Setting("DESKMAIL_CONSOLE_TLS_CERT", "", "PEM certificate (chain) the console serves HTTPS with."),
         Setting("DESKMAIL_CONSOLE_TLS_KEY", "", "PEM private key of DESKMAIL_CONSOLE_TLS_CERT."),
@@ -170,7 +179,8 @@ class Config:
             takeover_grace=float(get("DESKMAIL_TAKEOVER_GRACE")),
             scheduler_interval=float(get("DESKMAIL_SCHEDULER_INTERVAL")),
             outbound_allow=tuple(
-                ipaddress.ip_network(c.strip(), strict=False) for c in get("DESKMAIL_OUTBOUND_ALLOW").split(",") if c.strip()
+                ipaddress.ip_network(c.strip(), strict=False)
+                for c in get("DESKMAIL_OUTBOUND_ALLOW").split(",") if c.strip()
             ),
             log_level=get("DESKMAIL_LOG_LEVEL"),
             global_per_day=_optional_int(get("MAIL_LIMIT_PER_DAY_SMTP")),

@@ -75,7 +75,8 @@ class _PinnedHTTPSConnection(_AnswerAwareHTTPSConnection):
 
 
 # Through a proxy (CONNECT) the proxy resolves and connects, and decides what may be reached.
-_ProxiedPool = type("ProxiedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _AnswerAwareHTTPSConnection})
+_ProxiedPool = type("ProxiedHTTPSConnectionPool", (HTTPSConnectionPool,),
+                    {"ConnectionCls": _AnswerAwareHTTPSConnection})
 
 
 def environ_proxies(url: str) -> dict[str, str]:

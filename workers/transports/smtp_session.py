@@ -156,7 +156,8 @@ def _starttls(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint, context: 
     except (ssl.SSLError, ssl.CertificateError) as exc:
         steps.failed_with(TLS, probes.tls_failure(endpoint.host, endpoint.port, exc))
     except smtplib.SMTPResponseException as exc:
-        steps.failed_with(TLS, advised(Outcome.CONFIGURATION, f"STARTTLS refused: {words(exc.smtp_code, exc.smtp_error)}",
+        steps.failed_with(TLS, advised(Outcome.CONFIGURATION,
+                                       f"STARTTLS refused: {words(exc.smtp_code, exc.smtp_error)}",
                                        "check the server's TLS set-up"))
     except (smtplib.SMTPException, OSError) as exc:
         steps.failed_with(TLS, advised(Outcome.TRANSIENT, f"STARTTLS failed: {type(exc).__name__}: {exc}",
