@@ -8,11 +8,11 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol, TypeVar
 
 import psycopg
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from workers import sql
 from workers.database import open_pool
@@ -26,6 +26,17 @@ MOVE_QUERY = {"queued": "requeue_resumed", "suspended": "suspend_selected", "sen
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
+Conn = psycopg.Connection[DictRow]  # open_pool's connections make dict rows
+
+
+class Pool(Protocol):
+    """Where the store's connections come from: open_pool's pool, or one connection (a health check)."""
+
+    def connection(self, *, deadline: float | None = ...) -> ContextManager[Conn]:
+        """A connection for one block; calls fail after `deadline` seconds without an answer."""
+
+    def close(self) -> None:
+        """Close the connections."""
 
 
 def patiently(call: Callable[[], T], cap: float = 5.0) -> T:
@@ -65,13 +76,13 @@ class Health:
 class Store:
     """deskmail's data access; every method is one short transaction."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.q = sql.queries()
         self.health = Health()
 
     @contextlib.contextmanager
-    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+    def _conn(self, **options: Any) -> Iterator[Conn]:
         """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
         with _translated(self.health), self.pool.connection(**options) as conn:
             yield conn
@@ -280,13 +291,13 @@ class Store:
                 conn.execute(self.q["unpause_project"] if project else self.q["unpause_all"], {"project": project})
             return outcomes
 
-    def _lock(self, conn: psycopg.Connection, ids: list[str] | None, project: str | None,
+    def _lock(self, conn: Conn, ids: list[str] | None, project: str | None,
               state: str) -> list[dict[str, Any]]:
         if ids is None:
             return conn.execute(self.q["lock_all_in_state"], {"state": state, "project": project}).fetchall()
         return conn.execute(self.q["lock_selected"], {"ids": [uuid.UUID(str(i)) for i in ids]}).fetchall()
 
-    def _count_resumed(self, conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
+    def _count_resumed(self, conn: Conn, ids: list[uuid.UUID]) -> None:
         for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
             conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
         glob = conn.execute(self.q["count_resumed_global"], {"ids": ids}).fetchone()
@@ -310,7 +321,9 @@ class Store:
         """Drain the backlog of auto-resume projects within the limits; {project: mails made due}."""
         out: dict[str, int] = {}
         for row in self._all("auto_resume_candidates", {"project": project}):
-            out[row["key"]] = self._one("auto_resume", {"project": row["key"], "now": now, "max": batch})["resumed"]
+            resumed = self._one("auto_resume", {"project": row["key"], "now": now, "max": batch})
+            assert resumed is not None  # a SELECT of a function: always one row
+            out[row["key"]] = resumed["resumed"]
         return out
 
     def set_auto_resume(self, project: str, enabled: bool) -> bool:
@@ -345,7 +358,7 @@ class Store:
         row = self._one("control_refusal", {"request_id": request_id})
         return row["reason"] if row else None
 
-    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+    def _audit(self, conn: Conn, message: dict[str, Any], answer: dict[str, Any]) -> None:
         params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
                   if k not in ("signature", "requested_by")}
         conn.execute(self.q["record_audit"], {
@@ -566,11 +579,11 @@ class Store:
 class _InTransaction(Store):
     """The store's methods on one connection inside an open transaction (see Store.atomic)."""
 
-    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+    def __init__(self, parent: Store, conn: Conn) -> None:
         self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
 
     @contextlib.contextmanager
-    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+    def _conn(self, **options: Any) -> Iterator[Conn]:
         with _translated(self.health):
             yield self._held
 
