@@ -92,7 +92,8 @@ def resolve(host: str, port: int, allow: Iterable[Network]) -> list[tuple]:
         raise TransportFailure(Outcome.CONFIGURATION, f"cannot resolve host {host!r}: {exc.strerror}") from exc
     kept, refused = [], []
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        address = info[4][0]  # text for IPv4 and IPv6 (a scope such as "%eth0" is stripped); ints too are IPs
+        ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
         if allowed(ip, allow):
             kept.append(info)
         else:
