@@ -106,12 +106,12 @@ def resolve(host: str, port: int, allow: Iterable[Network]) -> list[tuple]:
     return kept
 
 
-def connect(host: str, port: int, allow: Iterable[Network], timeout: float) -> socket.socket:
-    """A TCP connection to the first checked address of host that answers."""
+def connect(host: str, port: int, allow: Iterable[Network], timeout: float | None) -> socket.socket:
+    """A TCP connection to the first checked address of host that answers (timeout None: blocking)."""
     return connect_to(resolve(host, port, allow), host, port, timeout)
 
 
-def connect_to(infos: list[tuple], host: str, port: int, timeout: float) -> socket.socket:
+def connect_to(infos: list[tuple], host: str, port: int, timeout: float | None) -> socket.socket:
     """A TCP connection to the first of the checked addresses `infos` (from resolve) that answers."""
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
