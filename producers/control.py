@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from producers.publisher import Publisher
 from workers.constants import Queue
@@ -43,24 +43,74 @@ def settings_fields(box: SecretBox, project: str, document: dict[str, Any]) -> d
     return {"project": project, "settings": public, "sealed_secrets": sealed}
 
 
-def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+Progress = Callable[[dict[str, Any]], None]
+
+
+def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: float,
+         on_progress: Progress | None = None) -> dict[str, Any]:
     """Publish the message to deskmail.control and return the worker's answer (or why it refused it).
 
-    `publisher` must be connected to the control vhost (DESKMAIL_CONTROL_AMQP_URL) as an admin.
+    The answer is pushed (LISTEN/NOTIFY, sent when the worker's transaction commits), not polled. A
+    request still running reports its progress to `on_progress`; each progress restarts the
+    timeout, so a long bulk action never passes for one nobody answered. `publisher` must be
+    connected to the control vhost (DESKMAIL_CONTROL_AMQP_URL) as an admin.
     """
     body = json.dumps({"queue_name": Queue.CONTROL, "actor_name": Queue.CONTROL, "args": [message], "kwargs": {},
                        "options": {}, "message_id": message["request_id"],
                        "message_timestamp": int(time.time() * 1000)}).encode("utf-8")
-    publisher.publish_raw(body, message["request_id"], 9, Queue.CONTROL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = store.control_answer(message["request_id"])
-        if answer is not None:
-            return answer
-        refusal = store.control_refusal(message["request_id"])
-        if refusal is not None:  # kept apart: a refusal never takes the request id
-            return {"ok": False, "touched": 0, "refused": True, "error": refusal}
-        time.sleep(0.1)
-    raise NoAnswer(f"no control worker answered within {timeout:.0f} s (is a worker consuming deskmail.control?); "
-                   f"request {message['request_id']} stays queued and expires unapplied after "
-                   "DESKMAIL_CONTROL_MAX_AGE")
+    rid = message["request_id"]
+    with store.control_notices() as wait:  # listening before publishing: no answer can slip past
+        store.record_control_sent(message)
+        publisher.publish_raw(body, rid, 9, Queue.CONTROL)
+        deadline, seen = time.monotonic() + timeout, None
+        while True:
+            answer = _answer(store, rid)
+            if answer is not None and not answer.get("running"):
+                return answer
+            if answer is not None and answer != seen:
+                seen, deadline = answer, time.monotonic() + timeout
+                if on_progress is not None:
+                    on_progress(answer)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoAnswer(_silence(message, timeout, seen))
+            wait(rid, left)
+
+
+def _answer(store: Store, request_id: str) -> dict[str, Any] | None:
+    answer = store.control_answer(request_id)
+    if answer:  # '{}' while the worker's first transaction has not committed
+        return answer
+    refusal = store.control_refusal(request_id)
+    if refusal is not None:  # kept apart: a refusal never takes the request id
+        return {"ok": False, "touched": 0, "refused": True, "error": refusal}
+    return None
+
+
+def _silence(message: dict[str, Any], timeout: float, seen: dict[str, Any] | None) -> str:
+    rid = message["request_id"]
+    if seen is not None and seen.get("queue"):
+        return (f"no worker of {seen['queue']} ran the Test action within {timeout:.0f} s (is a worker consuming "
+                f"{seen['queue']}?); request {rid} waits there and is not run after DESKMAIL_CONTROL_MAX_AGE")
+    if seen is not None:
+        return (f"the control worker stopped reporting progress for {timeout:.0f} s; request {rid} is "
+                f"{seen.get('done', 0)} of {seen.get('total', '?')} done (`deskmail control pending`)")
+    return (f"no control worker answered within {timeout:.0f} s (is a worker consuming deskmail.control?); "
+            f"request {rid} stays queued and expires unapplied after DESKMAIL_CONTROL_MAX_AGE; "
+            f"`deskmail control cancel {rid}` makes sure it is never applied")
+
+
+def run_test(publisher: Publisher, store: Store, key: str, timeout: float, project: str, to: str | None = None,
+             fields: dict[str, Any] | None = None, on_progress: Progress | None = None,
+             requested_by: str | None = None) -> dict[str, Any]:
+    """The Test action through a worker of the project's transport queue: its final answer.
+
+    `fields` (settings_fields) tests settings not saved yet. The answer's `steps` are those of
+    workers.diagnosis (name, status, detail, advice), `host` says which worker ran them, `accepted`
+    whether the test mail was accepted; `on_progress` sees the steps as they arrive. The command and
+    the console both call this.
+    """
+    extra = {"requested_by": requested_by} if requested_by else {}
+    message = control_message("settings.test", key, project=project, to=to,
+                              **{k: v for k, v in (fields or {}).items() if k != "project"}, **extra)
+    return send(publisher, store, message, timeout, on_progress)

@@ -16,7 +16,7 @@ KEY = "k3y-for-the-bookkeeping-tests"
 
 
 def controller(store, clock=lambda: NOW) -> Controller:
-    return Controller(store, KEY, max_age=600, hand_on=lambda: 0, clock=clock)
+    return Controller(store, KEY, max_age=600, enqueue=lambda *a: None, clock=clock)
 
 
 def signed(action: str = "project.pause", key: str = KEY, requested_at: str | None = None, **fields) -> dict:
