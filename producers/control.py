@@ -44,15 +44,17 @@ def settings_fields(box: SecretBox, project: str, document: dict[str, Any]) -> d
 
 
 Progress = Callable[[dict[str, Any]], None]
+TEST_STEP_TIMEOUT = 120.0  # seconds one Test step may take on the worker (a server slow to answer DATA)
 
 
 def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: float,
-         on_progress: Progress | None = None) -> dict[str, Any]:
+         on_progress: Progress | None = None, busy_timeout: float | None = None) -> dict[str, Any]:
     """Publish the message to deskmail.control and return the worker's answer (or why it refused it).
 
     The answer is pushed (LISTEN/NOTIFY, sent when the worker's transaction commits), not polled. A
     request still running reports its progress to `on_progress`; each progress restarts the
-    timeout, so a long bulk action never passes for one nobody answered. `publisher` must be
+    timeout (`busy_timeout` once a worker says it runs the request on its host), so a long bulk action
+    or a slow Test step never passes for one nobody answered. `publisher` must be
     connected to the control vhost (DESKMAIL_CONTROL_AMQP_URL) as an admin.
     """
     body = json.dumps({"queue_name": Queue.CONTROL, "actor_name": Queue.CONTROL, "args": [message], "kwargs": {},
@@ -68,12 +70,14 @@ def send(publisher: Publisher, store: Store, message: dict[str, Any], timeout: f
             if answer is not None and not answer.get("running"):
                 return answer
             if answer is not None and answer != seen:
-                seen, deadline = answer, time.monotonic() + timeout
+                busy = busy_timeout if busy_timeout and answer.get("host") else timeout
+                seen, deadline = answer, time.monotonic() + busy
                 if on_progress is not None:
                     on_progress(answer)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise NoAnswer(_silence(message, timeout, seen))
+                raise NoAnswer(_silence(message, busy_timeout if seen and seen.get("host") and busy_timeout
+                                        else timeout, seen))
             wait(rid, left)
 
 
@@ -89,6 +93,9 @@ def _answer(store: Store, request_id: str) -> dict[str, Any] | None:
 
 def _silence(message: dict[str, Any], timeout: float, seen: dict[str, Any] | None) -> str:
     rid = message["request_id"]
+    if seen is not None and seen.get("host"):
+        return (f"the worker on {seen['host']} stopped reporting the Test action's steps for {timeout:.0f} s "
+                f"(request {rid}); see `deskmail audit` later for its result")
     if seen is not None and seen.get("queue"):
         return (f"no worker of {seen['queue']} ran the Test action within {timeout:.0f} s (is a worker consuming "
                 f"{seen['queue']}?); request {rid} waits there and is not run after DESKMAIL_CONTROL_MAX_AGE")
@@ -113,4 +120,4 @@ def run_test(publisher: Publisher, store: Store, key: str, timeout: float, proje
     extra = {"requested_by": requested_by} if requested_by else {}
     message = control_message("settings.test", key, project=project, to=to,
                               **{k: v for k, v in (fields or {}).items() if k != "project"}, **extra)
-    return send(publisher, store, message, timeout, on_progress)
+    return send(publisher, store, message, timeout, on_progress, busy_timeout=max(timeout, TEST_STEP_TIMEOUT))

@@ -144,10 +144,11 @@ class Controller:
             if not answer or not answer.get("running"):
                 return False
             ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
-            outcomes, moved = tx.move_batch(ids, message.get("project"), from_state, to_state,
+            outcomes, moved, projects = tx.move_batch(ids, message.get("project"), from_state, to_state,
                                             f"{message['action']} by {message['requested_by']}", self.batch)
             done = MOVED[to_state]
             answer["done"] += len(outcomes)
+            answer["projects"] = sorted(set(answer.get("projects", [])) | projects)
             answer["touched"] += sum(1 for v in outcomes.values() if v == done)
             for value in outcomes.values():
                 answer["counts"][value] = answer["counts"].get(value, 0) + 1
@@ -292,6 +293,11 @@ class Controller:
                             "re-encrypted"}
         rotated = [key for key, old, new in replacements if store.replace_secrets(key, old, new)]
         return {"ok": True, "touched": 0, "rotated": rotated}
+
+
+def applies(action: str) -> bool:
+    """True when this version's control actor has a way to apply `action`."""
+    return action in MOVES or callable(getattr(Controller, "_" + action.replace(".", "_"), None))
 
 
 def _unknown(project: str) -> dict[str, Any]:

@@ -241,8 +241,9 @@ class Store:
     # -- admin control ------------------------------------------------------------------------
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000) -> tuple[dict[str, str], list[Requeue]]:
-        """Move one batch of mails between states in one transaction: (an answer per id, the mails moved).
+                   detail: str, limit: int = 5000) -> tuple[dict[str, str], list[Requeue], set[str]]:
+        """Move one batch of mails between states in one transaction: (an answer per id, the mails moved,
+        the projects they belong to).
 
         To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
         hold no unit take one of today (an admin override of the limit); they are returned for the
@@ -261,7 +262,8 @@ class Store:
                     self._count_resumed(conn, chosen)
                 moved = [Requeue.from_row(r) for r in
                          conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail}).fetchall()]
-            return outcomes, moved
+            projects = {r["project"] for r in rows if outcomes.get(str(r["event_id"])) == done and r["project"]}
+            return outcomes, moved, projects
 
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
              detail: str) -> dict[str, str]:
@@ -269,7 +271,7 @@ class Store:
         handed to the broker here: the scheduler's stale_queued step finds them."""
         outcomes: dict[str, str] = {}
         while True:
-            batch, _ = self.move_batch(ids, project, from_state, to_state, detail)
+            batch, _, _ = self.move_batch(ids, project, from_state, to_state, detail)
             outcomes.update(batch)
             if ids is not None or not batch:
                 return outcomes
@@ -423,9 +425,13 @@ class Store:
     def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
         params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
                   if k not in ("signature", "requested_by")}
+        # A per-id action sent without a project is audited under the one project its mails belong to.
+        projects = answer.get("projects") or []
+        project = message.get("project") if isinstance(message.get("project"), str) else \
+            (projects[0] if len(projects) == 1 else None)
         conn.execute(self.q["record_audit"], {
             "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
-            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "project": project,
             "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
 
     def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
