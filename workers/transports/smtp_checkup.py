@@ -117,9 +117,18 @@ def _login_advice(failure: TransportFailure) -> str:
     return "check username and password (some providers need an app password for SMTP), and the auth mechanism"
 
 
+def sender_advice(failure: TransportFailure, sender: str) -> str:
+    """What to change after MAIL FROM was refused: a login the server wants first, or the from address."""
+    text = failure.detail.lower()
+    if "530" in text or "authentication required" in text or "5.7.0" in text and "auth" in text:
+        return "the server wants a login before it takes mail: set auth to plain or login with a username and " \
+               "password (auth is none), and security to starttls or tls if the server offers AUTH only there"
+    return f"the account may not send as {sender}: use its own address as the from address, or give it the " \
+           "right to send as this address"
+
+
 def _send(checkup: Checkup, smtp: smtplib.SMTP, endpoint: Endpoint, envelope: Envelope) -> None:
-    with checkup.step(SENDER, f"the account may not send as {envelope.sender}: use its own address as the "
-                              "from address, or give it the right to send as this address") as note:
+    with checkup.step(SENDER, lambda failure: sender_advice(failure, envelope.sender)) as note:
         note.detail = f"{envelope.sender} accepted: {smtp_session.mail_from(smtp, envelope)}"
     with checkup.step(SEND) as note:
         delivered = smtp_session.deliver(smtp, envelope, endpoint.final_reply_timeout)
