@@ -23,7 +23,7 @@ from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
-from workers.remote_test import declare_test_actors, test_dispatcher
+from workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
                            priority=priority, options=dict(ACTOR_OPTIONS))
     declare_test_actors(broker, runtime)
     if control:
-        declare_control_actor(broker, runtime, enqueue, test_dispatcher(broker))
+        declare_control_actor(broker, runtime, enqueue, self_test_dispatcher(broker))
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:
@@ -127,6 +127,6 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     runtime = Runtime(config)
     guard(broker, runtime)
     data = build_broker(config) if config.control_url != config.amqp_url else broker
-    declare_control_actor(broker, runtime, enqueuer(data), test_dispatcher(data))
+    declare_control_actor(broker, runtime, enqueuer(data), self_test_dispatcher(data))
     log.info("deskmail control worker ready: %s", config.redacted())
     return broker

@@ -44,7 +44,7 @@ class RecordedCheckup(Checkup):
         raise Stop(name)
 
 
-class TestRunner:
+class SelfTestRunner:
     """Callable behind the `deskmail.<service>.test` actors."""
 
     def __init__(self, runtime: Runtime, max_age: float,
@@ -105,14 +105,14 @@ class TestRunner:
 def declare_test_actors(broker, runtime: Runtime) -> None:  # noqa: ANN001 - dramatiq broker
     """Declare one Test actor on each transport queue (QueueGuard: it takes messages from that queue only)."""
     import dramatiq
-    runner = TestRunner(runtime, runtime.config.control_max_age)
+    runner = SelfTestRunner(runtime, runtime.config.control_max_age)
     for service in MailService:
         dramatiq.Actor(runner, broker=broker, actor_name=service.queue.test_actor, queue_name=service.queue,
                        priority=0, options={"max_retries": 3, "min_backoff": 1_000, "max_backoff": 10_000,
                                             "time_limit": 900_000})
 
 
-def test_dispatcher(broker) -> Callable[[MailService, str], None]:  # noqa: ANN001 - dramatiq broker
+def self_test_dispatcher(broker) -> Callable[[MailService, str], None]:  # noqa: ANN001 - dramatiq broker
     """Publishes a Test message (the request id only) to a mail service's transport queue."""
     import dramatiq
 
