@@ -144,19 +144,19 @@ class Controller:
             if not answer or not answer.get("running"):
                 return False
             ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
-            outcomes, moved, projects = tx.move_batch(ids, message.get("project"), from_state, to_state,
-                                            f"{message['action']} by {message['requested_by']}", self.batch)
-            done = MOVED[to_state]
-            answer["done"] += len(outcomes)
-            answer["projects"] = sorted(set(answer.get("projects", [])) | projects)
-            answer["touched"] += sum(1 for v in outcomes.values() if v == done)
-            for value in outcomes.values():
-                answer["counts"][value] = answer["counts"].get(value, 0) + 1
-            if not everything:
-                answer["outcomes"].update(outcomes)
+            batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
+                                  f"{message['action']} by {message['requested_by']}", self.batch)
+            answer["done"] += batch.examined
+            answer["touched"] += batch.counts.get(MOVED[to_state], 0)
+            answer["projects"] = sorted(set(answer.get("projects", [])) | batch.projects)
+            for value, n in batch.counts.items():
+                answer["counts"][value] = answer["counts"].get(value, 0) + n
+            if batch.outcomes is not None:
+                answer["outcomes"].update(batch.outcomes)
+            moved = batch.moved
             if message.get("with_ids"):
                 tx.keep_moved_ids(rid, [m.event_id for m in moved])
-            finished = (len(outcomes) < self.batch) if everything else answer["done"] >= len(message["ids"])
+            finished = (batch.examined < self.batch) if everything else answer["done"] >= len(message["ids"])
             if finished:
                 answer["running"] = False
                 answer["total"] = answer["done"] if everything else answer["total"]

@@ -18,7 +18,7 @@ from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
 from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             GlobalLimits, Mail, Project, Requeue)
+                             GlobalLimits, Mail, MoveBatch, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -241,40 +241,47 @@ class Store:
     # -- admin control ------------------------------------------------------------------------
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000) -> tuple[dict[str, str], list[Requeue], set[str]]:
-        """Move one batch of mails between states in one transaction: (an answer per id, the mails moved,
-        the projects they belong to).
+                   detail: str, limit: int = 5000) -> MoveBatch:
+        """Move one batch of mails between states in one transaction.
 
         To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
         hold no unit take one of today (an admin override of the limit); they are returned for the
         caller to hand to the broker at once. To `suspended`: suspend. To `sent`: close an ambiguous
         mail the admin checked was delivered. `ids=None` takes the next `limit` mails in from_state
-        (of the project, if given), records first; given ids are taken all (the caller pages them).
+        (of the project, if given), records first, and answers with counts only; given ids are taken
+        all (the caller pages them), with an outcome per id.
         """
         done = MOVED[to_state]
         with self._conn() as conn, conn.transaction():
             rows = self._lock(conn, ids, project, from_state, limit)
-            outcomes = _outcomes(rows, ids, project, from_state, done)
-            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v == done]
+            if ids is None:  # locked in from_state and of the project: every one of them moves
+                outcomes, chosen, taken = None, [r["event_id"] for r in rows], rows
+            else:
+                outcomes = _outcomes(rows, ids, project, from_state, done)
+                taken = [r for r in rows if outcomes.get(str(r["event_id"])) == done]
+                chosen = [r["event_id"] for r in taken]
             moved: list[Requeue] = []
             if chosen:
-                if to_state == "queued":
-                    self._count_resumed(conn, chosen)
-                moved = [Requeue.from_row(r) for r in
-                         conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail}).fetchall()]
-            projects = {r["project"] for r in rows if outcomes.get(str(r["event_id"])) == done and r["project"]}
-            return outcomes, moved, projects
+                cur = conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
+                moved = [Requeue(r["event_id"], r["priority"], r["mail_service"]) for r in cur.fetchall()]
+        counts: dict[str, int] = {done: len(chosen)} if chosen else {}
+        for value in (outcomes or {}).values():
+            if value != done:
+                counts[value] = counts.get(value, 0) + 1
+        return MoveBatch(len(rows) if ids is None else len(ids), counts, outcomes, moved,
+                         frozenset(r["project"] for r in taken if r["project"]))
 
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-             detail: str) -> dict[str, str]:
-        """Move selected mails (or all of from_state) in batches; an answer per id. Resumed mails are not
-        handed to the broker here: the scheduler's stale_queued step finds them."""
-        outcomes: dict[str, str] = {}
+             detail: str) -> dict[str, int]:
+        """Move selected mails (or all of from_state) in batches; how many ended how. Resumed mails are
+        not handed to the broker here: the scheduler's stale_queued step finds them."""
+        counts: dict[str, int] = {}
         while True:
-            batch, _, _ = self.move_batch(ids, project, from_state, to_state, detail)
-            outcomes.update(batch)
-            if ids is not None or not batch:
-                return outcomes
+            batch = self.move_batch(ids, project, from_state, to_state, detail)
+            for key, n in batch.counts.items():
+                counts[key] = counts.get(key, 0) + n
+            if ids is not None or not batch.examined:
+                return counts
 
     def unpause(self, project: str | None) -> None:
         """Unpause a project, or every project (project None)."""
@@ -294,13 +301,6 @@ class Store:
             return conn.execute(self.q["lock_batch_in_state"], {"state": state, "project": project,
                                                                 "limit": limit}).fetchall()
         return conn.execute(self.q["lock_selected"], {"ids": [uuid.UUID(str(i)) for i in ids]}).fetchall()
-
-    def _count_resumed(self, conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
-        for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
-            conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
-        glob = conn.execute(self.q["count_resumed_global"], {"ids": ids}).fetchone()
-        if glob and glob["n"]:
-            conn.execute(self.q["add_quota"], {"scope": "*", "day": glob["day"], "n": glob["n"]})
 
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""

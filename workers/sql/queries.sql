@@ -175,27 +175,31 @@ SELECT m.event_id, m.project, m.state FROM mail m
 -- Resumed mails are handed to the broker by the control actor in the same breath, so they are not
 -- due for the scheduler (next_attempt_at NULL); a lost wake-up is still caught by take_stale_queued.
 -- Mails that hold no unit (backlog, suspended, failed) take one, of today, as an admin override;
--- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist.
-UPDATE mail m
-   SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = NULL, updated_at = now(),
-       duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
-       quota_day = coalesce(m.quota_day, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date),
-       global_quota_day = coalesce(m.global_quota_day, (SELECT (now() AT TIME ZONE g.time_zone)::date
-                                                          FROM global_limits g))
-  FROM mail o LEFT JOIN projects p ON p.key = o.project
- WHERE o.event_id = m.event_id AND m.event_id = ANY(%(ids)s)
-RETURNING m.event_id, m.priority, m.mail_service;
-
--- name: count_resumed_quota
--- Only mails that hold no unit yet take one (an ambiguous mail still holds its own).
-SELECT m.project, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day, count(*)::int AS n
-  FROM mail m LEFT JOIN projects p ON p.key = m.project
- WHERE m.event_id = ANY(%(ids)s) AND m.quota_day IS NULL GROUP BY m.project, p.time_zone;
-
--- name: count_resumed_global
-SELECT (now() AT TIME ZONE g.time_zone)::date AS day,
-       (SELECT count(*)::int FROM mail m WHERE m.event_id = ANY(%(ids)s) AND m.global_quota_day IS NULL) AS n
-  FROM global_limits g;
+-- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist. One
+-- statement per batch: every CTE reads the rows as they were before the UPDATE.
+WITH old AS (
+    SELECT o.event_id, o.project, o.quota_day IS NULL AS takes, o.global_quota_day IS NULL AS takes_global,
+           (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day
+      FROM mail o LEFT JOIN projects p ON p.key = o.project
+     WHERE o.event_id = ANY(%(ids)s)
+), global_day AS (
+    SELECT (now() AT TIME ZONE g.time_zone)::date AS day FROM global_limits g
+), moved AS (
+    UPDATE mail m
+       SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = NULL, updated_at = now(),
+           duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
+           quota_day = coalesce(m.quota_day, old.day),
+           global_quota_day = coalesce(m.global_quota_day, (SELECT day FROM global_day))
+      FROM old WHERE m.event_id = old.event_id
+    RETURNING m.event_id, m.priority, m.mail_service
+), quota AS (
+    SELECT deskmail_add_quota(scope, day, n) FROM (
+        SELECT project AS scope, day, count(*)::int AS n FROM old WHERE takes GROUP BY project, day
+        UNION ALL
+        SELECT '*', (SELECT day FROM global_day), count(*)::int FROM old WHERE takes_global HAVING count(*) > 0
+    ) AS units
+)
+SELECT moved.event_id, moved.priority, moved.mail_service, (SELECT count(*) FROM quota) AS scopes FROM moved;
 
 -- name: close_ambiguous
 -- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
@@ -203,9 +207,6 @@ UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s,
        sent_at = coalesce(sent_at, now())
  WHERE event_id = ANY(%(ids)s)
 RETURNING event_id, priority, mail_service;
-
--- name: add_quota
-SELECT deskmail_add_quota(%(scope)s, %(day)s, %(n)s);
 
 -- name: suspend_selected
 UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()
