@@ -1,7 +1,8 @@
 """Measures a bulk control action: `deskmail backlog resume --all` over a large backlog.
 
 It makes a database and a RabbitMQ vhost of its own, admits N mails of one project over its daily
-limit (they wait in the backlog), starts a Dramatiq worker group sending to a local sink, then runs
+limit (they wait in the backlog), starts a Dramatiq worker group sending to a local sink and the
+control worker in a process of its own (on a control vhost, as deployed), then runs
 the command and reports, as one JSON line: the seconds until the command had its answer, the
 seconds until the first mail reached the sink, and how many had arrived by the answer.
 
@@ -36,18 +37,20 @@ def main() -> int:
     options.add_argument("--threads", type=int, default=8)
     args = options.parse_args()
     tag = uuid.uuid4().hex[:8]
-    database, vhost = f"deskmail_cbench_{tag}", f"deskmail-cbench-{tag}"
+    database, vhost, control_vhost = f"deskmail_cbench_{tag}", f"deskmail-cbench-{tag}", f"deskmail-cbench-c-{tag}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
-                   capture_output=True)
+    for name in (vhost, control_vhost):
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True,
+                       capture_output=True)
     env = {**os.environ, "DESKMAIL_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + "/" + database,
            "DESKMAIL_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}", "DESKMAIL_SECRET_KEYS": generate_key(),
            "DESKMAIL_CONTROL_KEY": uuid.uuid4().hex, "DESKMAIL_OUTBOUND_ALLOW": "127.0.0.0/8",
+           "DESKMAIL_CONTROL_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{control_vhost}",
            "DESKMAIL_LOG_LEVEL": "WARNING"}
     sink = MailSink(write_files=False, track=True).start()
-    worker = None
+    worker = control = None
     try:
         runtime = Runtime(Config.from_env(env))
         runtime.store.migrate()
@@ -66,6 +69,8 @@ def main() -> int:
         worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "workers.app:setup", "-p", str(args.processes),
                                    "-t", str(args.threads)], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
+        control = subprocess.Popen([sys.executable, "-m", "dramatiq", "workers.app:control", "-p", "1", "-t", "1"],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deskmail = [sys.executable, "-m", "producers.cli"]
         subprocess.run([*deskmail, "broker", "declare"], env=env, check=True, capture_output=True)
         ready = subprocess.run([*deskmail, "limits", "set", "--project", "bench", "--recipients-per-mail", "50"],
@@ -89,11 +94,13 @@ def main() -> int:
                           "worker_processes": args.processes, "threads": args.threads}))
         return 0 if done.returncode == 0 else 1
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+        for process in (worker, control):
+            if process is not None:
+                process.terminate()
+                process.wait(30)
         sink.stop()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+        for name in (vhost, control_vhost):
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False, capture_output=True)
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 

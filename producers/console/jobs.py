@@ -61,10 +61,10 @@ class Jobs:
         summary = "the test mail was accepted" if accepted else f"FAILED at {last}"
         if answer.get("error"):
             summary += f": {answer['error']}"
-        if answer.get("host"):
-            summary += f" (run on {answer['host']})"
         if then is not None:
             summary += f"; {then()}" if accepted else "; nothing was updated"
+        if answer.get("host"):
+            summary += f" (tested on {answer['host']})"
         self.store.finish_console_job(job, len(steps), steps, accepted, summary)
 
     def start_bulk(self, user: str, action: str, ids: list[str] | None, filters: dict[str, str | None],

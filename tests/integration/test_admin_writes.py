@@ -101,5 +101,5 @@ def test_project_pause_and_unpause_are_commands_and_audited(config, store, worke
     assert deskmail(config, "project", "unpause", "alpha").returncode == 0
     assert store.get_project("alpha").paused_reason is None
     unknown = deskmail(config, "project", "pause", "nowhere")
-    assert unknown.returncode == 1 and "unknown project" in unknown.stdout
-    assert [e["action"] for e in store.audit()] == ["project.pause", "project.unpause", "project.pause"][::-1]
+    assert unknown.returncode == 1 and "deskmail: unknown project" in unknown.stderr
+    assert [e["action"] for e in store.audit()] == ["project.unpause", "project.pause"]  # the unknown one never left
