@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 
-from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.integration.test_admin_writes import deskmail
 from tests.peers.smtp import SmtpPeer
