@@ -31,9 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     dec.add_argument("--json", action="store_true")
     dec.set_defaults(func=declare)
     keys = commands.add_parser("keys", help="secret keys").add_subparsers(dest="sub", required=True)
-    keys.add_parser("generate", help="print a new key for DESKMAIL_SECRET_KEYS").set_defaults(func=keys_generate)
-    keys.add_parser("rotate", help="re-encrypt every stored secret under the first key of the workers' "
-                    "DESKMAIL_SECRET_KEYS (a control action)").set_defaults(func=keys_rotate)
+    gen = keys.add_parser("generate", help="print a new key for DESKMAIL_SECRET_KEYS")
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(func=keys_generate)
+    rot = keys.add_parser("rotate", help="re-encrypt every stored secret under the first key of the workers' "
+                          "DESKMAIL_SECRET_KEYS (a control action)")
+    rot.add_argument("--json", action="store_true")
+    rot.set_defaults(func=keys_rotate)
     pub = commands.add_parser("publish", help="publish events, one JSON object per line; prints their ids")
     pub.add_argument("file", nargs="?", default="-", help="file of JSON lines, or - for standard input")
     pub.add_argument("--json", action="store_true", help="one JSON object per line: {line, event_id} or {line, error}")
@@ -102,7 +106,8 @@ def declare(ctx: Context, args: argparse.Namespace) -> int:
 
 def keys_generate(ctx: Context, args: argparse.Namespace) -> int:
     """Print a new Fernet key."""
-    print(generate_key())
+    key = generate_key()
+    emit({"key": key}, args.json, key)
     return 0
 
 
@@ -112,8 +117,8 @@ def keys_rotate(ctx: Context, args: argparse.Namespace) -> int:
     answer = send_control(ctx, "keys.rotate")
     if not answer.get("ok"):
         raise CommandError(f"nothing was re-encrypted: {printable(str(answer.get('error')))}")
-    print(f"re-encrypted the secrets of {len(answer.get('rotated', []))} project(s) under the first key of the "
-          "workers' DESKMAIL_SECRET_KEYS")
+    emit(answer, args.json, f"re-encrypted the secrets of {len(answer.get('rotated', []))} project(s) under the "
+         "first key of the workers' DESKMAIL_SECRET_KEYS")
     return 0
 
 
