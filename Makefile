@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench services sink-tools clean
+.PHONY: demo test unit integration bench bench-soak services sink-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ sink-tools:
 
 bench: $(STAMP) services sink-tools
 	$(BIN)/python deploy/bench.py $(BENCH_ARGS)
+
+# Worker memory over 200,000 mails (about ten minutes or more; not part of CI).
+bench-soak: $(STAMP) services sink-tools
+	$(BIN)/python deploy/bench.py --soak 200000 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -109,15 +109,16 @@ def _silence(message: dict[str, Any], timeout: float, seen: dict[str, Any] | Non
 
 def run_test(publisher: Publisher, store: Store, key: str, timeout: float, project: str, to: str | None = None,
              fields: dict[str, Any] | None = None, on_progress: Progress | None = None,
-             requested_by: str | None = None) -> dict[str, Any]:
+             requested_by: str | None = None, attach: bool = False) -> dict[str, Any]:
     """The Test action through a worker of the project's transport queue: its final answer.
 
     `fields` (settings_fields) tests settings not saved yet. The answer's `steps` are those of
     workers.diagnosis (name, status, detail, advice), `host` says which worker ran them, `accepted`
     whether the test mail was accepted; `on_progress` sees the steps as they arrive. The command and
-    the console both call this.
+    the console both call this. `attach` adds a small text attachment to the test mail.
     """
     extra = {"requested_by": requested_by} if requested_by else {}
+    extra.update({"attach": True} if attach else {})
     message = control_message("settings.test", key, project=project, to=to,
                               **{k: v for k, v in (fields or {}).items() if k != "project"}, **extra)
     return send(publisher, store, message, timeout, on_progress, busy_timeout=max(timeout, TEST_STEP_TIMEOUT))

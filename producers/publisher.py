@@ -16,10 +16,12 @@ import kombu
 import kombu.exceptions
 
 import schemas
+from schemas.mail_parts import AttachmentCaps, size_problems
+from workers.config import Config
 from workers.constants import Kind, Queue
 from workers.errors import BrokerError
 
-EVENT_SCHEMA = "notification-event.v1"
+EVENT_SCHEMA = schemas.EVENT
 BATCH_SIZE = 100  # events per broker message when publishing many: one hop and one ack for all of them
 
 
@@ -63,12 +65,15 @@ class Batch:
     event_ids: tuple[str, ...]
 
 
-def prepare(event: dict[str, Any]) -> Prepared:
-    """Complete and validate an event (InvalidEvent when it breaks the contract)."""
+def prepare(event: dict[str, Any], caps: AttachmentCaps | None = None) -> Prepared:
+    """Complete and validate an event (InvalidEvent when it breaks the contract or its attachments pass the
+    caps, by default those of the DESKMAIL_* settings in the environment)."""
     if not isinstance(event, dict):
         raise InvalidEvent((schemas.Problem("(root)", "an event must be a JSON object"),))
     event = complete(event)
     problems = schemas.validate(EVENT_SCHEMA, event)
+    if not problems and event.get("attachments"):
+        problems = size_problems(event, caps or Config.from_env().attachment_caps())
     if problems:
         raise InvalidEvent(tuple(problems))
     return Prepared(event["event_id"], event, Kind(event["kind"]).priority)
@@ -78,10 +83,12 @@ def batches(items: list[Prepared], size: int = BATCH_SIZE) -> list[Batch]:
     """Prepared events as broker messages of at most `size` events each, one kind per message, records first."""
     out: list[Batch] = []
     for priority in sorted({item.priority for item in items}, reverse=True):
-        same = [item for item in items if item.priority == priority]
+        same = [item for item in items if item.priority == priority and not item.event.get("attachments")]
         actor = Queue.ADMIT.record_actor if priority >= Kind.RECORD.priority else Queue.ADMIT
-        for start in range(0, len(same), size):
-            chunk = same[start:start + size]
+        # an event with attachments goes alone: a batch of them could pass the broker's message size limit
+        chunks = [same[start:start + size] for start in range(0, len(same), size)]
+        chunks += [[item] for item in items if item.priority == priority and item.event.get("attachments")]
+        for chunk in chunks:
             message_id = str(uuid.uuid4())
             out.append(Batch(message_id, envelope([i.event for i in chunk], message_id=message_id, actor=actor),
                              priority, tuple(i.event_id for i in chunk)))
@@ -91,8 +98,10 @@ def batches(items: list[Prepared], size: int = BATCH_SIZE) -> list[Batch]:
 class Publisher:
     """Thread-safe event publisher over a kombu connection pool with publisher confirms."""
 
-    def __init__(self, amqp_url: str, timeout: float = 10.0, pool_size: int = 4) -> None:
+    def __init__(self, amqp_url: str, timeout: float = 10.0, pool_size: int = 4,
+                 caps: AttachmentCaps | None = None) -> None:
         self.timeout = timeout
+        self.caps = caps  # attachment caps; None: those of the environment's DESKMAIL_* settings
         self._connection = kombu.Connection(amqp_url, connect_timeout=timeout,
                                             transport_options={"confirm_publish": True})
         self._pool = self._connection.Pool(limit=pool_size)
@@ -100,7 +109,7 @@ class Publisher:
 
     def publish(self, event: dict[str, Any]) -> str:
         """Validate and publish one event; return its event id once the broker has confirmed it."""
-        item = prepare(event)
+        item = prepare(event, self.caps)
         actor = Queue.ADMIT.record_actor if item.priority >= Kind.RECORD.priority else Queue.ADMIT
         self._send(envelope(item.event, actor=actor), item.event_id, item.priority, Queue.ADMIT)
         return item.event_id
@@ -113,7 +122,7 @@ class Publisher:
         batch = []
         for index, event in enumerate(events):
             try:
-                batch.append(prepare(event))
+                batch.append(prepare(event, self.caps))
             except InvalidEvent as exc:
                 raise InvalidEvent(tuple(schemas.Problem(f"events[{index}]" + ("" if p.path == "(root)" else f".{p.path}"),
                                                          p.message) for p in exc.problems)) from None

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 
-EVENT = "notification-event.v1"
+EVENT = "notification-event.v1.1"  # the current contract; v1 events are valid v1.1 events
+EVENT_V1 = "notification-event.v1"
 CONTROL = "control-message.v1"
 SETTINGS = "project-settings.v1"
-SCHEMA_NAMES: tuple[str, ...] = (EVENT, CONTROL, SETTINGS)
+SCHEMA_NAMES: tuple[str, ...] = (EVENT, EVENT_V1, CONTROL, SETTINGS)
 
 _DATE_TIME = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"

@@ -6,8 +6,9 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.addresses import address_problem
-from schemas.compiled import EVENT, SETTINGS
+from schemas.compiled import EVENT, EVENT_V1, SETTINGS
 from schemas.header_text import header_text_problems
+from schemas.mail_parts import mail_part_problems
 from schemas.problems import Problem, format_path
 from schemas.recipients import recipient_problems
 
@@ -29,6 +30,7 @@ def event_problems(event: dict[str, Any]) -> list[Problem]:
     problems += header_text_problems("subject", event.get("subject"))
     problems += _record_problems(event.get("record"))
     problems += _header_problems(event.get("headers"))
+    problems += mail_part_problems(event)
     return problems
 
 
@@ -84,5 +86,6 @@ def _time_zone_problem(time_zone: Any) -> Problem | None:
 
 _CHECKS: dict[str, Callable[[dict[str, Any]], list[Problem]]] = {
     EVENT: event_problems,
+    EVENT_V1: event_problems,
     SETTINGS: settings_problems,
 }

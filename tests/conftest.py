@@ -85,7 +85,8 @@ def config(database_url: str, amqp_url: str):
 
 TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "control_refusals",
           "control_moved", "control_sent", "control_tests",
-          "console_users", "console_sessions", "console_login_attempts", "console_oidc_logins", "console_jobs")
+          "console_users", "console_sessions", "console_login_attempts", "console_oidc_logins", "console_jobs",
+          "scheduler_heartbeats", "attachment_blobs", "mail_attachments")
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ from typing import Any
 from dramatiq.middleware import CurrentMessage
 
 import schemas
+from workers import metrics
+from schemas.mail_parts import AttachmentCaps, size_problems
+from workers import attachments
 from workers.constants import Kind, State
 from workers.errors import DataRefused
 from workers.handing import Enqueue, hand_on
@@ -46,9 +49,10 @@ def own_event_id(body: Any) -> uuid.UUID | None:
 class Admitter:
     """Callable behind the `deskmail.admit` actor."""
 
-    def __init__(self, store: Store, enqueue: Enqueue) -> None:
+    def __init__(self, store: Store, enqueue: Enqueue, caps: AttachmentCaps | None = None) -> None:
         self.store = store
         self.enqueue = enqueue
+        self.caps = caps or AttachmentCaps()
         self.rejects = Rejects(store)
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
@@ -61,15 +65,17 @@ class Admitter:
         bodies = [args[0]] if isinstance(args[0], dict) else args[0][:MAX_BATCH]
         for extra in args[0][MAX_BATCH:] if isinstance(args[0], list) else ():
             self._reject((extra,), {}, f"(root): a batch carries at most {MAX_BATCH} events")
-        items = [item for item in map(self._checked, bodies) if item is not None]
+        blobs: dict[str, bytes] = {}  # attachment bytes by sha256, moved out of the events by _checked
+        items = [item for item in (self._checked(body, blobs) for body in bodies) if item is not None]
         try:
-            admissions = patiently(lambda: self.store.admit_many(items))
+            admissions = patiently(lambda: self._admit(items, blobs))
         except DataRefused:  # some event's data cannot be stored: admit one by one, reject that one alone
-            admissions = [self._admit_alone(item) for item in items]
+            admissions = [self._admit_alone(item, blobs) for item in items]
         self._hand_on([(event, admission) for (event, _, _), admission in zip(items, admissions) if admission])
 
-    def _checked(self, body: Any) -> tuple[dict, int, int] | None:
-        """The normalized event with its priority and recipient count, or None once rejected."""
+    def _checked(self, body: Any, blobs: dict[str, bytes]) -> tuple[dict, int, int] | None:
+        """The normalized event (attachment bytes moved into blobs) with its priority and recipient count, or
+        None once rejected."""
         if not isinstance(body, dict):
             self._reject((body,), {}, "(root): an event must be a JSON object")
             return None
@@ -78,11 +84,23 @@ class Admitter:
         except schemas.InvalidPayload as exc:
             self._reject((body,), {}, capped(exc.problems))
             return None
+        if too_large := size_problems(event, self.caps):
+            self._reject((body,), {}, capped(too_large))
+            return None
+        if event.get("attachments"):  # the bytes leave the event here: the ledger keeps references
+            event, stored = attachments.extract(event)
+            blobs.update(stored)
         return event, Kind(event["kind"]).priority, len(schemas.unique_recipients(event))
 
-    def _admit_alone(self, item: tuple[dict, int, int]) -> Admission | None:
+    def _admit(self, items: list[tuple[dict, int, int]], blobs: dict[str, bytes]) -> list[Admission]:
+        """Admit items in one transaction, storing their attachments' blobs in it when there are any."""
+        if not blobs:
+            return self.store.admit_many(items)
+        return self.store.admit_with_attachments(items, blobs)
+
+    def _admit_alone(self, item: tuple[dict, int, int], blobs: dict[str, bytes]) -> Admission | None:
         try:
-            return patiently(lambda: self.store.admit_many([item]))[0]
+            return patiently(lambda: self._admit([item], attachments.blobs_of(item[0], blobs)))[0]
         except DataRefused as exc:  # bad data is the event's fault: rejected, never retried
             self._reject((item[0],), {}, f"(event): {exc}")
             return None
@@ -91,6 +109,8 @@ class Admitter:
         """One transport message per mail service and kind for the queued mails (records first)."""
         queued = []
         for event, admission in admitted:
+            if admission.is_new:
+                metrics.admitted(event["project"], admission.state, admission.reason)
             log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
                       f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
             if admission.state == State.QUEUED:
@@ -105,3 +125,5 @@ class Admitter:
         body = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
         self.rejects.keep(own_event_id(body), raw_bytes(args, kwargs), "invalid_event", detail,
                           body.get("project"), body.get("kind"))
+        project = body.get("project")
+        metrics.admitted(project if isinstance(project, str) else None, State.REJECTED, "invalid_event")

@@ -19,6 +19,8 @@ from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
 from workers.logs import configure_logging
+from workers.middleware.logcontext import LogContext
+from workers.middleware.metrics import MetricsEndpoint
 from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
@@ -41,6 +43,7 @@ def build_broker(config: Config, url: str | None = None) -> dramatiq.Broker:
     broker = ArrivalRabbitmqBroker(url=with_timeouts(url or config.amqp_url), confirm_delivery=False,
                                    max_priority=MAX_PRIORITY)
     broker.add_middleware(DropTracebacks())
+    broker.add_middleware(LogContext())
     return broker
 
 
@@ -77,7 +80,7 @@ def guard(broker: dramatiq.Broker, runtime: Runtime) -> None:
 def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool = True) -> None:
     """Declare the admit actor, one transport actor per mail service and (if `control`) the control actor."""
     store, enqueue = runtime.store, enqueuer(broker)
-    admitter = Admitter(store, enqueue)
+    admitter = Admitter(store, enqueue, runtime.config.attachment_caps())
     for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
         dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
                        options=dict(ACTOR_OPTIONS))
@@ -99,11 +102,13 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
     (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `workers.app:control`.
     """
     config = config or Config.from_env()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     control_here = config.control_url == config.amqp_url
     if control_here:
         config.require_control_authority()
     broker = build_broker(config)
+    if config.metrics_port:
+        broker.add_middleware(MetricsEndpoint(config))
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)
@@ -120,9 +125,11 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     broker on DESKMAIL_AMQP_URL, which this process only publishes to.
     """
     config = config or Config.from_env()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     config.require_control_authority()
     broker = build_broker(config, config.control_url)
+    if config.metrics_port:
+        broker.add_middleware(MetricsEndpoint(config))
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)

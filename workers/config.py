@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
+from schemas.mail_parts import AttachmentCaps
 from workers.errors import ConfigurationError
 
 
@@ -55,7 +56,29 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
                 "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
-        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers and the CLI."),
+        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
+        Setting("DESKMAIL_LOG_FORMAT", "text",
+                "`text` (one line per record) or `json` (one JSON object per line, with event_id, project, service, "
+                "attempt and host on every line about a mail)."),
+        Setting("DESKMAIL_METRICS_PORT", "",
+                "Port of the /metrics, /healthz and /readyz endpoint of a worker process group (`dramatiq`) or the "
+                "scheduler; empty or 0: no endpoint."),
+        Setting("DESKMAIL_METRICS_HOST", "127.0.0.1",
+                "Address the metrics endpoint listens on (0.0.0.0 in containers)."),
+        Setting("DESKMAIL_METRICS_DIR", "",
+                "Folder for the per-process metric files of a `dramatiq -p N` group (PROMETHEUS_MULTIPROC_DIR); "
+                "empty: a folder per group under the system's temporary folder."),
+        Setting("DESKMAIL_HEARTBEAT_MAX_AGE", "60",
+                "Seconds after which `deskmail healthcheck` calls the scheduler's last heartbeat stale."),
+        Setting("DESKMAIL_HEALTH_TIMEOUT", "3",
+                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it unreachable."),
+        Setting("DESKMAIL_ATTACHMENT_MAX_BYTES", "26214400",
+                "Largest attachment, decoded, in bytes (25 MB); checked by the publisher and at admission."),
+        Setting("DESKMAIL_ATTACHMENTS_MAX_BYTES", "26214400",
+                "Largest total of one mail's attachments, decoded, in bytes (25 MB, Gmail's cap)."),
+        Setting("DESKMAIL_ATTACHMENTS_MAX_COUNT", "20", "Most attachments one mail may carry."),
+        Setting("DESKMAIL_ATTACHMENT_RETENTION", "604800",
+                "Seconds a failed or ambiguous mail keeps its attachments for a retry or resend (7 days)."),
         Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
                 "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
         Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
@@ -135,6 +158,16 @@ class Config:
     log_level: str = "INFO"
     global_per_day: int | None = None
     global_recipients_per_mail: int | None = None
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_dir: str = ""
+    heartbeat_max_age: float = 60.0
+    health_timeout: float = 3.0
+    attachment_max_bytes: int = 26214400
+    attachments_max_bytes: int = 26214400
+    attachments_max_count: int = 20
+    attachment_retention: float = 604800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -165,6 +198,16 @@ class Config:
             log_level=_level(get("DESKMAIL_LOG_LEVEL")),
             global_per_day=num("MAIL_LIMIT_PER_DAY_SMTP", int, True),
             global_recipients_per_mail=num("RECIPIENTS_LIMIT_PER_MAIL_SMTP", int, True),
+            log_format=get("DESKMAIL_LOG_FORMAT").strip().lower() or "text",
+            metrics_port=num("DESKMAIL_METRICS_PORT", int, True) or 0,
+            metrics_host=get("DESKMAIL_METRICS_HOST"),
+            metrics_dir=get("DESKMAIL_METRICS_DIR"),
+            heartbeat_max_age=num("DESKMAIL_HEARTBEAT_MAX_AGE"),
+            health_timeout=num("DESKMAIL_HEALTH_TIMEOUT"),
+            attachment_max_bytes=num("DESKMAIL_ATTACHMENT_MAX_BYTES", int),
+            attachments_max_bytes=num("DESKMAIL_ATTACHMENTS_MAX_BYTES", int),
+            attachments_max_count=num("DESKMAIL_ATTACHMENTS_MAX_COUNT", int),
+            attachment_retention=num("DESKMAIL_ATTACHMENT_RETENTION"),
         )
 
     def __post_init__(self) -> None:
@@ -195,6 +238,10 @@ class Config:
                 "DESKMAIL_CONTROL_KEY is not set, so anyone who may publish to the control queue could resume, "
                 "suspend and change limits and settings: set it (the same value for workers and the deskmail "
                 "command), or set DESKMAIL_INSECURE_CONTROL=1 for local development only")
+
+    def attachment_caps(self) -> AttachmentCaps:
+        """The attachment caps the publisher and admission check."""
+        return AttachmentCaps(self.attachment_max_bytes, self.attachments_max_bytes, self.attachments_max_count)
 
     def redacted(self) -> dict[str, object]:
         """The configuration as a dict with secrets and URL passwords masked, for logs."""

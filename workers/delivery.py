@@ -9,11 +9,14 @@ send is never repeated because of a database fault.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
 import schemas
+from workers import logcontext, metrics
+from workers.attachments import MissingAttachment, attachments_of
 from workers.config import Config
 from workers.constants import MailService, Reason, State
 from workers.errors import StoreError
@@ -28,24 +31,26 @@ from workers.transports.base import Delivered, Envelope, Outcome, Transport, Tra
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # event ids one transport message may carry
-CHUNK = 10        # mails whose DATA phase and outcomes are written in one statement each
 
 
 def sender_of(settings: ProjectSettings) -> Sender:
     """The From of a project's mail."""
     doc = settings.document
-    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"))
+    return Sender(doc["from_address"], doc.get("from_name"), doc.get("reply_to"),
+                  doc.get("list_unsubscribe_url"), doc.get("list_unsubscribe_post", True))
 
 
 def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
-                 only: Iterable[str] | None = None) -> Envelope:
+                 only: Iterable[str] | None = None, contents: Mapping[str, bytes] | None = None) -> Envelope:
     """Build the message of an event with the project's sender; `only` limits the recipients (on a retry
-    after a partial delivery, those that were deferred)."""
+    after a partial delivery, those that were deferred); `contents` holds its attachments' bytes by sha256."""
     sender = sender_of(settings)
     message_id = message_id_for(event["event_id"], sender.address.rpartition("@")[2])
-    data = build(event, sender, message_id, now)
+    files = attachments_of(event, contents or {})
+    data = build(event, sender, message_id, now, files)
     recipients = tuple(only) if only else tuple(schemas.unique_recipients(event))
-    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id)
+    bare = (lambda: build(event, sender, message_id, now)) if files else None
+    return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id, files, bare)
 
 
 class Deliverer:
@@ -60,8 +65,9 @@ class Deliverer:
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
 
-        Mails not in `queued` are someone else's (or done). The batch is sent in chunks: the DATA
-        phase of a chunk is written when its first mail reaches DATA, its outcomes once it is done.
+        Mails not in `queued` are someone else's (or done). Each mail's DATA phase is written, under
+        its lease, right before it is handed over, in the same round trip as the outcomes of the mails
+        finished before it; the last outcomes are written at the end.
         """
         ids = [event_ids] if isinstance(event_ids, str) else [str(i) for i in event_ids][:MAX_BATCH]
         claims = patiently(lambda: self.store.claim(ids, self.worker, self.config.lease_seconds, self.service))
@@ -69,11 +75,10 @@ class Deliverer:
             self._not_claimed(ids, claims)
         claims.sort(key=lambda c: -c.priority)
         with self.leases.holding(claims):
-            for start in range(0, len(claims), CHUNK):
-                chunk = claims[start:start + CHUNK]
-                gate = DataGate(self.store, chunk)
-                self.record([(claim, self.attempt(claim, gate)) for claim in chunk])
-                self.leases.release(chunk)
+            gate = DataGate(self.store, self.worker, self._recorded)
+            for claim in claims:
+                gate.finished(claim, self.attempt(claim, gate))
+            self.record(gate.unwritten())
 
     def _not_claimed(self, ids: list[str], claims: list[Claim]) -> None:
         claimed = {str(c.event_id) for c in claims}
@@ -84,19 +89,29 @@ class Deliverer:
 
     def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
+        # every line logged from here on is about this mail (the middleware restores the context after the call)
+        logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
+        contents = patiently(lambda: self.store.attachment_contents(claim.event)) if claim.event.get("attachments") \
+            else {}
         try:
             settings = self.settings.load(claim.settings_key, claim.settings_version)
+            logcontext.bind(service=settings.service)
             transport = self.transports[settings.service]
-            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred)
+            envelope = envelope_for(claim.event, settings, self.clock(), claim.deferred, contents)
+        except MissingAttachment as exc:  # the mail's fault (kept past its retention), not the settings'
+            return AttemptOutcome("failed", State.FAILED, str(exc), "permanent", refund=not claim.deferred)
         except Exception as exc:  # noqa: BLE001 - a bad mail or setting must end in a state, not a crash
             log.warning("mail %s cannot be prepared: %s", claim.event_id, type(exc).__name__)
             detail = f"cannot prepare the mail: {exc}"
             return AttemptOutcome("configuration", State.FAILED, detail, "configuration", refund=True,
                                   config_error=detail)
+        started = time.perf_counter()
         try:
             with phase.watching(lambda: gate.enter(claim)):
                 delivered = transport.send(settings, envelope)
+            metrics.send_finished(settings.service, "delivered", time.perf_counter() - started)
         except TransportFailure as failure:
+            metrics.send_finished(settings.service, str(failure.outcome), time.perf_counter() - started)
             log.info("mail %s: %s: %s", claim.event_id, failure.outcome, failure.detail)
             return self.judge_failure(claim, envelope, failure)
         except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
@@ -143,31 +158,43 @@ class Deliverer:
 
     def record(self, done: list[tuple[Claim, AttemptOutcome]]) -> None:
         """Write the outcomes, waiting for PostgreSQL as long as it takes; never sends again for them."""
-        taken = patiently(lambda: self.store.record_outcomes(done, self.worker))
+        self._recorded(done, patiently(lambda: self.store.record_outcomes(done, self.worker)))
+
+    def _recorded(self, done: list[tuple[Claim, AttemptOutcome]], taken: set[uuid.UUID]) -> None:
+        self.leases.release([claim for claim, _ in done])
         for claim, outcome in done:
+            metrics.mail_outcome(claim.project, self.service,
+                                 outcome.label if claim.event_id in taken else "lease_lost")
             if claim.event_id not in taken:
                 log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
                             claim.event_id, outcome.label)
 
 
-class DataGate:
-    """The DATA phase of a chunk of claims, written in one statement when the first of them reaches DATA.
 
-    Marking the chunk at once costs one round trip per chunk instead of per mail; a worker lost
-    before the chunk's outcomes are written leaves all its mails flagged, as the DATA window requires.
+class DataGate:
+    """A worker's DATA phases and outcomes: before each mail is handed over, one round trip writes the
+    outcomes of the mails finished since the last one and marks this mail as entering the DATA window.
+
+    So a worker lost before a mail's DATA leaves it unmarked (safe to send again), and one lost
+    after it leaves at most that mail and the ones finished since unwritten, each marked.
     """
 
-    def __init__(self, store: Store, claims: list[Claim]) -> None:
-        self.store, self.claims = store, claims
-        self.held: set[uuid.UUID] = set()
-        self.asked: set[uuid.UUID] = set()
+    def __init__(self, store: Store, worker: str,
+                 recorded: Callable[[list[tuple[Claim, AttemptOutcome]], set[uuid.UUID]], None]) -> None:
+        self.store, self.worker, self.recorded = store, worker, recorded
+        self._pending: list[tuple[Claim, AttemptOutcome]] = []
         self._entered: set[uuid.UUID] = set()
 
     def enter(self, claim: Claim) -> None:
         """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
-        if claim.event_id not in self.asked:
-            self._mark([c for c in self.claims if c.event_id not in self.asked])
-        if claim.event_id not in self.held:
+        try:
+            taken, held = self.store.record_and_enter(self._pending, claim, self.worker)
+        except StoreError as exc:  # the outcomes stay pending; this mail is not sent now
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        done, self._pending = self._pending, []
+        self.recorded(done, taken)
+        if not held:
             raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
         self._entered.add(claim.event_id)
 
@@ -175,10 +202,10 @@ class DataGate:
         """Whether claim's mail may have been handed over."""
         return claim.event_id in self._entered
 
-    def _mark(self, claims: list[Claim]) -> None:
-        try:
-            self.held |= self.store.enter_data_phase(claims)
-        except StoreError as exc:
-            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
-                from exc
-        self.asked |= {c.event_id for c in claims}
+    def finished(self, claim: Claim, outcome: AttemptOutcome) -> None:
+        """Keep claim's outcome to be written with the next DATA phase, or at the end."""
+        self._pending.append((claim, outcome))
+
+    def unwritten(self) -> list[tuple[Claim, AttemptOutcome]]:
+        """The outcomes not written yet."""
+        return self._pending

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
+from typing import Sequence
+
+from workers import mime_parts
+from workers.attachments import Attachment
 
 from schemas.addresses import ascii_domain_form
 
@@ -32,6 +36,8 @@ class Sender:
     address: str
     name: str | None = None
     reply_to: str | None = None
+    list_unsubscribe: str | None = None  # the project's URL template, for notifications (workers.mime_parts)
+    list_unsubscribe_post: bool = True
 
 
 def message_id_for(event_id: uuid.UUID | str, domain: str) -> str:
@@ -113,8 +119,10 @@ def _boundary(*parts: str) -> str:
             return boundary
 
 
-def build(event: dict, sender: Sender, message_id: str, date: datetime) -> bytes:
+def build(event: dict, sender: Sender, message_id: str, date: datetime,
+          attachments: Sequence[Attachment] = ()) -> bytes:
     """The whole message with CRLF line endings; UTF-8 only where addresses need SMTPUTF8."""
+    sender = mime_parts.sender_for(event, sender)
     head = [f"From: {_address(sender.address, sender.name)}"]
     for header, field in (("To", "to"), ("Cc", "cc")):
         if event.get(field):
@@ -125,7 +133,9 @@ def build(event: dict, sender: Sender, message_id: str, date: datetime) -> bytes
     head += [f"Subject: {_word(event['subject'])}", f"Date: {format_datetime(date)}",
              f"Message-ID: {message_id}", "MIME-Version: 1.0",
              f"X-Deskmail-Event-Id: {event['event_id']}", f"X-Deskmail-Kind: {event['kind']}"]
+    head += mime_parts.headers(event, sender)
     if event.get("record"):
         head.append(f"X-Deskmail-Record: {_word(event['record']['type'] + '/' + event['record']['id'])}")
     head += [f"{name}: {_word(value)}" for name, value in (event.get("headers") or {}).items()]
-    return (_CRLF.join(head) + _CRLF + _content(event)).encode("utf-8")
+    body = mime_parts.content(event, attachments, _body) if attachments else _content(event)
+    return (_CRLF.join(head) + _CRLF + body).encode("utf-8")

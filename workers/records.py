@@ -157,6 +157,24 @@ class MoveBatch:
 
 
 @dataclass(frozen=True)
+class Heartbeat(_FromRow):
+    """The newest scheduler heartbeat: when, how long ago, and how many schedulers beat within the window."""
+
+    beat_at: datetime | None
+    age: float | None
+    fresh: int
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One sample the metrics endpoint reads from the ledger on a scrape."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True)
 class ConsoleUser(_FromRow):
     """A console account; password_hash is argon2id, None for single sign-on only."""
 

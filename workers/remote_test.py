@@ -81,7 +81,8 @@ class SelfTestRunner:
         store.control_progress(message["request_id"], {**base, "ok": True, "running": True, "touched": 0,
                                                        "steps": [], "note": f"running on {self.host}"})
         try:
-            self_test(self.runtime, test["project"], test["to_address"], document, checkup)
+            self_test(self.runtime, test["project"], test["to_address"], document, checkup,
+                      attachment=test["attach"])
         except Exception as exc:  # noqa: BLE001 - the command shows it rather than waiting for nothing
             log.exception("Test action %s could not run", message["request_id"])
             self._finish(message, {**base, "ok": False, "error": f"the test could not run: {type(exc).__name__}: "

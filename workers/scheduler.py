@@ -6,12 +6,14 @@ Every pass is a handful of SKIP LOCKED statements, so two schedulers running at 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from workers import metrics
 from workers.config import Config
 from workers.errors import StoreUnavailable
 from workers.handing import Enqueue, hand_on
@@ -26,6 +28,17 @@ Extra = Callable[[], dict[str, int]]
 def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
     """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
     return hand_on(enqueue, store.take_due_retries(limit))
+
+
+def heartbeat_step(store: Store) -> Extra:
+    """The scheduler's heartbeat: one row per scheduler process, read by health checks and metrics."""
+    from workers.logcontext import HOST
+    name = f"{HOST}:{os.getpid()}"
+
+    def beat() -> dict[str, int]:
+        store.record_heartbeat(name)
+        return {}
+    return beat
 
 
 def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Extra:
@@ -48,11 +61,14 @@ class Scheduler:
         """A scheduler publishing through a Dramatiq broker of its own."""
         from workers.admit import Admitter
         from workers.app import build_broker, enqueuer
+        from workers.attachments import clean_up_step
         from workers.deadletters import drain_step
         broker = build_broker(config)
         enqueue = enqueuer(broker)
-        return cls(runtime.store, enqueue, config,
-                   [auto_resume_step(runtime.store), drain_step(config.amqp_url, Admitter(runtime.store, enqueue))])
+        store = runtime.store
+        return cls(store, enqueue, config,
+                   [heartbeat_step(store), auto_resume_step(store), drain_step(config.amqp_url, Admitter(store, enqueue)),
+                    clean_up_step(store, config.attachment_retention)])
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each step touched. A step that fails is logged and
@@ -72,6 +88,7 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - the next step and the next pass still run
                 log.exception("scheduler step failed; the other steps go on")
                 done["failed_steps"] = done.get("failed_steps", 0) + 1
+        metrics.scheduler_pass({k: n for k, n in done.items() if k != "failed_steps"})
         if any(done.values()):
             log.info("scheduler pass: %s", done)
         return done
@@ -81,6 +98,9 @@ class Scheduler:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         log.info("scheduler running every %s s", self.config.scheduler_interval)
+        if self.config.metrics_port:
+            from workers.endpoint import ledger_store, serve_in_thread
+            serve_in_thread(self.config, ledger_store(self.config))
         while not self.stop.is_set():
             self.tick()
             self.stop.wait(self.config.scheduler_interval)

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -18,7 +18,7 @@ from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
 from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             GlobalLimits, Mail, MoveBatch, Project, Requeue)
+                             Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -139,6 +139,25 @@ class Store:
         decided = {str(r["event_id"]): Admission.from_row(r) for r in self._all("admit", {"rows": Jsonb(rows)})}
         return [decided[str(e["event_id"])] for e, _, _ in items]
 
+    def admit_with_attachments(self, items: list[tuple[dict[str, Any], int, int]],
+                               blobs: Mapping[str, bytes]) -> list[Admission]:
+        """`admit_many` for events whose attachments refer to blobs ({sha256: bytes}): in one transaction the
+        blobs are stored once per hash, the events admitted, and each mail linked to its blobs (idempotent)."""
+        rows = [{"event_id": e["event_id"], "project": e["project"], "kind": e["kind"], "priority": priority,
+                 "event": e, "subject": e["subject"][:200], "recipients": recipients,
+                 "created_at": e.get("created_at")} for e, priority, recipients in items]
+        with self._conn() as conn, conn.transaction():
+            for digest in sorted(blobs):  # one order for every admission: two never wait on each other's rows
+                conn.execute(self.q["store_attachment_blob"], {"sha256": digest, "size": len(blobs[digest]),
+                                                               "content": blobs[digest]})
+            decided = {str(r["event_id"]): Admission.from_row(r)
+                       for r in conn.execute(self.q["admit"], {"rows": Jsonb(rows)}).fetchall()}
+            for event, _, _ in items:
+                hashes = sorted({a["sha256"] for a in event.get("attachments") or ()})
+                if hashes:
+                    conn.execute(self.q["link_mail_attachments"], {"event_id": event["event_id"], "hashes": hashes})
+        return [decided[str(e["event_id"])] for e, _, _ in items]
+
     def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]:
         """Lease to `worker` for `lease` seconds those of these mails that are queued and sent through
         `service` (the others are taken, done, or belong to another service now)."""
@@ -151,12 +170,6 @@ class Store:
         rows = self._all("reroute", {"ids": [str(e) for e in event_ids], "service": service})
         return [Requeue.from_row(r) for r in rows]
 
-    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
-        """Note that these mails are about to be handed over; returns the ids whose lease still holds."""
-        rows = self._all("enter_data_phase", {"ids": [c.event_id for c in claims],
-                                              "tokens": [c.lease_token for c in claims]})
-        return {r["event_id"] for r in rows}
-
     def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]:
         """Extend the leases still held by these (event id, token) pairs; returns the ids renewed."""
         if not held:
@@ -167,16 +180,19 @@ class Store:
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
         """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
-        rows = [{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
-                 "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
-                 "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
-                 "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
-                 "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
-                for c, o in done]
-        if not rows:
+        if not done:
             return set()
-        return {r["event_id"] for r in self._all("record_outcomes", {"rows": Jsonb(rows), "worker": worker})
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": _outcome_rows(done), "worker": worker})
                 if r["recorded"]}
+
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
+                         worker: str) -> tuple[set[uuid.UUID], bool]:
+        """Write outcomes and note that claim's mail is about to be handed over, in one round trip;
+        returns the ids whose mail took their outcome, and whether claim's lease still holds (else: do not send)."""
+        row = self._one("record_and_enter", {"rows": _outcome_rows(done), "worker": worker,
+                                             "event_id": claim.event_id, "token": claim.lease_token})
+        assert row is not None
+        return set(row["recorded"]), bool(row["entered"])
 
     def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
         """Every delivery attempt of a mail, oldest first."""
@@ -189,6 +205,18 @@ class Store:
     def record_config_error(self, project: str, detail: str) -> None:
         """Show a configuration error on the project's status (the next successful send clears it)."""
         self._all("record_config_error", {"project": project, "detail": detail[:2000]})
+
+    def attachment_contents(self, event: dict[str, Any]) -> dict[str, bytes]:
+        """{sha256: bytes} of the blobs an admitted event's attachments refer to; no query without attachments."""
+        hashes = sorted({a["sha256"] for a in event.get("attachments") or () if "sha256" in a})
+        if not hashes:
+            return {}
+        return {r["sha256"]: bytes(r["content"]) for r in self._all("attachment_contents", {"hashes": hashes})}
+
+    def delete_unused_attachments(self, grace: float, retention: float, limit: int = 1000) -> int:
+        """Delete up to `limit` blobs no mail that can still be sent (or retried within `retention` seconds)
+        refers to and no admission used in the last `grace` seconds; returns how many (for the scheduler)."""
+        return self._rowcount("delete_unused_attachments", {"grace": grace, "retention": retention, "limit": limit})
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -396,7 +424,7 @@ class Store:
         """Keep what a Test action is to test, for the transport worker that runs it."""
         self._all("add_control_test", {
             "request_id": message["request_id"], "project": project, "mail_service": service,
-            "to": message.get("to"), "settings": Jsonb(message["settings"]) if message.get("settings") else None,
+            "to": message.get("to"), "attach": bool(message.get("attach")), "settings": Jsonb(message["settings"]) if message.get("settings") else None,
             "sealed_secrets": message.get("sealed_secrets"),
             "message": Jsonb({k: v for k, v in message.items() if k not in ("signature", "sealed_secrets")})})
 
@@ -602,6 +630,47 @@ class Store:
         rows = self._all("take_over", {"grace": grace, "limit": limit})
         return [Requeue.from_row(r) for r in rows if r["state"] == "queued"]
 
+    # -- operations ---------------------------------------------------------------------------
+
+    def record_heartbeat(self, scheduler: str) -> None:
+        """Record that the scheduler `host:pid` is alive and reaches the database."""
+        self._all("record_heartbeat", {"scheduler": scheduler})
+
+    def last_heartbeat(self, max_age: float) -> Heartbeat:
+        """The newest scheduler heartbeat, and how many schedulers beat within max_age seconds."""
+        return Heartbeat.from_row(self._one("last_heartbeat", {"max_age": max_age}) or {"fresh": 0})
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database."""
+        return [r["name"] for r in self._all("applied_migrations")]
+
+    def services_in_use(self) -> set[str]:
+        """The mail services some project with settings uses (their queues need a consumer)."""
+        return {r["mail_service"] for r in self._all("services_in_use")}
+
+    def gauges(self) -> list[Gauge]:
+        """Ledger-wide gauges for a metrics scrape, read on one connection."""
+        out: list[Gauge] = []
+        with self._conn() as conn:
+            def rows(name: str) -> list[dict[str, Any]]:
+                return conn.execute(self.q[name]).fetchall()
+            for r in rows("gauge_mails"):
+                out.append(Gauge("mails", (("project", r["project"]), ("state", r["state"])), r["value"]))
+            for r in rows("gauge_backlog"):
+                out.append(Gauge(f"{r['state']}_mails", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_quota"):
+                scope = (("scope", "global" if r["scope"] == "*" else r["scope"]),)
+                out += [Gauge("quota_used", scope, r["used"]), Gauge("quota_limit", scope, r["lim"])]
+            for r in rows("gauge_paused"):
+                out.append(Gauge("project_paused_seconds", (("project", r["project"]), ("reason", r["reason"])),
+                                 r["value"]))
+            for r in rows("gauge_config_errors"):
+                out.append(Gauge("project_config_error_seconds", (("project", r["project"]),), r["value"]))
+            for r in rows("gauge_oldest_waiting"):
+                out.append(Gauge("oldest_waiting_seconds", (("project", r["project"]),), r["value"]))
+        return out
+
 
 class _InTransaction(Store):
     """The store's methods on one connection inside an open transaction (see Store.atomic)."""
@@ -664,6 +733,16 @@ def _notified(conn: psycopg.Connection, request_id: str, seconds: float) -> bool
 def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
     """The console's list filters, empty ones as NULL."""
     return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
+
+
+def _outcome_rows(done: list[tuple[Claim, AttemptOutcome]]) -> Jsonb:
+    """Outcomes as the SQL's jsonb_to_recordset reads them, in event id order (one lock order everywhere)."""
+    return Jsonb([{"event_id": str(c.event_id), "token": str(c.lease_token), "attempt": c.attempt,
+                   "started": c.claimed_at.isoformat(), "outcome": o.label, "state": o.state, "reason": o.reason,
+                   "detail": _clean(o.detail), "refused": _cleaned(o.refused) or None,
+                   "deferred": list(o.deferred) or None, "message_id": o.message_id, "delay": o.delay,
+                   "refund": o.refund, "config_error": o.config_error and _clean(o.config_error), "pause": o.pause}
+                  for c, o in sorted(done, key=lambda d: d[0].event_id)])
 
 
 def _cleaned(refused: dict[str, str]) -> dict[str, str]:

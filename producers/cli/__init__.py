@@ -7,11 +7,11 @@ import sys
 
 import argcomplete
 
-from producers.cli import admin, backlog, console, controls, dev, mail, problems, requests
+from producers.cli import admin, backlog, console, controls, dev, health, mail, problems, requests
 from producers.cli.context import Context, CommandError
 from workers.errors import DeskmailError
 
-GROUPS = (dev, mail, admin, backlog, controls, problems, requests, console)
+GROUPS = (dev, mail, admin, backlog, controls, problems, requests, console, health)
 
 
 def version() -> str:

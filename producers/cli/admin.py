@@ -25,12 +25,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     put.add_argument("--test", action="store_true", help="send the self-test mail first; save only if it is accepted")
     put.add_argument("--to", help="with --test: the test mail's recipient (default: the from address)")
     put.add_argument("--json", action="store_true")
+    put.add_argument("--attach", action="store_true", help="with --test: attach a small text file to the test mail")
     put.set_defaults(func=settings_set)
     check = settings.add_parser("test", help="send a test mail through the project's mail service, from a worker "
                                              "of its transport queue, and diagnose each step (exit 0 only when "
                                              "the mail was accepted)")
     check.add_argument("project")
     check.add_argument("--to", help="recipient of the test mail (default: the project's from address)")
+    check.add_argument("--attach", action="store_true", help="attach a small text file (proves the attachment path)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=settings_test)
     show = settings.add_parser("show", help="a project's settings, secrets redacted")
@@ -62,7 +64,7 @@ def settings_set(ctx: Context, args: argparse.Namespace) -> int:
     fields = control.settings_fields(ctx.runtime.box, args.project, document)
     tested = None
     if args.test:
-        tested = remote_test(ctx, args.project, recipient(args.to), fields, args.json)
+        tested = remote_test(ctx, args.project, recipient(args.to), fields, args.json, args.attach)
         if not tested.get("accepted"):
             if args.json:
                 emit({"saved": False, "test": tested}, True)
@@ -93,13 +95,14 @@ def settings_test(ctx: Context, args: argparse.Namespace) -> int:
     to = recipient(args.to)
     if not ctx.store.project_known(args.project):
         raise CommandError(f"unknown project {args.project!r}")
-    answer = remote_test(ctx, args.project, to, None, args.json)
+    answer = remote_test(ctx, args.project, to, None, args.json, args.attach)
     if args.json:
         emit(answer, True)
     return 0 if answer.get("accepted") else 1
 
 
-def remote_test(ctx: Context, project: str, to: str | None, fields: dict | None, as_json: bool) -> dict:
+def remote_test(ctx: Context, project: str, to: str | None, fields: dict | None, as_json: bool,
+                attach: bool = False) -> dict:
     """The Test action through a worker (producers.control.run_test), its steps printed as they arrive."""
     shown: list[dict] = []
 
@@ -118,7 +121,7 @@ def remote_test(ctx: Context, project: str, to: str | None, fields: dict | None,
             print(format_step(step), flush=True)
 
     answer = control.run_test(ctx.control_publisher, ctx.store, ctx.config.control_key,
-                              ctx.config.control_timeout, project, to, fields, show)
+                              ctx.config.control_timeout, project, to, fields, show, attach=attach)
     if not answer.get("steps") and not answer.get("host") and not answer.get("ok"):
         raise CommandError(f"the Test action was refused: {printable(str(answer.get('error')))}")
     show(answer)

@@ -181,6 +181,17 @@ def test_settings_test_runs_on_a_transport_worker_and_prints_its_steps_and_host(
     assert report["steps"][-1]["name"] == "authentication" and report["steps"][-1]["status"] == "failed"
 
 
+def test_settings_test_with_attach_sends_a_small_file_with_the_test_mail(config, runtime, worker, starttls_peer,
+                                                                        tls_ca):
+    worker()
+    runtime.settings.save("alpha", smtp_settings(starttls_peer, tls_ca.ca_path))
+    done = deskmail(config, "settings", "test", "alpha", "--attach")
+    assert done.returncode == 0, done.stderr
+    [received] = starttls_peer.wait_for(1)
+    [part] = [p for p in received.message.walk() if p.get_filename()]
+    assert part.get_filename() == "deskmail-test.txt" and b"test mail for project alpha" in part.get_payload(decode=True)
+
+
 def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, worker, starttls_peer, tls_ca,
                                                               tmp_path: Path):
     worker()

@@ -11,6 +11,7 @@ import email.message
 import email.policy
 import hashlib
 import itertools
+import json
 import threading
 import time
 import urllib.parse
@@ -81,17 +82,33 @@ class TokenRequest:
     method: str  # client_secret | client_assertion
 
 
+REQUEST_LIMIT = 4 * 1024 * 1024  # Graph answers 413 to larger requests
+CHUNK_UNIT = 320 * 1024         # upload chunks must be multiples of this (but the last)
+
+
 @dataclass(frozen=True)
 class GraphMail:
-    """One message Graph accepted."""
+    """One message Graph accepted: by sendMail, or as a draft sent after its attachments were uploaded."""
 
     mailbox: str
     data: bytes
+    path: str = "sendMail"  # sendMail | draft
 
     @property
     def message(self) -> email.message.EmailMessage:
         """The MIME message, parsed."""
         return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def compose(data: bytes, attached: list[dict]) -> bytes:
+    """The message Exchange sends from a draft: its MIME with the uploaded attachments added to it."""
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    for item in attached:
+        maintype, _, subtype = item.get("contentType", "application/octet-stream").partition("/")
+        message.add_attachment(item["content"], maintype=maintype, subtype=subtype, filename=item["name"],
+                               disposition="inline" if item.get("isInline") else "attachment",
+                               cid=f"<{item['contentId']}>" if item.get("contentId") else None)
+    return message.as_bytes(policy=email.policy.default.clone(linesep="\r\n"))
 
 
 class MicrosoftPeer(ServedPeer):
@@ -107,6 +124,11 @@ class MicrosoftPeer(ServedPeer):
         self.tokens: Inbox[TokenRequest] = Inbox("token request")
         self.sent: Inbox[GraphMail] = Inbox("Graph mail")
         self.graph_requests = 0
+        self.drafts: dict[str, tuple[str, bytes]] = {}            # id -> (mailbox, MIME)
+        self.draft_attachments: dict[str, list[dict]] = {}       # id -> attachment items with their bytes
+        self.uploads: dict[str, dict] = {}                       # upload session id -> state
+        self.upload_chunks: Inbox[int] = Inbox("upload chunk")   # the size of every chunk received
+        self.deleted_drafts: list[str] = []
         self._issued: dict[str, str] = {}  # token -> scope
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
@@ -208,6 +230,92 @@ class MicrosoftPeer(ServedPeer):
         self.sent.add(GraphMail(mailbox, data))
         return 202, {"request-id": f"req-{next(self._counter)}"}, None
 
+    def _bearer_ok(self, authorization: str) -> Answer | None:
+        """None when the token is one this authority gave for Graph's scope, else the 401 answer."""
+        with self._lock:
+            self.graph_requests += 1
+            scope = self._issued.get(authorization.removeprefix("Bearer "))
+        if scope is None:
+            return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+        if scope != self.scope:
+            return graph_error(401, "InvalidAuthenticationToken", "Invalid audience.")
+        return None
+
+    def create_draft(self, mailbox: str, authorization: str, content_type: str, body: bytes) -> Answer:
+        """POST /v1.0/users/{mailbox}/messages with a base64 MIME body: a draft in the mailbox."""
+        refused = self._bearer_ok(authorization)
+        if refused:
+            return refused
+        if not content_type.startswith("text/plain"):
+            return graph_error(400, "ErrorMimeContentInvalid", "Content-Type must be text/plain for MIME.")
+        data = base64.b64decode(body, validate=True)
+        draft_id = f"AAMk-{next(self._counter)}"
+        with self._lock:
+            self.drafts[draft_id] = (mailbox, data)
+            self.draft_attachments[draft_id] = []
+        return 201, {}, {"id": draft_id, "isDraft": True}
+
+    def create_upload_session(self, draft_id: str, authorization: str, document: dict) -> Answer:
+        """POST .../messages/{id}/attachments/createUploadSession."""
+        refused = self._bearer_ok(authorization)
+        if refused:
+            return refused
+        if draft_id not in self.drafts:
+            return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        item = document.get("AttachmentItem") or {}
+        if item.get("attachmentType") != "file" or not item.get("name") or not isinstance(item.get("size"), int):
+            return graph_error(400, "ErrorInvalidRequest", "AttachmentItem needs attachmentType, name and size.")
+        session_id = f"up-{next(self._counter)}"
+        with self._lock:
+            self.uploads[session_id] = {"draft": draft_id, "item": item, "data": bytearray()}
+        return 201, {}, {"uploadUrl": f"{self.url}/upload/{session_id}", "nextExpectedRanges": ["0-"],
+                         "expirationDateTime": "2030-01-01T00:00:00Z"}
+
+    def upload_chunk(self, session_id: str, authorization: str, content_range: str, body: bytes) -> Answer:
+        """PUT {uploadUrl}: one chunk, in order; the URL is its own authorization (a bearer token is refused)."""
+        if authorization:
+            return graph_error(401, "InvalidAuthenticationToken", "Do not send Authorization to an upload URL.")
+        upload = self.uploads.get(session_id)
+        if upload is None:
+            return graph_error(404, "ErrorItemNotFound", "Upload session not found.")
+        span, _, total = content_range.removeprefix("bytes ").partition("/")
+        start, _, end = span.partition("-")
+        size = upload["item"]["size"]
+        last = int(end) + 1 == size
+        if int(total) != size or int(start) != len(upload["data"]) or int(end) - int(start) + 1 != len(body) or \
+                (not last and len(body) % CHUNK_UNIT):
+            return graph_error(400, "InvalidContentRange", f"bad Content-Range {content_range!r}")
+        self.upload_chunks.add(len(body))
+        upload["data"] += body
+        if not last:
+            return 200, {}, {"nextExpectedRanges": [f"{len(upload['data'])}-"]}
+        with self._lock:
+            self.draft_attachments[upload["draft"]].append({**upload["item"], "content": bytes(upload["data"])})
+        return 201, {}, None
+
+    def send_draft(self, draft_id: str, authorization: str) -> Answer:
+        """POST .../messages/{id}/send: the draft's MIME with its uploaded attachments goes out."""
+        refused = self._bearer_ok(authorization)
+        if refused:
+            return refused
+        with self._lock:
+            if self.graph_replies:
+                return self.graph_replies.pop(0)
+            draft = self.drafts.pop(draft_id, None)
+            attached = self.draft_attachments.pop(draft_id, [])
+        if draft is None:
+            return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        mailbox, data = draft
+        self.sent.add(GraphMail(mailbox, compose(data, attached), "draft"))
+        return 202, {"request-id": f"req-{next(self._counter)}"}, None
+
+    def delete_draft(self, draft_id: str) -> Answer:
+        """DELETE .../messages/{id}."""
+        with self._lock:
+            self.drafts.pop(draft_id, None)
+            self.deleted_drafts.append(draft_id)
+        return 204, {}, None
+
     def _handler(self) -> type[Handler]:
         peer = self
 
@@ -221,10 +329,39 @@ class MicrosoftPeer(ServedPeer):
                 else:
                     self._answer((404, {}, {"error": "not_found"}))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 2 and parts[0] == "upload":
+                    self._answer(peer.upload_chunk(parts[1], self.headers.get("Authorization", ""),
+                                                   self.headers.get("Content-Range", ""), body))
+                else:
+                    self._answer((404, {}, {"error": {"code": "BadRequest", "message": "no such path"}}))
+
+            def do_DELETE(self) -> None:  # noqa: N802
                 parts = [urllib.parse.unquote(p) for p in self.path.split("?")[0].strip("/").split("/")]
-                if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+                if len(parts) == 5 and parts[0] == "v1.0" and parts[3] == "messages":
+                    self._answer(peer.delete_draft(parts[4]))
+                else:
+                    self._answer((404, {}, {"error": {"code": "BadRequest", "message": "no such path"}}))
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                if length > REQUEST_LIMIT:
+                    self.rfile.read(length)
+                    self._answer(graph_error(413, "RequestEntityTooLarge", "The request is too large."))
+                    return
+                body = self.rfile.read(length)
+                parts = [urllib.parse.unquote(p) for p in self.path.split("?")[0].strip("/").split("/")]
+                auth, kind = self.headers.get("Authorization", ""), self.headers.get("Content-Type", "")
+                if len(parts) == 4 and parts[0] == "v1.0" and parts[3] == "messages":
+                    self._answer(peer.create_draft(parts[2], auth, kind, body))
+                elif len(parts) == 7 and parts[3] == "messages" and parts[5:] == ["attachments",
+                                                                                 "createUploadSession"]:
+                    self._answer(peer.create_upload_session(parts[4], auth, json.loads(body or b"{}")))
+                elif len(parts) == 6 and parts[3] == "messages" and parts[5] == "send":
+                    self._answer(peer.send_draft(parts[4], auth))
+                elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
                     form = dict(urllib.parse.parse_qsl(body.decode()))
                     self._answer(peer.token(parts[0], form, self._basic()))
                 elif len(parts) == 4 and parts[0] == "v1.0" and parts[1] == "users" and parts[3] == "sendMail":

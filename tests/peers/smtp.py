@@ -114,6 +114,8 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Demand AUTH if configured, then accept the sender unless a `mail_from_reply` is scripted."""
+        self.peer.mail_from_count += 1
+        self.peer.mail_options.append(list(options))
         if self.peer.auth_required and not session.authenticated:
             return AUTH_REQUIRED
         reply = self.peer.mail_from_reply or "250 OK"
@@ -213,6 +215,7 @@ class SmtpPeer:
         before_data_reply: BeforeData = None,
         smtputf8: bool = False,
         echo_auth: bool = False,
+        data_size_limit: int = 64 * 1024 * 1024,
         ready_timeout: float = 5.0,
     ) -> None:
         """Configure the peer; nothing listens until `start()` or `with`."""
@@ -231,6 +234,9 @@ class SmtpPeer:
         self.before_data_reply = before_data_reply
         self.smtputf8 = smtputf8
         self.echo_auth = echo_auth
+        self.data_size_limit = data_size_limit  # offered as SIZE; a larger message is refused after DATA
+        self.mail_from_count = 0  # MAIL commands received, whatever their answer
+        self.mail_options: list[list[str]] = []  # the parameters of each MAIL command (e.g. SIZE=n)
         self.ready_timeout = ready_timeout
         self._inbox: Inbox[Received] = Inbox("SMTP message")
         self._controller: Controller | None = None
@@ -311,6 +317,7 @@ class SmtpPeer:
             auth_required=False,
             authenticator=handler.check_password,
             auth_exclude_mechanism=self._excluded_mechanisms(),
+            data_size_limit=self.data_size_limit,
         )
 
     def _excluded_mechanisms(self) -> list[str]:

@@ -22,29 +22,36 @@ NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 class FakeStore:
     """The store calls the Deliverer makes, with scripted database faults."""
 
-    def __init__(self, *, outcome_faults: int = 0, phase_answer: bool | Exception = True) -> None:
-        self.event_id = uuid.uuid4()
+    def __init__(self, *, outcome_faults: int = 0, phase_answer: bool | Exception = True, mails: int = 1) -> None:
+        self.event_ids = [uuid.uuid4() for _ in range(mails)]
+        self.event_id = self.event_ids[0]
         self.outcome_faults = outcome_faults
         self.phase_answer = phase_answer
         self.recorded: list[AttemptOutcome] = []
         self.record_calls = 0
+        self.writes: list[tuple[list[uuid.UUID], uuid.UUID | None]] = []  # (outcomes written, DATA entered)
 
     def claim(self, event_ids, worker, lease, service) -> list[Claim]:  # noqa: ANN001
-        event = {"event_id": str(self.event_id), "project": "alpha", "kind": "notification",
-                 "to": [{"address": "user@example.com"}], "subject": "Hi", "text": "Hello.\n"}
-        return [Claim(self.event_id, "alpha", "notification", 1, event, "<m@x>", 1, uuid.uuid4(), NOW, NOW, None,
-                      "alpha", 1)]
+        def one(event_id: uuid.UUID) -> Claim:
+            event = {"event_id": str(event_id), "project": "alpha", "kind": "notification",
+                     "to": [{"address": "user@example.com"}], "subject": "Hi", "text": "Hello.\n"}
+            return Claim(event_id, "alpha", "notification", 1, event, "<m@x>", 1, uuid.uuid4(), NOW, NOW, None,
+                         "alpha", 1)
+        return [one(e) for e in self.event_ids]
 
-    def enter_data_phase(self, claims: list[Claim]) -> set[uuid.UUID]:
+    def record_and_enter(self, done, claim, worker) -> tuple[set[uuid.UUID], bool]:  # noqa: ANN001
         if isinstance(self.phase_answer, Exception):
             raise self.phase_answer
-        return {c.event_id for c in claims} if self.phase_answer else set()
+        self.recorded.extend(outcome for _, outcome in done)
+        self.writes.append(([c.event_id for c, _ in done], claim.event_id))
+        return {c.event_id for c, _ in done}, bool(self.phase_answer)
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
         self.record_calls += 1
         if self.record_calls <= self.outcome_faults:
             raise StoreUnavailable("PostgreSQL: OperationalError: server closed the connection unexpectedly")
         self.recorded.extend(outcome for _, outcome in done)
+        self.writes.append(([c.event_id for c, _ in done], None))
         return {claim.event_id for claim, _ in done}
 
 
@@ -81,8 +88,14 @@ class NoLeases:
 def deliver(store: FakeStore, transport: FakeTransport, **config) -> FakeStore:
     cfg = Config(database_url="", amqp_url="", retry_base=10, retry_cap=100, **config)
     Deliverer(MailService.SMTP, store, FakeSettings(), {"smtp": transport}, cfg, NoLeases(), "host:1",
-              lambda *a: None, clock=lambda: NOW)(str(store.event_id))
+              lambda *a: None, clock=lambda: NOW)([str(e) for e in store.event_ids])
     return store
+
+
+def test_each_mail_enters_its_data_window_alone_with_the_outcomes_finished_before_it():
+    store = deliver(FakeStore(mails=3), FakeTransport(Delivered("250 OK")))
+    a, b, c = store.event_ids
+    assert store.writes == [([], a), ([a], b), ([b], c), ([c], None)]  # one round trip per mail, and one at the end
 
 
 def test_an_accepted_mail_is_recorded_after_a_database_fault_and_never_sent_again():

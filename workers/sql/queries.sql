@@ -24,7 +24,8 @@ UPDATE mail m
           CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
                                WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
                                ORDER BY p.key = x.project DESC LIMIT 1) AS s
-         WHERE x.event_id = ANY(%(ids)s::uuid[])) AS s
+         WHERE x.event_id = ANY(%(ids)s::uuid[]) AND x.state = 'queued'
+         ORDER BY x.event_id FOR UPDATE OF x) AS s  -- rows locked in one order: concurrent batches never deadlock
  WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
    AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
 RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
@@ -45,18 +46,35 @@ UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
  WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service IS DISTINCT FROM %(service)s
 RETURNING m.event_id, m.priority, m.mail_service;
 
--- name: enter_data_phase
--- Written before DATA: from here a loss may have left a copy with the server. A mail not
--- returned had its lease taken over, and this worker must not send it.
-UPDATE mail m SET phase = 'data'
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
- WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
-RETURNING m.event_id;
+-- name: record_and_enter
+-- The outcomes of the mails a worker finished since its last DATA, and the DATA phase of its next
+-- mail, in one round trip (the two touch different rows). `entered` false: the lease was taken over.
+WITH recorded AS (
+    SELECT r.event_id,
+           deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
+                                   r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                                   r.config_error, r.pause) AS recorded
+      FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                             outcome text, state text, reason text, detail text, refused jsonb,
+                                             deferred text[], message_id text, delay double precision,
+                                             refund boolean, config_error text, pause text)
+), entered AS (
+    UPDATE mail SET phase = 'data'
+     WHERE event_id = %(event_id)s AND lease_token = %(token)s AND state = 'sending'
+    RETURNING event_id
+)
+SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
+       EXISTS (SELECT 1 FROM entered) AS entered;
 
 -- name: renew_leases
+-- Rows another statement holds are skipped (renewed next time): the renewer never waits, so it
+-- never deadlocks with a worker writing its outcomes.
 UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeover_marked_at = NULL
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
- WHERE m.event_id = held.event_id AND m.lease_token = held.token AND m.state = 'sending'
+  FROM (SELECT x.event_id FROM mail x
+          JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS held(event_id, token)
+            ON x.event_id = held.event_id AND x.lease_token = held.token
+         WHERE x.state = 'sending' ORDER BY x.event_id FOR UPDATE OF x SKIP LOCKED) AS held
+ WHERE m.event_id = held.event_id
 RETURNING m.event_id;
 
 -- name: record_outcomes
@@ -273,6 +291,60 @@ SELECT p.key FROM projects p
 -- name: set_auto_resume
 UPDATE projects SET auto_resume = %(enabled)s, updated_at = now() WHERE key = %(project)s;
 
+-- Operations: the scheduler's heartbeat and the gauges the metrics endpoint computes on each scrape.
+-- Each gauge block returns label columns and a `value` column.
+
+-- name: record_heartbeat
+WITH gone AS (DELETE FROM scheduler_heartbeats WHERE beat_at < now() - interval '1 day')
+INSERT INTO scheduler_heartbeats (scheduler) VALUES (%(scheduler)s)
+ON CONFLICT (scheduler) DO UPDATE SET beat_at = now();
+
+-- name: last_heartbeat
+SELECT max(beat_at) AS beat_at, extract(epoch FROM now() - max(beat_at))::float8 AS age,
+       count(*) FILTER (WHERE beat_at > now() - make_interval(secs => %(max_age)s))::int AS fresh
+  FROM scheduler_heartbeats;
+
+-- name: applied_migrations
+SELECT name FROM deskmail_migrations ORDER BY name;
+
+-- name: services_in_use
+SELECT DISTINCT mail_service FROM projects WHERE mail_service IS NOT NULL AND settings IS NOT NULL;
+
+-- name: gauge_mails
+-- Sent and rejected mails pile up forever and are counted by the workers' counters instead.
+SELECT coalesce(project, '(none)') AS project, state, count(*)::float8 AS value
+  FROM mail WHERE state NOT IN ('sent', 'rejected') GROUP BY 1, 2;
+
+-- name: gauge_backlog
+SELECT coalesce(project, '(none)') AS project, state, coalesce(reason, '') AS reason, count(*)::float8 AS value
+  FROM mail WHERE state IN ('backlog', 'suspended') GROUP BY 1, 2, 3;
+
+-- name: gauge_quota
+-- Today's units and the limit per project (in its time zone) and globally ('*'); limit 0: none.
+SELECT p.key AS scope, coalesce(q.sent, 0)::float8 AS used, coalesce(p.per_day, 0)::float8 AS lim
+  FROM projects p
+  LEFT JOIN quota_counters q ON q.scope = p.key AND q.day = (now() AT TIME ZONE p.time_zone)::date
+UNION ALL
+SELECT '*', coalesce(q.sent, 0)::float8, coalesce(g.per_day, 0)::float8
+  FROM global_limits g
+  LEFT JOIN quota_counters q ON q.scope = '*' AND q.day = (now() AT TIME ZONE g.time_zone)::date;
+
+-- name: gauge_paused
+SELECT key AS project, paused_reason AS reason,
+       extract(epoch FROM now() - coalesce(paused_at, now()))::float8 AS value
+  FROM projects WHERE paused_reason IS NOT NULL;
+
+-- name: gauge_config_errors
+SELECT key AS project, extract(epoch FROM now() - coalesce(config_error_at, now()))::float8 AS value
+  FROM projects WHERE config_error IS NOT NULL;
+
+-- name: gauge_oldest_waiting
+-- Mails that could be sent now and are not: queued and due (a retry's wait is not waiting).
+SELECT coalesce(project, '(none)') AS project,
+       extract(epoch FROM now() - min(coalesce(next_attempt_at, received_at)))::float8 AS value
+  FROM mail WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ GROUP BY 1;
+
 -- name: claim_control_request
 -- Taken inside the transaction that applies the request: a concurrent duplicate waits on the
 -- primary key until this one commits, then finds it applied (no row returned).
@@ -324,14 +396,15 @@ SELECT request_id, action, project, requested_by, requested_at, sent_at FROM con
  WHERE request_id = %(request_id)s;
 
 -- name: add_control_test
-INSERT INTO control_tests (request_id, project, mail_service, to_address, settings, sealed_secrets, message)
-VALUES (%(request_id)s, %(project)s, %(mail_service)s, %(to)s, %(settings)s, %(sealed_secrets)s, %(message)s);
+INSERT INTO control_tests (request_id, project, mail_service, to_address, attach, settings, sealed_secrets, message)
+VALUES (%(request_id)s, %(project)s, %(mail_service)s, %(to)s, %(attach)s, %(settings)s, %(sealed_secrets)s,
+        %(message)s);
 
 -- name: take_control_test
 -- Taken once: a redelivered or forged Test message finds nothing to run.
 UPDATE control_tests SET started_at = now(), worker = %(worker)s
  WHERE request_id = %(request_id)s AND started_at IS NULL
-RETURNING request_id, project, mail_service, to_address, settings, sealed_secrets, message, created_at;
+RETURNING request_id, project, mail_service, to_address, attach, settings, sealed_secrets, message, created_at;
 
 -- name: record_control_refusal
 INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
@@ -481,3 +554,30 @@ UPDATE console_jobs SET done = %(done)s, steps = %(steps)s, ok = %(ok)s, summary
 -- name: console_job_get
 SELECT id, kind, title, requested_by, project, total, done, steps, ok, summary, started_at, finished_at
   FROM console_jobs WHERE id = %(id)s;
+
+-- name: store_attachment_blob
+-- Stored once per content hash; a blob already there is only marked as used (at most once a minute).
+INSERT INTO attachment_blobs AS b (sha256, size, content) VALUES (%(sha256)s, %(size)s, %(content)s)
+ON CONFLICT (sha256) DO UPDATE SET used_at = now() WHERE b.used_at < now() - interval '1 minute';
+
+-- name: link_mail_attachments
+INSERT INTO mail_attachments (event_id, sha256) SELECT %(event_id)s, unnest(%(hashes)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: attachment_contents
+SELECT sha256, content FROM attachment_blobs WHERE sha256 = ANY(%(hashes)s);
+
+-- name: delete_unused_attachments
+-- Blobs no mail needs any more: none that can still be sent (queued, sending, backlog, suspended) refers
+-- to them, nor a failed or ambiguous one younger than the retention (an admin may retry or resend it),
+-- and no admission used them within the grace period.
+DELETE FROM attachment_blobs b
+ WHERE b.sha256 IN (SELECT x.sha256 FROM attachment_blobs x
+                     WHERE x.used_at < now() - make_interval(secs => %(grace)s)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM mail_attachments ma JOIN mail m ON m.event_id = ma.event_id
+                            WHERE ma.sha256 = x.sha256
+                              AND (m.state IN ('queued', 'sending', 'backlog', 'suspended')
+                                   OR (m.state IN ('failed', 'ambiguous')
+                                       AND m.updated_at > now() - make_interval(secs => %(retention)s))))
+                     LIMIT %(limit)s FOR UPDATE SKIP LOCKED);

@@ -9,9 +9,10 @@ import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from schemas.addresses import ascii_domain_form
+from workers.attachments import Attachment
 from workers.constants import MailService
 from workers.errors import DeskmailError
 from workers.settings import ProjectSettings
@@ -67,6 +68,13 @@ class Envelope:
     recipients: tuple[str, ...]
     data: bytes
     message_id: str
+    attachments: tuple[Attachment, ...] = ()  # what data carries, for transports that upload them apart (Graph)
+    without_attachments: Callable[[], bytes] | None = None  # the same message without them, built on demand
+
+    @property
+    def attachment_bytes(self) -> int:
+        """The attachments' size, decoded."""
+        return sum(len(a.content) for a in self.attachments)
 
     def blind_copies(self) -> list[str]:
         """The recipients that the message's To and Cc headers do not name (its Bcc)."""

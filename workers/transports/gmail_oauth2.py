@@ -9,9 +9,19 @@ from workers.scrub import scrubbed
 from workers.settings import ProjectSettings
 from workers.diagnosis import TOKEN, Checkup
 from workers.transports import smtp_checkup, smtp_session
-from workers.transports.base import Delivered, Envelope, Transport
+from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 from workers.transports.google_tokens import DEFAULT_TOKEN_URI, GoogleTokens, token_advice
 from workers.transports.smtp import SmtpSender, submission_endpoint
+
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # Gmail's cap on one mail's attachments together (its SIZE is larger)
+
+
+def check_gmail_cap(envelope: Envelope) -> None:
+    """Gmail refuses attachments over 25 MB together: fail before connecting, with the sizes."""
+    if envelope.attachment_bytes > MAX_ATTACHMENT_BYTES:
+        raise TransportFailure(Outcome.PERMANENT, f"the attachments are {envelope.attachment_bytes} bytes together, "
+                                                  f"over Gmail's cap of {MAX_ATTACHMENT_BYTES} bytes per mail")
 
 
 class GmailOAuth2Transport(Transport):
@@ -26,6 +36,7 @@ class GmailOAuth2Transport(Transport):
     @scrubbed
     def send(self, settings: ProjectSettings, envelope: Envelope) -> Delivered:
         """Deliver over Gmail's SMTP with a bearer token for the sender."""
+        check_gmail_cap(envelope)
         block = settings.block()
         key = (settings.key, settings.version)
         auth = smtp_session.XOAuth2(block["sender"], lambda: self.tokens.token(key, block),

@@ -10,6 +10,7 @@ import google.auth.transport.requests
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
+from workers import metrics
 from workers.transports.base import Outcome, TransportFailure
 from workers.transports.https import PolicySession
 
@@ -106,6 +107,7 @@ class GoogleTokens:
             try:
                 creds.refresh(_TimedRequest(session, timeout))
             except google.auth.exceptions.GoogleAuthError as exc:
+                metrics.token_refresh_failed("gmail_oauth2")
                 raise _refresh_failure(exc) from None
 
     def drop(self, key: Hashable) -> None:

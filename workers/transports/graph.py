@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import requests
 
 from schemas.addresses import ascii_domain_form
+from workers.attachments import Attachment
 from workers.diagnosis import AUTHENTICATION, SENDER
 from workers.transports import https, phase, tls
 from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
@@ -23,6 +24,8 @@ from workers.transports.https import PolicySession, root_cause
 GRAPH_URL = "https://graph.microsoft.com"
 QUOTA_MARKERS = ("errorexceededmessagelimit", "submissionquotaexceeded", "quotaexceeded", "quota exceeded")
 BUSY = {429, 503, 504}
+MIME_LIMIT = 4_000_000  # bytes of a sendMail request body; Graph refuses requests over about 4 MB
+UPLOAD_CHUNK = 10 * 320 * 1024  # Graph wants upload chunks in multiples of 320 KiB, each under 4 MB
 
 
 @dataclass(frozen=True)
@@ -38,22 +41,37 @@ class Mailbox:
     @property
     def send_url(self) -> str:
         """The sendMail URL of the sender's mailbox."""
-        return f"{self.graph_url.rstrip('/')}/v1.0/users/{urllib.parse.quote(self.sender, safe='@')}/sendMail"
+        return f"{self.user_url}/sendMail"
+
+    @property
+    def messages_url(self) -> str:
+        """The messages collection of the sender's mailbox (drafts are created there)."""
+        return f"{self.user_url}/messages"
+
+    @property
+    def user_url(self) -> str:
+        """The sender's mailbox in Graph."""
+        return f"{self.graph_url.rstrip('/')}/v1.0/users/{urllib.parse.quote(self.sender, safe='@')}"
 
 
-def with_bcc(envelope: Envelope) -> bytes:
-    """The message with a Bcc header naming the envelope recipients that To and Cc do not show."""
+def with_bcc(envelope: Envelope, data: bytes | None = None) -> bytes:
+    """The message (or `data`, the same message in another form) with a Bcc header naming the envelope
+    recipients that To and Cc do not show."""
+    data = envelope.data if data is None else data
     hidden = envelope.blind_copies()
     if not hidden:
-        return envelope.data
-    return ("Bcc: " + ",\r\n ".join(map(ascii_domain_form, hidden)) + "\r\n").encode("utf-8") + envelope.data
+        return data
+    return ("Bcc: " + ",\r\n ".join(map(ascii_domain_form, hidden)) + "\r\n").encode("utf-8") + data
 
 
 def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
          drop: Callable[[], None]) -> Delivered:
     """POST the message to sendMail over session (a PolicySession trusting mailbox.ca_file); a refused token is
-    dropped and a fresh one tried once."""
+    dropped and a fresh one tried once. A message over Graph's request limit goes as a draft with its
+    attachments uploaded apart (send_large)."""
     body = base64.b64encode(with_bcc(envelope))
+    if len(body) > MIME_LIMIT and envelope.without_attachments is not None:
+        return send_large(session, mailbox, envelope, token, drop)
     for attempt in (1, 2):
         bearer = token()
         phase.before_data()
@@ -63,6 +81,97 @@ def send(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token:
             continue
         return _outcome(response, mailbox, envelope)
     raise AssertionError("unreachable")
+
+
+def send_large(session: requests.Session, mailbox: Mailbox, envelope: Envelope, token: Callable[[], str],
+               drop: Callable[[], None]) -> Delivered:
+    """A message over the request limit: a draft from the MIME without attachments (so Message-ID, In-Reply-To
+    and References are ours), each attachment through an upload session, then send. A failure before the send
+    deletes the draft; only a lost answer to the send itself is ambiguous."""
+    assert envelope.without_attachments is not None
+    draft = base64.b64encode(with_bcc(envelope, envelope.without_attachments()))
+    created = _authorized(session, mailbox, envelope, "POST", mailbox.messages_url, token, drop, data=draft,
+                          headers={"Content-Type": "text/plain"})
+    message_url = f"{mailbox.messages_url}/{urllib.parse.quote(str(created.json()['id']), safe='')}"
+    try:
+        for attachment in envelope.attachments:
+            _upload(session, mailbox, envelope, message_url, attachment, token, drop)
+        sent = _authorized(session, mailbox, envelope, "POST", f"{message_url}/send", token, drop, sending=True)
+    except TransportFailure as failure:
+        if failure.outcome is not Outcome.AMBIGUOUS:  # not sent: a retry makes a new draft, this one goes
+            _delete_quietly(session, mailbox, message_url, token)
+        raise
+    request_id = sent.headers.get("request-id", "")
+    return Delivered(f"{sent.status_code} accepted by Microsoft Graph for {mailbox.sender} (draft with "
+                     f"{len(envelope.attachments)} attachment(s) uploaded, {envelope.attachment_bytes} bytes)"
+                     + (f" (request-id {request_id})" if request_id else ""))
+
+
+def _upload(session: requests.Session, mailbox: Mailbox, envelope: Envelope, message_url: str,
+            attachment: Attachment, token: Callable[[], str], drop: Callable[[], None]) -> None:
+    """One attachment through an upload session, in chunks (the upload URL carries its own authorization)."""
+    item = {"attachmentType": "file", "name": attachment.filename, "size": len(attachment.content),
+            "contentType": attachment.content_type, "isInline": attachment.inline}
+    if attachment.content_id:
+        item["contentId"] = attachment.content_id
+    opened = _authorized(session, mailbox, envelope, "POST", f"{message_url}/attachments/createUploadSession",
+                         token, drop, json={"AttachmentItem": item})
+    upload_url, total = str(opened.json()["uploadUrl"]), len(attachment.content)
+    for start in range(0, total, UPLOAD_CHUNK):
+        chunk = attachment.content[start:start + UPLOAD_CHUNK]
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{total}"}
+        _checked(_call(session, mailbox, "PUT", upload_url, data=chunk, headers=headers), mailbox, envelope)
+
+
+def _authorized(session: requests.Session, mailbox: Mailbox, envelope: Envelope, method: str, url: str,
+                token: Callable[[], str], drop: Callable[[], None], *, sending: bool = False,
+                **kwargs: object) -> requests.Response:
+    """A Graph request with the bearer token, once more with a fresh token after a 401; non-2xx raises."""
+    headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
+    for attempt in (1, 2):
+        response = _call(session, mailbox, method, url, sending=sending,
+                         headers={**headers, "Authorization": f"Bearer {token()}"}, **kwargs)
+        if response.status_code == 401 and attempt == 1:
+            drop()
+            continue
+        return _checked(response, mailbox, envelope)
+    raise AssertionError("unreachable")
+
+
+def _checked(response: requests.Response, mailbox: Mailbox, envelope: Envelope) -> requests.Response:
+    if not 200 <= response.status_code < 300:
+        _outcome(response, mailbox, envelope)  # raises the classified failure
+    return response
+
+
+def _call(session: requests.Session, mailbox: Mailbox, method: str, url: str, *, sending: bool = False,
+          **kwargs: object) -> requests.Response:
+    """One request; a lost answer is ambiguous only for the request that sends."""
+    try:
+        return session.request(method, url, allow_redirects=False,
+                               timeout=(mailbox.timeout, mailbox.final_reply_timeout), **kwargs)
+    except requests.exceptions.SSLError as exc:
+        parts = urllib.parse.urlsplit(url)
+        detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
+        raise TransportFailure(Outcome.CONFIGURATION, detail) from None
+    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+        lost = any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc))
+        if lost and sending:
+            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the send of the draft "
+                                                      f"({type(root_cause(exc)).__name__}); it may or may not "
+                                                      "have been sent") from None
+        raise TransportFailure(Outcome.TRANSIENT, f"{method} {urllib.parse.urlsplit(url).path} failed before the "
+                                                  f"mail was sent ({type(root_cause(exc)).__name__})") from None
+
+
+def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: str, token: Callable[[], str]) -> None:
+    """Delete a draft that will not be sent; a failure leaves it in Drafts, which does no harm."""
+    try:
+        session.delete(message_url, headers={"Authorization": f"Bearer {token()}"}, allow_redirects=False,
+                       timeout=(mailbox.timeout, mailbox.timeout))
+    except Exception:  # noqa: BLE001 - cleaning up must not hide the failure being reported
+        pass
 
 
 def _post(session: requests.Session, mailbox: Mailbox, body: bytes, token: str) -> requests.Response:

@@ -16,6 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from workers import metrics
 from workers.scrub import Scrubber
 from workers.transports import https, tls
 from workers.transports.base import Outcome, TransportFailure, advised
@@ -162,10 +163,15 @@ def _check_private_key(pem: str) -> None:
 
 def acquire(app: msal.ConfidentialClientApplication, registration: AppRegistration, scope: str) -> str:
     """An access token for scope, from msal's cache while it has more than 5 minutes left."""
-    with _translated(registration):
-        result = app.acquire_token_for_client(scopes=[scope])
+    try:
+        with _translated(registration):
+            result = app.acquire_token_for_client(scopes=[scope])
+    except TransportFailure:
+        metrics.token_refresh_failed("exchange_oauth2")
+        raise
     if "access_token" in result:
         return result["access_token"]
+    metrics.token_refresh_failed("exchange_oauth2")
     raise _refusal(registration, result, scope)
 
 

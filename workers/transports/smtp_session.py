@@ -203,12 +203,34 @@ def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float)
     return deliver(smtp, envelope, final_reply_timeout)
 
 
+def size_limit(smtp: smtplib.SMTP) -> int | None:
+    """The largest message the server takes (RFC 1870 SIZE), or None when it names no limit."""
+    if not smtp.has_extn("size"):
+        return None
+    try:
+        return int(smtp.esmtp_features["size"].split()[0]) or None
+    except (ValueError, IndexError):
+        return None
+
+
+def check_size(smtp: smtplib.SMTP, envelope: Envelope) -> None:
+    """Refuse a message larger than the server's SIZE before MAIL FROM, so nothing is uploaded in vain."""
+    limit = size_limit(smtp)
+    size = len(envelope.data)
+    if limit is not None and size > limit:
+        raise TransportFailure(Outcome.PERMANENT,
+                               f"the message is {size} bytes ({envelope.attachment_bytes} bytes of attachments "
+                               f"before encoding), over the {limit} bytes {getattr(smtp, '_host', 'the server')} "
+                               "takes (SIZE); send smaller or fewer attachments")
+
+
 def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
-    """MAIL FROM; a refused sender is the project's settings, not the mail.
+    """MAIL FROM (with SIZE when the server offers it); a refused sender is the project's settings, not the mail.
 
     Without SMTPUTF8 at the server, domains go as punycode, and a Unicode local part (or a message whose
     headers need UTF-8) fails the mail before anything is said, so the session stays usable.
     """
+    check_size(smtp, envelope)
     if smtp.has_extn("smtputf8"):  # addresses go as given
         utf8 = not envelope.data.isascii() or not all(a.isascii() for a in (envelope.sender, *envelope.recipients))
         sender = envelope.sender
@@ -216,7 +238,8 @@ def mail_from(smtp: smtplib.SMTP, envelope: Envelope) -> str:
         _refuse_without_smtputf8(envelope)
     else:
         utf8, sender = False, ascii_domain_form(envelope.sender)
-    code, text = smtp.mail(sender, ["SMTPUTF8"] if utf8 else [])
+    options = (["SMTPUTF8"] if utf8 else []) + ([f"SIZE={len(envelope.data)}"] if smtp.has_extn("size") else [])
+    code, text = smtp.mail(sender, options)
     if code != 250:
         smtp.rset()
         outcome = classify(code, words(code, text))

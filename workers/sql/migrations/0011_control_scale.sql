@@ -32,6 +32,7 @@ CREATE TABLE control_tests (
     project         text NOT NULL,          -- the project whose settings are tested (maybe `default`)
     mail_service    text NOT NULL,
     to_address      text,
+    attach          boolean NOT NULL DEFAULT false,  -- a small attachment on the test mail
     settings        jsonb,                  -- settings not saved yet (secrets sealed apart), else NULL
     sealed_secrets  text,
     message         jsonb NOT NULL,         -- the control message, for the audit entry at the end
