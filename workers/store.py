@@ -302,10 +302,12 @@ class Store:
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
              detail: str) -> dict[str, int]:
         """Move selected mails (or all of from_state) in batches; how many ended how. Resumed mails are
-        not handed to the broker here: the scheduler's stale_queued step finds them."""
+        not handed to the broker here but made due, for the scheduler to hand on."""
         counts: dict[str, int] = {}
         while True:
             batch = self.move_batch(ids, project, from_state, to_state, detail)
+            if batch.moved and to_state == "queued":
+                self._all("make_due", {"ids": [m.event_id for m in batch.moved]})
             for key, n in batch.counts.items():
                 counts[key] = counts.get(key, 0) + n
             if ids is not None or not batch.examined:

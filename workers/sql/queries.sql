@@ -219,6 +219,10 @@ WITH old AS (
 )
 SELECT moved.event_id, moved.priority, moved.mail_service, (SELECT count(*) FROM quota) AS scopes FROM moved;
 
+-- name: make_due
+-- Moved mails nobody hands to the broker right away: the scheduler's due step takes them.
+UPDATE mail SET next_attempt_at = now() WHERE event_id = ANY(%(ids)s) AND state = 'queued';
+
 -- name: close_ambiguous
 -- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
 UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s, updated_at = now(),
