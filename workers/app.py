@@ -26,6 +26,7 @@ from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
 from workers.handing import hand_on_due
+from workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
         for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
             dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
                            priority=priority, options=dict(ACTOR_OPTIONS))
+    declare_test_actors(broker, runtime)
     if control:
-        declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
+        declare_control_actor(broker, runtime, enqueue, self_test_dispatcher(broker))
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:
@@ -121,8 +123,8 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
 def control(config: Config | None = None) -> dramatiq.Broker:
     """Entry point for `dramatiq workers.app:control`: the control actor on DESKMAIL_CONTROL_AMQP_URL.
 
-    Mail a command makes due is handed to the transport queues through a second broker on
-    DESKMAIL_AMQP_URL, which this process only publishes to.
+    Mail a command moves, and the Test action's message, go to the transport queues through a second
+    broker on DESKMAIL_AMQP_URL, which this process only publishes to.
     """
     config = config or Config.from_env()
     configure_logging(config.log_level, config.log_format)
@@ -133,7 +135,7 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)
-    enqueue = enqueuer(build_broker(config)) if config.control_url != config.amqp_url else enqueuer(broker)
-    declare_control_actor(broker, runtime, lambda: hand_on_due(runtime.store, enqueue))
+    data = build_broker(config) if config.control_url != config.amqp_url else broker
+    declare_control_actor(broker, runtime, enqueuer(data), self_test_dispatcher(data))
     log.info("deskmail control worker ready: %s", config.redacted())
     return broker
