@@ -107,7 +107,8 @@ def store(runtime):
     return runtime.store
 
 
-def _purge(amqp_url: str) -> None:
+def purge_queues(amqp_url: str) -> None:
+    """Empty deskmail's queues (and their delay and dead-letter queues) in a test vhost."""
     import pika
     from workers.constants import Queue
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -138,7 +139,7 @@ def worker(config, runtime) -> Iterator[Callable[..., object]]:
         wait_until(lambda: not broker.queues_pending)  # its consumers have declared every queue
         return broker
 
-    _purge(config.amqp_url)
+    purge_queues(config.amqp_url)
     yield start
     for w, broker in started:
         w.stop(timeout=10_000)
