@@ -6,6 +6,7 @@ Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker proce
 from __future__ import annotations
 
 import logging
+import sys
 import urllib.parse
 from typing import Callable
 
@@ -15,6 +16,7 @@ from dramatiq.middleware import CurrentMessage
 from workers.admit import Admitter
 from workers.broker import ArrivalRabbitmqBroker, SafeJSONEncoder
 from workers.config import Config
+from workers.errors import ConfigurationError
 from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
@@ -97,13 +99,22 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
         declare_control_actor(broker, runtime, enqueue, self_test_dispatcher(broker))
 
 
+def environment() -> Config:
+    """The configuration from the environment; a bad setting ends the process with its name, not a traceback."""
+    try:
+        return Config.from_env()
+    except ConfigurationError as exc:
+        print(f"deskmail: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def setup(config: Config | None = None) -> dramatiq.Broker:
     """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors.
 
     The control actor is declared here only while control messages share the data vhost
     (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `workers.app:control`.
     """
-    config = config or Config.from_env()
+    config = config or environment()
     configure_logging(config.log_level, config.log_format)
     control_here = config.control_url == config.amqp_url
     if control_here:
@@ -126,7 +137,7 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     Mail a command moves, and the Test action's message, go to the transport queues through a second
     broker on DESKMAIL_AMQP_URL, which this process only publishes to.
     """
-    config = config or Config.from_env()
+    config = config or environment()
     configure_logging(config.log_level, config.log_format)
     config.require_control_authority()
     broker = build_broker(config, config.control_url)

@@ -46,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=2525)
     sink.add_argument("--dir", type=Path, default=Path("var/mail"), help="folder for .eml files")
+    sink.add_argument("--json", action="store_true", help="say where it listens as one JSON object")
     sink.set_defaults(func=run_sink)
     sched = commands.add_parser("scheduler", help="run the scheduler: retries, recovery, auto resume "
                                 "(interval: DESKMAIL_SCHEDULER_INTERVAL); safe to run twice")
@@ -159,7 +160,7 @@ def _file_progress(stream, name: str) -> Iterator[Callable[[], None]]:  # noqa: 
 def run_sink(ctx: Context, args: argparse.Namespace) -> int:
     """Run the local SMTP sink until interrupted."""
     from producers import sink
-    sink.run(args.host, args.port, args.dir)
+    sink.run(args.host, args.port, args.dir, args.json)
     return 0
 
 
