@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -164,13 +165,16 @@ class MailSink:
         _write_atomically(self.directory, name, data)
 
 
-def run(host: str, port: int, directory: Path) -> None:
-    """Run a MailSink until SIGINT or SIGTERM."""
+def run(host: str, port: int, directory: Path, as_json: bool = False) -> None:
+    """Run a MailSink until SIGINT or SIGTERM; says where it listens (one JSON object with `as_json`)."""
     stopping = threading.Event()
     previous = _install_stop_handlers(stopping)
     try:
         with MailSink(host, port, directory) as sink:
-            print(f"deskmail sink listening on {host}:{sink.port}, writing to {directory}", flush=True)
+            if as_json:
+                print(json.dumps({"host": host, "port": sink.port, "dir": str(directory)}), flush=True)
+            else:
+                print(f"deskmail sink listening on {host}:{sink.port}, writing to {directory}", flush=True)
             while not stopping.wait(0.5):
                 pass
             logger.info("sink stopping on signal", extra={"count": sink.count})

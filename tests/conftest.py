@@ -80,10 +80,11 @@ def config(database_url: str, amqp_url: str):
         Config.from_env({}), database_url=database_url, amqp_url=amqp_url, secret_keys=(TEST_KEY,),
         control_key=CONTROL_KEY,
         outbound_allow=(ipaddress.ip_network("127.0.0.0/8"),), retry_base=0.2, retry_cap=1.0,
-        smtp_final_reply_timeout=5.0, stale_after=2.0, lease_seconds=2.0, takeover_grace=1.0, db_pool_max=12)
+        smtp_final_reply_timeout=5.0, stale_after=2.0, lease_seconds=4.0, takeover_grace=2.0, db_pool_max=12)
 
 
 TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_requests", "control_refusals",
+          "control_moved", "control_sent", "control_tests",
           "console_users", "console_sessions", "console_login_attempts", "console_oidc_logins", "console_jobs",
           "scheduler_heartbeats", "attachment_blobs", "mail_attachments")
 
@@ -106,7 +107,8 @@ def store(runtime):
     return runtime.store
 
 
-def _purge(amqp_url: str) -> None:
+def purge_queues(amqp_url: str) -> None:
+    """Empty deskmail's queues (and their delay and dead-letter queues) in a test vhost."""
     import pika
     from workers.constants import Queue
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -137,7 +139,7 @@ def worker(config, runtime) -> Iterator[Callable[..., object]]:
         wait_until(lambda: not broker.queues_pending)  # its consumers have declared every queue
         return broker
 
-    _purge(config.amqp_url)
+    purge_queues(config.amqp_url)
     yield start
     for w, broker in started:
         w.stop(timeout=10_000)

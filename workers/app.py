@@ -6,6 +6,7 @@ Nothing here runs at import: Dramatiq's CLI calls `setup()` in each worker proce
 from __future__ import annotations
 
 import logging
+import sys
 import urllib.parse
 from typing import Callable
 
@@ -15,6 +16,7 @@ from dramatiq.middleware import CurrentMessage
 from workers.admit import Admitter
 from workers.broker import ArrivalRabbitmqBroker, SafeJSONEncoder
 from workers.config import Config
+from workers.errors import ConfigurationError
 from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from workers.control import declare_control_actor
 from workers.delivery import Deliverer
@@ -26,6 +28,7 @@ from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
 from workers.handing import hand_on_due
+from workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,18 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
         for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
             dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
                            priority=priority, options=dict(ACTOR_OPTIONS))
+    declare_test_actors(broker, runtime)
     if control:
-        declare_control_actor(broker, runtime, lambda: hand_on_due(store, enqueue))
+        declare_control_actor(broker, runtime, enqueue, self_test_dispatcher(broker))
+
+
+def environment() -> Config:
+    """The configuration from the environment; a bad setting ends the process with its name, not a traceback."""
+    try:
+        return Config.from_env()
+    except ConfigurationError as exc:
+        print(f"deskmail: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def setup(config: Config | None = None) -> dramatiq.Broker:
@@ -101,7 +114,7 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
     The control actor is declared here only while control messages share the data vhost
     (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `workers.app:control`.
     """
-    config = config or Config.from_env()
+    config = config or environment()
     configure_logging(config.log_level, config.log_format)
     control_here = config.control_url == config.amqp_url
     if control_here:
@@ -121,10 +134,10 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
 def control(config: Config | None = None) -> dramatiq.Broker:
     """Entry point for `dramatiq workers.app:control`: the control actor on DESKMAIL_CONTROL_AMQP_URL.
 
-    Mail a command makes due is handed to the transport queues through a second broker on
-    DESKMAIL_AMQP_URL, which this process only publishes to.
+    Mail a command moves, and the Test action's message, go to the transport queues through a second
+    broker on DESKMAIL_AMQP_URL, which this process only publishes to.
     """
-    config = config or Config.from_env()
+    config = config or environment()
     configure_logging(config.log_level, config.log_format)
     config.require_control_authority()
     broker = build_broker(config, config.control_url)
@@ -133,7 +146,7 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)
-    enqueue = enqueuer(build_broker(config)) if config.control_url != config.amqp_url else enqueuer(broker)
-    declare_control_actor(broker, runtime, lambda: hand_on_due(runtime.store, enqueue))
+    data = build_broker(config) if config.control_url != config.amqp_url else broker
+    declare_control_actor(broker, runtime, enqueuer(data), self_test_dispatcher(data))
     log.info("deskmail control worker ready: %s", config.redacted())
     return broker

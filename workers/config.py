@@ -113,8 +113,33 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def _optional_int(raw: str) -> int | None:
-    return int(raw) if raw.strip() else None
+def _number(name: str, raw: str, kind: type = float, optional: bool = False) -> float | int | None:
+    """A setting's number, or a ConfigurationError naming the variable and what it takes."""
+    if optional and not raw.strip():
+        return None
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigurationError(f"{name}: {raw!r} is not {what}; give {what} ({SETTINGS[name].help} "
+                                 f"Default: {SETTINGS[name].default or 'unset'}.)") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise ConfigurationError(f"{name}: {raw!r} is not allowed; give a finite number of 0 or more")
+    return value
+
+
+def _level(raw: str) -> str:
+    if raw.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigurationError(f"DESKMAIL_LOG_LEVEL: {raw!r} is not a log level; give DEBUG, INFO, WARNING, "
+                                 "ERROR or CRITICAL")
+    return raw.strip().upper()
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in raw.split(",") if c.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}; give comma-separated CIDRs such as 10.0.0.0/8") from None
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,7 @@ class Config:
         """Build the configuration from environment variables, with defaults for the local services."""
         env = os.environ if env is None else env
         get = lambda name: env.get(name, SETTINGS[name].default)  # noqa: E731
+        num = lambda name, kind=float, optional=False: _number(name, get(name), kind, optional)  # noqa: E731
         return cls(
             database_url=get("DESKMAIL_DATABASE_URL"),
             amqp_url=get("DESKMAIL_AMQP_URL"),
@@ -166,35 +192,32 @@ class Config:
             control_key=get("DESKMAIL_CONTROL_KEY"),
             control_amqp_url=get("DESKMAIL_CONTROL_AMQP_URL"),
             insecure_control=get("DESKMAIL_INSECURE_CONTROL").strip().lower() in ("1", "true", "yes", "on"),
-            control_timeout=float(get("DESKMAIL_CONTROL_TIMEOUT")),
-            control_max_age=float(get("DESKMAIL_CONTROL_MAX_AGE")),
-            db_pool_max=int(get("DESKMAIL_DB_POOL_MAX")),
-            publish_timeout=float(get("DESKMAIL_PUBLISH_TIMEOUT")),
-            smtp_final_reply_timeout=float(get("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT")),
-            retry_base=float(get("DESKMAIL_RETRY_BASE")),
-            retry_cap=float(get("DESKMAIL_RETRY_CAP")),
-            retry_lifetime=float(get("DESKMAIL_RETRY_LIFETIME")),
-            stale_after=float(get("DESKMAIL_STALE_AFTER")),
-            lease_seconds=float(get("DESKMAIL_LEASE_SECONDS")),
-            takeover_grace=float(get("DESKMAIL_TAKEOVER_GRACE")),
-            scheduler_interval=float(get("DESKMAIL_SCHEDULER_INTERVAL")),
-            outbound_allow=tuple(
-                ipaddress.ip_network(c.strip(), strict=False)
-                for c in get("DESKMAIL_OUTBOUND_ALLOW").split(",") if c.strip()
-            ),
-            log_level=get("DESKMAIL_LOG_LEVEL"),
-            global_per_day=_optional_int(get("MAIL_LIMIT_PER_DAY_SMTP")),
-            global_recipients_per_mail=_optional_int(get("RECIPIENTS_LIMIT_PER_MAIL_SMTP")),
+            control_timeout=num("DESKMAIL_CONTROL_TIMEOUT"),
+            control_max_age=num("DESKMAIL_CONTROL_MAX_AGE"),
+            db_pool_max=num("DESKMAIL_DB_POOL_MAX", int),
+            publish_timeout=num("DESKMAIL_PUBLISH_TIMEOUT"),
+            smtp_final_reply_timeout=num("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT"),
+            retry_base=num("DESKMAIL_RETRY_BASE"),
+            retry_cap=num("DESKMAIL_RETRY_CAP"),
+            retry_lifetime=num("DESKMAIL_RETRY_LIFETIME"),
+            stale_after=num("DESKMAIL_STALE_AFTER"),
+            lease_seconds=num("DESKMAIL_LEASE_SECONDS"),
+            takeover_grace=num("DESKMAIL_TAKEOVER_GRACE"),
+            scheduler_interval=num("DESKMAIL_SCHEDULER_INTERVAL"),
+            outbound_allow=_networks("DESKMAIL_OUTBOUND_ALLOW", get("DESKMAIL_OUTBOUND_ALLOW")),
+            log_level=_level(get("DESKMAIL_LOG_LEVEL")),
+            global_per_day=num("MAIL_LIMIT_PER_DAY_SMTP", int, True),
+            global_recipients_per_mail=num("RECIPIENTS_LIMIT_PER_MAIL_SMTP", int, True),
             log_format=get("DESKMAIL_LOG_FORMAT").strip().lower() or "text",
-            metrics_port=_optional_int(get("DESKMAIL_METRICS_PORT")) or 0,
+            metrics_port=num("DESKMAIL_METRICS_PORT", int, True) or 0,
             metrics_host=get("DESKMAIL_METRICS_HOST"),
             metrics_dir=get("DESKMAIL_METRICS_DIR"),
-            heartbeat_max_age=float(get("DESKMAIL_HEARTBEAT_MAX_AGE")),
-            health_timeout=float(get("DESKMAIL_HEALTH_TIMEOUT")),
-            attachment_max_bytes=int(get("DESKMAIL_ATTACHMENT_MAX_BYTES")),
-            attachments_max_bytes=int(get("DESKMAIL_ATTACHMENTS_MAX_BYTES")),
-            attachments_max_count=int(get("DESKMAIL_ATTACHMENTS_MAX_COUNT")),
-            attachment_retention=float(get("DESKMAIL_ATTACHMENT_RETENTION")),
+            heartbeat_max_age=num("DESKMAIL_HEARTBEAT_MAX_AGE"),
+            health_timeout=num("DESKMAIL_HEALTH_TIMEOUT"),
+            attachment_max_bytes=num("DESKMAIL_ATTACHMENT_MAX_BYTES", int),
+            attachments_max_bytes=num("DESKMAIL_ATTACHMENTS_MAX_BYTES", int),
+            attachments_max_count=num("DESKMAIL_ATTACHMENTS_MAX_COUNT", int),
+            attachment_retention=num("DESKMAIL_ATTACHMENT_RETENTION"),
         )
 
     def __post_init__(self) -> None:

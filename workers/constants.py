@@ -20,6 +20,11 @@ class Queue(enum.StrEnum):
         """The actor on this queue for record mails, which a worker runs before the queue's own actor."""
         return f"{self.value}.record"
 
+    @property
+    def test_actor(self) -> str:
+        """The actor on a transport queue that runs the Test action on the workers that send its mail."""
+        return f"{self.value}.test"
+
 
 class MailService(enum.StrEnum):
     """The outgoing mail service a project picks, as in the product's SMTP Settings screen."""

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import schemas
-from workers.constants import State
+from workers.constants import MailService, State
 from workers.errors import SecretError
+from workers.handing import Enqueue, hand_on
 from workers.rejects import claimed_fields
 from workers.secrets import SecretBox
 from workers.settings import merge_secrets, split_secrets
@@ -28,7 +29,14 @@ from workers.store import MOVED, Store
 
 log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
-HandOn = Callable[[], int]
+BULK_BATCH = 5000
+"""Mails one transaction of a bulk action moves: its progress is committed (and shown) after each."""
+DispatchTest = Callable[[MailService, str], None]
+"""Publishes a Test message (a request id) to the transport queue of a mail service."""
+MOVES = {"backlog.resume": (State.BACKLOG, State.QUEUED), "backlog.suspend": (State.BACKLOG, State.SUSPENDED),
+         "suspended.resume": (State.SUSPENDED, State.QUEUED), "failed.retry": (State.FAILED, State.QUEUED),
+         "ambiguous.resend": (State.AMBIGUOUS, State.QUEUED), "ambiguous.close": (State.AMBIGUOUS, State.SENT)}
+DEFAULT_PROJECT = "default"
 _STAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
                     r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
@@ -69,11 +77,12 @@ def parse_requested_at(text: object) -> datetime | None:
 class Controller:
     """Callable behind the `deskmail.control` actor."""
 
-    def __init__(self, store: Store, key: str, max_age: float, hand_on: HandOn,
+    def __init__(self, store: Store, key: str, max_age: float, enqueue: Enqueue,
                  box: Callable[[], SecretBox] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
-        self.store, self.key, self.max_age, self.hand_on, self.clock = store, key, max_age, hand_on, clock
-        self.box = box
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 dispatch_test: DispatchTest | None = None, batch: int = BULK_BATCH) -> None:
+        self.store, self.key, self.max_age, self.enqueue, self.clock = store, key, max_age, enqueue, clock
+        self.box, self.dispatch_test, self.batch = box, dispatch_test, batch
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Apply one control message, or record why it was refused."""
@@ -83,14 +92,83 @@ class Controller:
         if refusal:
             self._refuse(message if message is not None else (args[0] if args else {}), refusal)
             return
+        if message["action"] in MOVES:
+            self._bulk(message, *MOVES[message["action"]])
+            return
         with self.store.atomic() as tx:
             if not tx.claim_control_request(message["request_id"], message["action"]):
                 log.info("control request %s applied before; not applied again", message["request_id"])
                 return
             answer = self._apply(tx, message)
-            tx.record_control(message, answer)
-        if answer.get("touched") and message["action"] not in ("backlog.suspend", "ambiguous.close"):
-            self.hand_on()
+            if answer.get("running"):
+                tx.control_progress(message["request_id"], answer)  # finished, and audited, by another worker
+            else:
+                tx.record_control(message, answer)
+        if answer.get("dispatch"):
+            self._dispatch(message, answer)
+        elif answer.get("touched"):
+            while hand_on(self.enqueue, self.store.take_due_retries(1000)):  # auto resume made mail due
+                pass
+
+    # -- bulk moves ---------------------------------------------------------------------------
+
+    def _bulk(self, message: dict[str, Any], from_state: str, to_state: str) -> None:
+        """Move the selected mails in batches, each committed with the request's progress and handed to
+        the broker at once; the answer (counts) and audit entry go with the last batch."""
+        rid = message["request_id"]
+        with self.store.atomic() as tx:
+            if tx.claim_control_request(rid, message["action"]):
+                answer = self._bulk_start(tx, message, from_state)
+                (tx.control_progress(rid, answer) if answer.get("running") else tx.record_control(message, answer))
+            elif not (tx.control_answer(rid) or {}).get("running"):
+                log.info("control request %s applied before; not applied again", rid)
+                return
+        while self._bulk_step(message, from_state, to_state):
+            pass
+
+    def _bulk_start(self, store: Store, message: dict[str, Any], from_state: str) -> dict[str, Any]:
+        project, everything = message.get("project"), bool(message.get("all"))
+        if project and not store.project_known(project):
+            return _unknown(project)
+        if everything and message["action"] == "backlog.resume":
+            store.unpause(project)  # resuming the whole backlog unpauses (new mail goes out behind it)
+        total = store.count_in_state(from_state, project) if everything else len(message["ids"])
+        return {"ok": True, "running": True, "total": total, "done": 0, "touched": 0, "counts": {},
+                **({} if everything else {"outcomes": {}})}
+
+    def _bulk_step(self, message: dict[str, Any], from_state: str, to_state: str) -> bool:
+        """One batch; False once the request is answered."""
+        rid, everything = message["request_id"], bool(message.get("all"))
+        with self.store.atomic() as tx:
+            answer = tx.lock_control_progress(rid)
+            if not answer or not answer.get("running"):
+                return False
+            ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
+            batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
+                                  f"{message['action']} by {message['requested_by']}", self.batch)
+            answer["done"] += batch.examined
+            answer["touched"] += batch.counts.get(MOVED[to_state], 0)
+            answer["projects"] = sorted(set(answer.get("projects", [])) | batch.projects)
+            for value, n in batch.counts.items():
+                answer["counts"][value] = answer["counts"].get(value, 0) + n
+            if batch.outcomes is not None:
+                answer["outcomes"].update(batch.outcomes)
+            moved = batch.moved
+            if message.get("with_ids"):
+                tx.keep_moved_ids(rid, [m.event_id for m in moved])
+            finished = (batch.examined < self.batch) if everything else answer["done"] >= len(message["ids"])
+            if finished:
+                answer["running"] = False
+                answer["total"] = answer["done"] if everything else answer["total"]
+                answer.pop("ok", None)
+                answer = {"ok": True, **answer, **({"ids_kept": True} if message.get("with_ids") else {})}
+                tx.record_control(message, answer)
+            else:
+                answer["total"] = max(answer["total"], answer["done"])
+                tx.control_progress(rid, answer)
+        if to_state == State.QUEUED:
+            hand_on(self.enqueue, moved)  # a lost wake-up is caught by the scheduler's stale_queued step
+        return not finished
 
     def _refusal(self, message: dict[str, Any]) -> str | None:
         problems = schemas.validate(CONTROL_SCHEMA, message)
@@ -118,31 +196,6 @@ class Controller:
         if handler is None:
             return {"ok": False, "error": f"action: {action} is not available in this version", "touched": 0}
         return handler(store, message)
-
-    def _move(self, store: Store, message: dict[str, Any], from_state: str, to_state: str) -> dict[str, Any]:
-        ids = None if message.get("all") else message["ids"]
-        detail = f"{message['action']} by {message['requested_by']}"
-        outcomes = store.move(ids, message.get("project"), from_state, to_state, detail)
-        done = sum(1 for v in outcomes.values() if v == MOVED[to_state])
-        return {"ok": True, "touched": done, "outcomes": outcomes}
-
-    def _backlog_resume(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.BACKLOG, State.QUEUED)
-
-    def _backlog_suspend(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.BACKLOG, State.SUSPENDED)
-
-    def _suspended_resume(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.SUSPENDED, State.QUEUED)
-
-    def _failed_retry(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.FAILED, State.QUEUED)
-
-    def _ambiguous_resend(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.AMBIGUOUS, State.QUEUED)
-
-    def _ambiguous_close(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
-        return self._move(store, message, State.AMBIGUOUS, State.SENT)
 
     def _limits_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
         limits = {k: message[k] for k in ("per_day", "recipients_per_mail") if k in message}
@@ -194,6 +247,39 @@ class Controller:
         return {"ok": True, "touched": 0, "mail_service": public["mail_service"],
                 "secret_names": public["secret_names"]}
 
+    def _settings_test(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+        """Hand a Test action to a worker of the project's transport queue; it answers step by step."""
+        project, document = message["project"], message.get("settings")
+        if document is not None:
+            tested, service = project, document.get("mail_service")
+        else:
+            if not store.project_known(project):
+                return _unknown(project)
+            row = store.get_project(project)
+            tested = project if row is not None and row.settings is not None else DEFAULT_PROJECT
+            row = row if tested == project else store.get_project(DEFAULT_PROJECT)
+            if row is None or row.settings is None:
+                return {"ok": False, "touched": 0, "error": f"project: {project!r} has no mail settings, and there "
+                        "is no default project"}
+            service = row.mail_service
+        if service not in set(MailService) or self.dispatch_test is None:
+            return {"ok": False, "touched": 0, "error": f"mail_service: {service!r} has no transport queue here"}
+        store.add_control_test(message, tested, service)
+        queue = MailService(service).queue
+        return {"ok": True, "running": True, "touched": 0, "dispatch": service, "project": tested,
+                "mail_service": service, "queue": str(queue), "steps": [],
+                "note": f"waiting for a worker of {queue} to run the test"}
+
+    def _dispatch(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        try:
+            self.dispatch_test(MailService(answer["dispatch"]), message["request_id"])
+        except Exception as exc:  # noqa: BLE001 - the command must hear why, not wait for nothing
+            log.exception("Test message for %s not published", message["request_id"])
+            with self.store.atomic() as tx:
+                tx.record_control(message, {"ok": False, "touched": 0, "running": False,
+                                            "error": f"the Test message could not be published to "
+                                                     f"{answer['queue']}: {type(exc).__name__}: {exc}"})
+
     def _keys_rotate(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
         if not self.box:
             return {"ok": False, "touched": 0, "error": "this worker has no DESKMAIL_SECRET_KEYS"}
@@ -209,15 +295,22 @@ class Controller:
         return {"ok": True, "touched": 0, "rotated": rotated}
 
 
+def applies(action: str) -> bool:
+    """True when this version's control actor has a way to apply `action`."""
+    return action in MOVES or callable(getattr(Controller, "_" + action.replace(".", "_"), None))
+
+
 def _unknown(project: str) -> dict[str, Any]:
     return {"ok": False, "error": f"project: unknown project {project!r}", "touched": 0}
 
 
-def declare_control_actor(broker, runtime, hand_on: HandOn) -> None:  # noqa: ANN001 - dramatiq, Runtime
+def declare_control_actor(broker, runtime, enqueue: Enqueue,  # noqa: ANN001 - dramatiq, Runtime
+                          dispatch_test: DispatchTest | None = None) -> None:
     """Declare the `deskmail.control` actor on broker."""
     import dramatiq
     from workers.constants import Queue
     box = (lambda: runtime.box) if runtime.config.secret_keys else None
-    controller = Controller(runtime.store, runtime.config.control_key, runtime.config.control_max_age, hand_on, box)
+    controller = Controller(runtime.store, runtime.config.control_key, runtime.config.control_max_age, enqueue, box,
+                            dispatch_test=dispatch_test)
     dramatiq.Actor(controller, broker=broker, actor_name=Queue.CONTROL, queue_name=Queue.CONTROL, priority=0,
                    options={"max_retries": 30, "min_backoff": 1_000, "max_backoff": 60_000})

@@ -146,6 +146,17 @@ class Requeue(_FromRow):
 
 
 @dataclass(frozen=True)
+class MoveBatch:
+    """One batch of a bulk action: how many mails it looked at, what became of them, which it moved."""
+
+    examined: int
+    counts: dict[str, int]
+    outcomes: dict[str, str] | None  # per id, only when the caller gave ids
+    moved: list[Requeue]
+    projects: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Heartbeat(_FromRow):
     """The newest scheduler heartbeat: when, how long ago, and how many schedulers beat within the window."""
 

@@ -18,7 +18,7 @@ from workers import sql
 from workers.database import open_pool
 from workers.errors import DataRefused, StoreError, StoreUnavailable
 from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             Gauge, GlobalLimits, Heartbeat, Mail, Project, Requeue)
+                             Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
@@ -106,6 +106,17 @@ class Store:
     def _rowcount(self, name: str, params: dict[str, Any]) -> int:
         with self._conn() as conn:
             return conn.execute(self.q[name], params).rowcount
+
+    @contextlib.contextmanager
+    def control_notices(self) -> Iterator[Callable[[str, float], bool]]:
+        """Listen for answers to control requests (NOTIFY on commit); yields wait(request_id, seconds),
+        which returns True when that request's answer or progress changed, False when the time ran out."""
+        with _translated(self.health), self.pool.connection(deadline=None) as conn:
+            conn.execute(self.q["listen_control"])
+            try:
+                yield lambda request_id, seconds: _notified(conn, str(request_id), seconds)
+            finally:
+                conn.execute(self.q["unlisten_control"])
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -268,41 +279,69 @@ class Store:
 
     # -- admin control ------------------------------------------------------------------------
 
-    def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-             detail: str) -> dict[str, str]:
-        """Move selected mails between states in one transaction; an answer per id.
+    def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
+                   detail: str, limit: int = 5000) -> MoveBatch:
+        """Move one batch of mails between states in one transaction.
 
         To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
-        hold no unit take one of today (an admin override of the limit) and become due. To
-        `suspended`: suspend. To `sent`: close an ambiguous mail the admin checked was delivered.
-        `ids=None` selects every mail in from_state (of the project, if given); resuming the whole
-        backlog also unpauses.
+        hold no unit take one of today (an admin override of the limit); they are returned for the
+        caller to hand to the broker at once. To `suspended`: suspend. To `sent`: close an ambiguous
+        mail the admin checked was delivered. `ids=None` takes the next `limit` mails in from_state
+        (of the project, if given), records first, and answers with counts only; given ids are taken
+        all (the caller pages them), with an outcome per id.
         """
         done = MOVED[to_state]
         with self._conn() as conn, conn.transaction():
-            rows = self._lock(conn, ids, project, from_state)
-            outcomes = _outcomes(rows, ids, project, from_state, done)
-            chosen = [uuid.UUID(k) for k, v in outcomes.items() if v == done]
+            rows = self._lock(conn, ids, project, from_state, limit)
+            if ids is None:  # locked in from_state and of the project: every one of them moves
+                outcomes, chosen, taken = None, [r["event_id"] for r in rows], rows
+            else:
+                outcomes = _outcomes(rows, ids, project, from_state, done)
+                taken = [r for r in rows if outcomes.get(str(r["event_id"])) == done]
+                chosen = [r["event_id"] for r in taken]
+            moved: list[Requeue] = []
             if chosen:
-                if to_state == "queued":
-                    self._count_resumed(conn, chosen)
-                conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
-            if ids is None and to_state == "queued" and from_state == "backlog":
-                conn.execute(self.q["unpause_project"] if project else self.q["unpause_all"], {"project": project})
-            return outcomes
+                cur = conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
+                moved = [Requeue(r["event_id"], r["priority"], r["mail_service"]) for r in cur.fetchall()]
+        counts: dict[str, int] = {done: len(chosen)} if chosen else {}
+        for value in (outcomes or {}).values():
+            if value != done:
+                counts[value] = counts.get(value, 0) + 1
+        return MoveBatch(len(rows) if ids is None else len(ids), counts, outcomes, moved,
+                         frozenset(r["project"] for r in taken if r["project"]))
+
+    def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
+             detail: str) -> dict[str, int]:
+        """Move selected mails (or all of from_state) in batches; how many ended how. Resumed mails are
+        not handed to the broker here but made due, for the scheduler to hand on."""
+        counts: dict[str, int] = {}
+        while True:
+            batch = self.move_batch(ids, project, from_state, to_state, detail)
+            if batch.moved and to_state == "queued":
+                self._all("make_due", {"ids": [m.event_id for m in batch.moved]})
+            for key, n in batch.counts.items():
+                counts[key] = counts.get(key, 0) + n
+            if ids is not None or not batch.examined:
+                return counts
+
+    def unpause(self, project: str | None) -> None:
+        """Unpause a project, or every project (project None)."""
+        self._all("unpause_project" if project else "unpause_all", {"project": project})
+
+    def count_in_state(self, state: str, project: str | None) -> int:
+        """How many mails are in `state` (of the project, if given)."""
+        return int(self._one("count_in_state", {"state": state, "project": project})["n"])
+
+    def project_known(self, project: str) -> bool:
+        """True when the project has a row or any mail."""
+        return bool(self._one("project_known", {"project": project})["known"])
 
     def _lock(self, conn: Conn, ids: list[str] | None, project: str | None,
-              state: str) -> list[dict[str, Any]]:
+              state: str, limit: int) -> list[dict[str, Any]]:
         if ids is None:
-            return conn.execute(self.q["lock_all_in_state"], {"state": state, "project": project}).fetchall()
+            return conn.execute(self.q["lock_batch_in_state"], {"state": state, "project": project,
+                                                                "limit": limit}).fetchall()
         return conn.execute(self.q["lock_selected"], {"ids": [uuid.UUID(str(i)) for i in ids]}).fetchall()
-
-    def _count_resumed(self, conn: Conn, ids: list[uuid.UUID]) -> None:
-        for row in conn.execute(self.q["count_resumed_quota"], {"ids": ids}).fetchall():
-            conn.execute(self.q["add_quota"], {"scope": row["project"], "day": row["day"], "n": row["n"]})
-        glob = conn.execute(self.q["count_resumed_global"], {"ids": ids}).fetchone()
-        if glob and glob["n"]:
-            conn.execute(self.q["add_quota"], {"scope": "*", "day": glob["day"], "n": glob["n"]})
 
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""
@@ -340,11 +379,77 @@ class Store:
         return self._one("claim_control_request", {"request_id": request_id, "action": action}) is not None
 
     def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Record the answer to a claimed control request and its audit entry (use inside atomic())."""
+        """Record the answer to a claimed control request and its audit entry, and notify the waiting
+        command when the transaction commits (use inside atomic())."""
         with self._conn() as conn, conn.transaction():
             conn.execute(self.q["answer_control_request"], {"request_id": message["request_id"],
                                                            "answer": Jsonb(answer)})
             self._audit(conn, message, answer)
+            conn.execute(self.q["notify_control"], {"request_id": str(message["request_id"])})
+
+    def control_progress(self, request_id: str, progress: dict[str, Any]) -> None:
+        """Record how far a running request got, notifying the waiting command on commit (no audit yet)."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["answer_control_request"], {"request_id": request_id, "answer": Jsonb(progress)})
+            conn.execute(self.q["notify_control"], {"request_id": str(request_id)})
+
+    def lock_control_progress(self, request_id: str) -> dict[str, Any] | None:
+        """A claimed request's answer so far, locked until the transaction ends (use inside atomic())."""
+        row = self._one("lock_control_progress", {"request_id": request_id})
+        return row["answer"] if row else None
+
+    def keep_moved_ids(self, request_id: str, ids: list[uuid.UUID]) -> None:
+        """Keep the ids a bulk action moved, for its command to page through."""
+        if ids:
+            self._all("keep_moved_ids", {"request_id": request_id, "ids": ids})
+
+    def moved_ids(self, request_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """One page of the ids a bulk action kept: rows of n and event_id."""
+        return self._all("list_moved_ids", {"request_id": request_id, "after": after, "limit": limit})
+
+    def record_control_sent(self, message: dict[str, Any]) -> None:
+        """Remember a request a command publishes, so that it can be listed while nobody answered it."""
+        self._all("record_control_sent", {
+            "request_id": message["request_id"], "action": message["action"], "project": message.get("project"),
+            "requested_by": message["requested_by"], "requested_at": message["requested_at"]})
+
+    def control_pending(self, max_age: float) -> list[dict[str, Any]]:
+        """Requests published but neither answered, refused nor expired, oldest first."""
+        return self._all("list_control_pending", {"max_age": max_age})
+
+    def cancel_control(self, request_id: str, cancelled_by: str) -> dict[str, Any] | None:
+        """Take a pending request's id with a `cancelled` answer, audited, so no worker applies it later.
+
+        Returns the answer it has now: the cancellation, or the answer it already had; None if no
+        command sent it.
+        """
+        with self.atomic() as tx:
+            sent = tx._one("get_control_sent", {"request_id": request_id})
+            if sent is None:
+                return None
+            if not tx.claim_control_request(request_id, sent["action"]):
+                return tx.control_answer(request_id)
+            answer = {"ok": False, "cancelled": True, "touched": 0,
+                      "error": f"cancelled by {cancelled_by} before a control worker applied it"}
+            tx.record_control({"request_id": request_id, "action": sent["action"], "project": sent["project"],
+                               "requested_by": cancelled_by, "cancels": sent["action"]}, answer)
+            return answer
+
+    def add_control_test(self, message: dict[str, Any], project: str, service: str) -> None:
+        """Keep what a Test action is to test, for the transport worker that runs it."""
+        self._all("add_control_test", {
+            "request_id": message["request_id"], "project": project, "mail_service": service,
+            "to": message.get("to"), "attach": bool(message.get("attach")), "settings": Jsonb(message["settings"]) if message.get("settings") else None,
+            "sealed_secrets": message.get("sealed_secrets"),
+            "message": Jsonb({k: v for k, v in message.items() if k not in ("signature", "sealed_secrets")})})
+
+    def take_control_test(self, request_id: str, worker: str) -> dict[str, Any] | None:
+        """The Test action of this request, taken by `worker`; None if there is none or it was taken."""
+        return self._one("take_control_test", {"request_id": request_id, "worker": worker})
+
+    def list_rejected(self, project: str | None = None, after: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """One page of rejected events in arrival order, of every project (unknown ones too)."""
+        return self._all("list_rejected", {"project": project, "after": after, "limit": limit})
 
     def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:
         """Keep a refused control message's reason and audit entry; its request id stays free."""
@@ -352,6 +457,8 @@ class Store:
             conn.execute(self.q["record_control_refusal"], {"request_id": message.get("request_id"),
                                                            "reason": reason})
             self._audit(conn, message, {"ok": False, "error": reason, "touched": 0, "refused": True})
+            if message.get("request_id"):
+                conn.execute(self.q["notify_control"], {"request_id": str(message["request_id"])})
 
     def control_refusal(self, request_id: str) -> str | None:
         """Why the newest message carrying this request id was refused, or None."""
@@ -361,9 +468,13 @@ class Store:
     def _audit(self, conn: Conn, message: dict[str, Any], answer: dict[str, Any]) -> None:
         params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
                   if k not in ("signature", "requested_by")}
+        # A per-id action sent without a project is audited under the one project its mails belong to.
+        projects = answer.get("projects") or []
+        project = message.get("project") if isinstance(message.get("project"), str) else \
+            (projects[0] if len(projects) == 1 else None)
         conn.execute(self.q["record_audit"], {
             "actor": str(message.get("requested_by", "?"))[:200], "action": str(message.get("action", "?"))[:64],
-            "project": message.get("project") if isinstance(message.get("project"), str) else None,
+            "project": project,
             "params": Jsonb(params), "touched": answer.get("touched", 0), "result": Jsonb(answer)})
 
     def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
@@ -622,6 +733,16 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
         else:
             out[key] = done
     return out
+
+
+def _notified(conn: psycopg.Connection, request_id: str, seconds: float) -> bool:
+    """Wait up to `seconds` for a notice about request_id (notices about other requests are skipped)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        for notice in conn.notifies(timeout=left, stop_after=1):
+            if notice.payload == request_id:
+                return True
+    return False
 
 
 def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:

@@ -5,11 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from producers.cli import admin, backlog, console, controls, dev, health, mail, problems
+import argcomplete
+
+from producers.cli import admin, backlog, console, controls, dev, health, mail, problems, requests
 from producers.cli.context import Context, CommandError
 from workers.errors import DeskmailError
 
-GROUPS = (dev, mail, admin, backlog, controls, problems, console, health)
+GROUPS = (dev, mail, admin, backlog, controls, problems, requests, console, health)
+
+
+def version() -> str:
+    """The installed deskmail version."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("deskmail")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,17 +31,32 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--database-url", help="PostgreSQL URL (env DESKMAIL_DATABASE_URL)")
     top.add_argument("--amqp-url", help="RabbitMQ URL (env DESKMAIL_AMQP_URL)")
     top.add_argument("--control-amqp-url", help="RabbitMQ URL of the control vhost (env DESKMAIL_CONTROL_AMQP_URL)")
+    top.add_argument("--version", action="version", version=f"deskmail {version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(commands)
+    completion = commands.add_parser("completion", help="print a shell completion script: "
+                                     "eval \"$(deskmail completion bash)\"")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh"])
+    completion.set_defaults(func=print_completion)
     return top
+
+
+def print_completion(ctx: Context | None, args: argparse.Namespace) -> int:
+    """Print argcomplete's completion script for the deskmail command."""
+    sys.stdout.write(argcomplete.shellcode(["deskmail"], shell=args.shell))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one deskmail command; exit 0 on success, 1 on a reported failure, 2 on bad usage."""
-    args = parser().parse_args(argv)
-    context = Context.from_args(args)
+    top = parser()
+    argcomplete.autocomplete(top)
+    args = top.parse_args(argv)
+    context: Context | None = None
     try:
+        context = Context.from_args(args)
+        context.probe = not getattr(args, "no_probe", False)
         return int(args.func(context, args) or 0)
     except CommandError as exc:
         print(f"deskmail: {exc}", file=sys.stderr)
@@ -41,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        context.close()
+        if context is not None:
+            context.close()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ from pathlib import Path
 import schemas
 from schemas.addresses import normalized_address
 from producers import control
-from producers.cli.context import CommandError, Context, emit
+from producers.cli.context import CommandError, Context, emit, table
 from producers.cli.controls import printable, send_control
-from workers.diagnosis import Checkup, Status
-from workers.selftest import self_test
+from workers.diagnosis import Status
 DEFAULT_PROJECT = "default"
 
 
@@ -25,10 +24,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     put.add_argument("--file", type=Path, required=True, help="settings JSON (schemas/project-settings.v1.json)")
     put.add_argument("--test", action="store_true", help="send the self-test mail first; save only if it is accepted")
     put.add_argument("--to", help="with --test: the test mail's recipient (default: the from address)")
+    put.add_argument("--json", action="store_true")
     put.add_argument("--attach", action="store_true", help="with --test: attach a small text file to the test mail")
     put.set_defaults(func=settings_set)
-    check = settings.add_parser("test", help="send a test mail through the project's mail service and diagnose "
-                                             "each step (exit 0 only when the mail was accepted)")
+    check = settings.add_parser("test", help="send a test mail through the project's mail service, from a worker "
+                                             "of its transport queue, and diagnose each step (exit 0 only when "
+                                             "the mail was accepted)")
     check.add_argument("project")
     check.add_argument("--to", help="recipient of the test mail (default: the project's from address)")
     check.add_argument("--attach", action="store_true", help="attach a small text file (proves the attachment path)")
@@ -55,21 +56,27 @@ def load_json(path: Path) -> dict:
 
 
 def settings_set(ctx: Context, args: argparse.Namespace) -> int:
-    """Validate, optionally test, and save a project's settings through the control worker, audited."""
+    """Validate, optionally test on a worker, and save a project's settings through the control worker, audited."""
     document = load_json(args.file)
     problems = schemas.validate(schemas.SETTINGS, document)
     if problems:
         raise CommandError(f"{args.file}: " + "; ".join(map(str, problems)))
+    fields = control.settings_fields(ctx.runtime.box, args.project, document)
+    tested = None
     if args.test:
-        checkup = self_test(ctx.runtime, args.project, recipient(args.to), document, attachment=args.attach)
-        print(format_checkup(args.project, document["mail_service"], checkup))
-        if not checkup.accepted:
+        tested = remote_test(ctx, args.project, recipient(args.to), fields, args.json, args.attach)
+        if not tested.get("accepted"):
+            if args.json:
+                emit({"saved": False, "test": tested}, True)
             raise CommandError(f"the test failed: the settings of project {args.project} were NOT saved")
-    answer = send_control(ctx, "settings.set", **control.settings_fields(ctx.runtime.box, args.project, document))
+    answer = send_control(ctx, "settings.set", **fields)
     if not answer.get("ok"):
+        if args.json:
+            emit({"saved": False, "test": tested, "answer": answer}, True)
         raise CommandError(f"the settings of project {args.project} were NOT saved: "
                            f"{printable(str(answer.get('error')))}")
-    print(f"saved the {document['mail_service']} settings of project {args.project}")
+    emit({"saved": True, "project": args.project, "mail_service": document["mail_service"], "test": tested,
+          "answer": answer}, args.json, f"saved the {document['mail_service']} settings of project {args.project}")
     return 0
 
 
@@ -84,34 +91,54 @@ def recipient(address: str | None) -> str | None:
 
 
 def settings_test(ctx: Context, args: argparse.Namespace) -> int:
-    """Send the self-test mail with a project's saved settings, printing each step."""
+    """Run the Test action on a worker of the project's transport queue, printing each step as it arrives."""
     to = recipient(args.to)
-    project = ctx.store.get_project(args.project)
-    if project is None or project.settings is None:
-        project = ctx.store.get_project(DEFAULT_PROJECT)
-        if project is None or project.settings is None:
-            raise CommandError(f"project {args.project!r} has no mail settings, and there is no default project")
-        if not args.json:
-            print(f"project {args.project} has no settings of its own; its mail uses the {DEFAULT_PROJECT} "
-                  "project's, which are tested here")
-    checkup = self_test(ctx.runtime, project.key, to, attachment=args.attach)
-    emit({"project": project.key, "mail_service": project.mail_service, **checkup.as_dict()}, args.json,
-         format_checkup(project.key, project.mail_service, checkup))
-    return 0 if checkup.accepted else 1
+    if not ctx.store.project_known(args.project):
+        raise CommandError(f"unknown project {args.project!r}")
+    answer = remote_test(ctx, args.project, to, None, args.json, args.attach)
+    if args.json:
+        emit(answer, True)
+    return 0 if answer.get("accepted") else 1
 
 
-def format_checkup(project: str, service: str, checkup: Checkup) -> str:
-    """The steps of a Test action, one per line, with what to change under a failed one."""
-    lines = [f"Test of project {project} ({service}):"]
-    for step in checkup.steps:
-        mark = "ok    " if step.status is Status.PASSED else "FAILED"
-        lines.append(f"  {mark} {step.name:<16} {step.detail}")
-        if step.advice:
-            lines.append(f"         {'':<16} what to change: {step.advice}")
-    last = checkup.steps[-1] if checkup.steps else None
-    lines.append("Result: the test mail was accepted" if checkup.accepted else
-                 f"Result: FAILED at {last.name if last else 'the start'}")
-    return "\n".join(lines)
+def remote_test(ctx: Context, project: str, to: str | None, fields: dict | None, as_json: bool,
+                attach: bool = False) -> dict:
+    """The Test action through a worker (producers.control.run_test), its steps printed as they arrive."""
+    shown: list[dict] = []
+
+    def show(answer: dict) -> None:
+        if as_json:
+            return
+        if not shown and answer.get("host"):
+            shown.append({})  # the header is out
+            tested = answer.get("project", project)
+            if tested != project:
+                print(f"project {project} has no settings of its own; its mail uses the {tested} project's, "
+                      "which are tested here")
+            print(f"Test of project {tested} ({answer.get('mail_service')}) on {answer['host']}:")
+        for step in (answer.get("steps") or [])[len(shown) - 1 if shown else 0:]:
+            shown.append(step)
+            print(format_step(step), flush=True)
+
+    answer = control.run_test(ctx.control_publisher, ctx.store, ctx.config.control_key,
+                              ctx.config.control_timeout, project, to, fields, show, attach=attach)
+    if not answer.get("steps") and not answer.get("host") and not answer.get("ok"):
+        raise CommandError(f"the Test action was refused: {printable(str(answer.get('error')))}")
+    show(answer)
+    if not as_json:
+        last = answer["steps"][-1]["name"] if answer.get("steps") else "the start"
+        print("Result: the test mail was accepted" if answer.get("accepted") else
+              f"Result: FAILED at {last}" + (f" ({printable(str(answer['error']))})" if answer.get("error") else ""))
+    return answer
+
+
+def format_step(step: dict) -> str:
+    """One step of a Test action, with what to change under a failed one."""
+    mark = "ok    " if step["status"] == Status.PASSED.value else "FAILED"
+    line = f"  {mark} {step['name']:<16} {printable(step['detail'])}"
+    if step.get("advice"):
+        line += f"\n         {'':<16} what to change: {printable(step['advice'])}"
+    return line
 
 
 def settings_show(ctx: Context, args: argparse.Namespace) -> int:
@@ -158,18 +185,16 @@ def show_status(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def format_status(rows: list[dict], glob: dict) -> str:
-    """The status as an aligned table."""
-    head = (f"{'PROJECT':<14}{'STATE':<28}{'TODAY':>12}{'BACKLOG':>9}{'SUSPENDED':>11}{'FAILED':>8}"
-            f"{'AMBIGUOUS':>11}  AUTO-RESUME  SENT/REJECTED")
-    lines = [head]
+    """The status as a table whose columns fit their content."""
+    body = []
     for r in rows:
-        today = f"{r['sent_today']}/{r['per_day'] or '-'}"
         c = r["counts"]
-        lines.append(f"{r['project']:<14}{r['state']:<28}{today:>12}{r['backlog']:>9}{r['suspended']:>11}"
-                     f"{r['failed']:>8}{r['ambiguous']:>11}  {'on' if r['auto_resume'] else 'off':<13}"
-                     f"{c.get('sent', 0)}/{c.get('rejected', 0)}")
-        if r["config_error"]:
-            lines.append(f"  configuration error: {r['config_error']}")
+        body.append([r["project"], r["state"], f"{r['sent_today']}/{r['per_day'] or '-'}", r["backlog"],
+                     r["suspended"], r["failed"], r["ambiguous"], "on" if r["auto_resume"] else "off",
+                     f"{c.get('sent', 0)}/{c.get('rejected', 0)}"])
+    lines = [table(["PROJECT", "STATE", "TODAY", "BACKLOG", "SUSPENDED", "FAILED", "AMBIGUOUS", "AUTO-RESUME",
+                    "SENT/REJECTED"], body, right=(2, 3, 4, 5, 6))]
+    lines += [f"{r['project']}: configuration error: {r['config_error']}" for r in rows if r["config_error"]]
     lines.append(f"global: {glob['sent_today']}/{glob['MAIL_LIMIT_PER_DAY_SMTP'] or '-'} today "
                  f"(MAIL_LIMIT_PER_DAY_SMTP), recipients per mail: "
                  f"{glob['RECIPIENTS_LIMIT_PER_MAIL_SMTP'] or '-'} (RECIPIENTS_LIMIT_PER_MAIL_SMTP)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from producers.cli.context import Context, emit
-from producers.cli.controls import add_backlog_actions
+from producers.cli.context import Context, emit, table
+from producers.cli.controls import add_backlog_actions, known_project, printable
 from workers.constants import Reason, State
 
 
@@ -25,13 +25,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def list_backlog(ctx: Context, args: argparse.Namespace) -> int:
     """Print one page of the backlog."""
+    if args.project:
+        known_project(ctx, args.project)
     rows = ctx.store.list_state(State.BACKLOG, project=args.project, reason=args.reason, after=args.after,
                                 limit=max(1, min(args.limit, 10_000)))
-    lines = [f"{'SEQ':>8}  {'EVENT ID':<36}  {'PROJECT':<12} {'KIND':<12} {'RCPT':>4}  {'ARRIVED':<19}  "
-             f"{'REASON':<20} SUBJECT"]
-    lines += [f"{r['seq']:>8}  {r['event_id']!s:<36}  {r['project']:<12} {r['kind']:<12} {r['recipients']:>4}  "
-              f"{r['received_at']:%Y-%m-%d %H:%M:%S}  {r['reason']:<20} {r['subject']}" for r in rows]
+    text = table(["SEQ", "EVENT ID", "PROJECT", "KIND", "RCPT", "ARRIVED", "REASON", "SUBJECT"],
+                 [[r["seq"], r["event_id"], r["project"], r["kind"], r["recipients"],
+                   f"{r['received_at']:%Y-%m-%d %H:%M:%S}", r["reason"], printable(r["subject"] or "")] for r in rows],
+                 right=(0, 4))
     if rows and len(rows) == args.limit:
-        lines.append(f"(more: --after {rows[-1]['seq']})")
-    emit(rows, args.json, "\n".join(lines))
+        text += f"\n(more: --after {rows[-1]['seq']})"
+    emit(rows, args.json, text if rows else "the backlog is empty")
     return 0

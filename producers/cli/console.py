@@ -19,6 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                   "TLS and single sign-on from DESKMAIL_CONSOLE_*)")
     console.add_argument("--host", help="listen address (env DESKMAIL_CONSOLE_HOST, default 127.0.0.1)")
     console.add_argument("--port", type=int, help="port (env DESKMAIL_CONSOLE_PORT, default 8025)")
+    console.add_argument("--json", action="store_true", help="say where it listens as one JSON object")
     console.set_defaults(func=run_console)
     users = commands.add_parser("console-user", help="accounts of the admin console").add_subparsers(
         dest="sub", required=True)
@@ -28,12 +29,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add.add_argument("--sso-only", action="store_true", help="no password: logs in with single sign-on only")
     add.set_defaults(func=add_user)
+    add.add_argument("--json", action="store_true", help="machine-readable output")
     remove = users.add_parser("remove", help="delete an account and end its sessions")
     remove.add_argument("username")
+    remove.add_argument("--json", action="store_true", help="machine-readable output")
     remove.set_defaults(func=remove_user)
     passwd = users.add_parser("passwd", help="set a new password (ends the account's sessions)")
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument("--json", action="store_true", help="machine-readable output")
     passwd.set_defaults(func=set_password)
     listing = users.add_parser("list", help="accounts and roles")
     listing.add_argument("--json", action="store_true")
@@ -46,6 +50,8 @@ def run_console(ctx: Context, args: argparse.Namespace) -> int:
     from producers.console.config import ConsoleConfig, UnsafeListen
     console = ConsoleConfig.from_env()
     console = dataclasses.replace(console, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
+    if args.json:
+        emit({"host": console.host, "port": console.port}, True)
     try:
         serve(ctx.runtime, console)
     except UnsafeListen as exc:
@@ -75,7 +81,8 @@ def add_user(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.store.add_console_user(args.username, hashed, args.role):
         raise CommandError(f"console user {args.username!r} exists already (use passwd, or remove it first)")
     ctx.store.record_console_audit(_actor(), "console_user.add", {"username": args.username, "role": args.role}, True)
-    print(f"added console user {args.username} ({args.role})")
+    emit({"username": args.username, "role": args.role, "added": True}, args.json,
+         f"added console user {args.username} ({args.role})")
     return 0
 
 
@@ -84,7 +91,7 @@ def remove_user(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.store.remove_console_user(args.username):
         raise CommandError(f"no console user {args.username!r}")
     ctx.store.record_console_audit(_actor(), "console_user.remove", {"username": args.username}, True)
-    print(f"removed console user {args.username}")
+    emit({"username": args.username, "removed": True}, args.json, f"removed console user {args.username}")
     return 0
 
 
@@ -94,7 +101,8 @@ def set_password(ctx: Context, args: argparse.Namespace) -> int:
         raise CommandError(f"no console user {args.username!r}")
     ctx.store.set_console_password(args.username, hash_password(_password(args.password_stdin)))
     ctx.store.record_console_audit(_actor(), "console_user.passwd", {"username": args.username}, True)
-    print(f"new password set for {args.username}; its sessions were ended")
+    emit({"username": args.username, "password_set": True, "sessions_ended": True}, args.json,
+         f"new password set for {args.username}; its sessions were ended")
     return 0
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import unicodedata
+from typing import Callable, Iterator
+
+from rich.console import Console
 
 from producers import control
-from producers.cli.context import CommandError, Context, emit
+from producers.cli.context import CommandError, Context, emit, table
 from workers.constants import State
 
 
@@ -66,7 +71,13 @@ def _selection(parser: argparse.ArgumentParser, allow_all: bool) -> None:
     parser.add_argument("ids", nargs="*", metavar="ID", help="event ids")
     if allow_all:
         parser.add_argument("--all", action="store_true", help="every mail in that list (of --project)")
+        parser.add_argument("--dry-run", action="store_true", help="with --all: say how many mails of which "
+                            "project it would touch, and change nothing")
+        parser.add_argument("--yes", action="store_true", help="with --all and no --project: do not ask for "
+                            "confirmation")
     parser.add_argument("--project")
+    parser.add_argument("--ids", dest="with_ids", action="store_true",
+                        help="keep the ids of the mails moved (page them with `deskmail control ids REQUEST_ID`)")
     parser.add_argument("--json", action="store_true")
 
 
@@ -89,36 +100,106 @@ def _limits(commands: argparse._SubParsersAction) -> None:
 
 
 def send_control(ctx: Context, action: str, **fields) -> dict:
-    """Send one control action to the control vhost and return the worker's answer."""
+    """Send one control action to the control vhost and return the worker's answer (a progress bar on a
+    terminal while a bulk action runs)."""
     message = control.control_message(action, ctx.config.control_key, **fields)
-    try:
-        return control.send(ctx.control_publisher, ctx.store, message, ctx.config.control_timeout)
-    except control.NoAnswer as exc:
-        raise CommandError(str(exc)) from exc
+    with progress_bar(f"{action}") as report:
+        try:
+            answer = control.send(ctx.control_publisher, ctx.store, message, ctx.config.control_timeout, report)
+        except control.NoAnswer as exc:
+            raise CommandError(str(exc)) from exc
+    return {"request_id": message["request_id"], **answer}
 
 
 def print_answer(answer: dict, as_json: bool) -> int:
-    """Print a control answer (per id outcomes, then a summary); 0 when it was applied."""
-    lines = [f"{k}: {v}" for k, v in (answer.get("outcomes") or {}).items()]
-    summary = (f"done: {answer.get('touched', 0)} mail(s)" if answer.get("ok")
-               else f"refused: {printable(str(answer.get('error')))}")
-    emit(answer, as_json, "\n".join(lines + [summary]))
-    return 0 if answer.get("ok") else 1
+    """Print a control answer: a summary on stdout, and on stderr why each id that was not done was not.
+
+    0 only when the request did all it was asked: a refusal, an unknown id, an id of another project
+    or not in that state makes it 1.
+    """
+    done = {"resumed", "suspended", "closed"}
+    missed = {k: v for k, v in (answer.get("outcomes") or {}).items() if v not in done}
+    if as_json:
+        emit(answer, True)
+    elif answer.get("ok"):
+        counts = ", ".join(f"{n} {printable(str(what))}" for what, n in sorted((answer.get("counts") or {}).items()))
+        print(f"done: {answer.get('touched', 0)} mail(s)" + (f" ({counts})" if counts and missed else ""))
+    for key, why in missed.items():
+        print(f"deskmail: {key}: {printable(str(why))}", file=sys.stderr)
+    if not answer.get("ok"):
+        print(("deskmail: REFUSED: " if answer.get("refused") else "deskmail: refused: ")
+              + printable(str(answer.get("error"))), file=sys.stderr)
+        return 1
+    if answer.get("ids_kept") and not as_json:
+        print(f"ids: deskmail control ids {answer.get('request_id', '')}".rstrip())
+    return 1 if missed else 0
 
 
 def run_control(ctx: Context, args: argparse.Namespace) -> int:
-    """Send a resume or suspend command and print the answer per id."""
+    """Send a bulk action (resume, suspend, retry, resend, close) and print the answer."""
     use_all = getattr(args, "all", False)
     if bool(args.ids) == bool(use_all):
         raise CommandError("give event ids, or --all (not both)", status=2)
-    return print_answer(send_control(ctx, args.action, ids=args.ids or None, all=use_all or None,
-                               project=args.project), args.json)
+    if args.project:
+        known_project(ctx, args.project)
+    state = args.action.split(".")[0]
+    if use_all and (getattr(args, "dry_run", False) or not args.project):
+        counts = ctx.store.console_mail_count(state, {"project": args.project})
+        total = sum(counts.values())
+        if args.dry_run:
+            emit({"action": args.action, "dry_run": True, "projects": counts, "total": total}, args.json,
+                 "\n".join([f"{args.action} --all would touch {total} mail(s)"] +
+                           [f"  {p}: {n}" for p, n in counts.items()]))
+            return 0
+        if not args.yes and not confirm(f"{args.action} --all touches {total} mail(s) of {len(counts)} project(s) "
+                                        f"({', '.join(f'{p}: {n}' for p, n in counts.items()) or 'none'})"):
+            raise CommandError("not confirmed; nothing was sent (give --yes, or --project P)")
+    answer = send_control(ctx, args.action, ids=args.ids or None, all=use_all or None, project=args.project,
+                          with_ids=args.with_ids or None)
+    return print_answer(answer, args.json)
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; without one (a script), the answer is no: scripts say --yes."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question}. Go on? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def known_project(ctx: Context, project: str) -> None:
+    """Refuse a project deskmail has never heard of (no settings, limits or mail)."""
+    if not ctx.store.project_known(project):
+        raise CommandError(f"unknown project {project!r}")
+
+
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[dict], None]]:
+    """A progress bar on stderr while a running request reports progress (only on a terminal)."""
+    if not sys.stderr.isatty():
+        yield lambda answer: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def report(answer: dict) -> None:
+            if "total" in answer:
+                bar.update(task, total=answer["total"] or None, completed=answer.get("done", 0))
+            elif "steps" in answer:
+                bar.update(task, description=f"{label}: {len(answer['steps'])} step(s)")
+        yield report
 
 
 def set_limits(ctx: Context, args: argparse.Namespace) -> int:
     """Send a limits.set command."""
     if args.per_day is None and args.recipients_per_mail is None:
         raise CommandError("give --per-day and/or --recipients-per-mail", status=2)
+    if args.project:
+        known_project(ctx, args.project)
     fields = {"per_day": args.per_day, "recipients_per_mail": args.recipients_per_mail}
     return print_answer(send_control(ctx, "limits.set", project=args.project, **{"global": args.glob or None},
                                **fields), args.json)
@@ -126,17 +207,21 @@ def set_limits(ctx: Context, args: argparse.Namespace) -> int:
 
 def set_auto_resume(ctx: Context, args: argparse.Namespace) -> int:
     """Send an auto_resume.set command."""
+    known_project(ctx, args.project)
     return print_answer(send_control(ctx, "auto_resume.set", project=args.project, enabled=args.state == "on"),
                          args.json)
 
 
 def set_pause(ctx: Context, args: argparse.Namespace) -> int:
     """Send a project.pause or project.unpause command."""
+    known_project(ctx, args.project)
     return print_answer(send_control(ctx, args.action, project=args.project), args.json)
 
 
 def show_limits(ctx: Context, args: argparse.Namespace) -> int:
     """Print the limits and today's counts."""
+    if args.project:
+        known_project(ctx, args.project)
     glob = ctx.store.global_limits()
     rows = [{"project": p.key, "per_day": p.per_day or None, "recipients_per_mail": p.recipients_per_mail or None,
              "sent_today": ctx.store.sent_today(p.key, p.time_zone), "time_zone": p.time_zone}
@@ -155,11 +240,16 @@ def show_limits(ctx: Context, args: argparse.Namespace) -> int:
 
 def list_suspended(ctx: Context, args: argparse.Namespace) -> int:
     """Print one page of suspended mails."""
+    if args.project:
+        known_project(ctx, args.project)
     rows = ctx.store.list_state(State.SUSPENDED, project=args.project, after=args.after,
                                 limit=max(1, min(args.limit, 10_000)))
-    text = [f"{r['seq']:>8}  {r['event_id']!s:<36}  {r['project']:<12} {r['received_at']:%Y-%m-%d %H:%M:%S}  "
-            f"{r['subject']}" for r in rows]
-    emit(rows, args.json, "\n".join(text) or "no suspended mails")
+    text = table(["SEQ", "EVENT ID", "PROJECT", "ARRIVED", "SUBJECT"],
+                 [[r["seq"], r["event_id"], r["project"], f"{r['received_at']:%Y-%m-%d %H:%M:%S}",
+                   printable(r["subject"] or "")] for r in rows], right=(0,))
+    if rows and len(rows) == args.limit:
+        text += f"\n(more: --after {rows[-1]['seq']})"
+    emit(rows, args.json, text if rows else "no suspended mails")
     return 0
 
 
@@ -169,9 +259,12 @@ def _failure(result: dict) -> str:
 
 def show_audit(ctx: Context, args: argparse.Namespace) -> int:
     """Print the newest audit entries."""
+    if args.project:
+        known_project(ctx, args.project)
     rows = ctx.store.audit(args.project, args.limit)
-    text = [f"{r['at']:%Y-%m-%d %H:%M:%S}  {printable(r['actor']):<24} {printable(r['action']):<18} "
-            f"{printable(r['project'] or '-'):<12} touched {r['touched']}  "
-            f"{'ok' if r['result'].get('ok') else _failure(r['result'])}" for r in rows]
-    emit(rows, args.json, "\n".join(text) or "no audit entries")
+    text = table(["AT", "ACTOR", "ACTION", "PROJECT", "TOUCHED", "RESULT"],
+                 [[f"{r['at']:%Y-%m-%d %H:%M:%S}", printable(r["actor"]), printable(r["action"]),
+                   printable(r["project"] or "-"), r["touched"],
+                   "ok" if r["result"].get("ok") else _failure(r["result"])] for r in rows], right=(4,))
+    emit(rows, args.json, text if rows else "no audit entries")
     return 0

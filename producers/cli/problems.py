@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from producers.cli.context import Context, emit
-from producers.cli.controls import _selection, run_control
+from producers.cli.context import Context, emit, table
+from producers.cli.controls import _selection, known_project, printable, run_control
 from workers.constants import State
 
 ACTIONS = {
@@ -36,16 +36,45 @@ def register(commands: argparse._SubParsersAction) -> None:
             sub = subs.add_parser(name, help=help_)
             _selection(sub, allow_all=True)
             sub.set_defaults(func=run_control, action=f"{state.value}.{name}")
+    register_rejected(commands)
 
 
 def list_mails(ctx: Context, args: argparse.Namespace) -> int:
     """Print one page of failed or ambiguous mails, with why."""
+    if args.project:
+        known_project(ctx, args.project)
     rows = ctx.store.list_state(args.state, project=args.project, after=args.after,
                                 limit=max(1, min(args.limit, 10_000)))
-    lines = [f"{'SEQ':>8}  {'EVENT ID':<36}  {'PROJECT':<12} {'ARRIVED':<19}  {'REASON':<16} DETAIL"]
-    lines += [f"{r['seq']:>8}  {r['event_id']!s:<36}  {r['project'] or '-':<12} "
-              f"{r['received_at']:%Y-%m-%d %H:%M:%S}  {r['reason'] or '-':<16} {r['detail'] or ''}" for r in rows]
+    text = table(["SEQ", "EVENT ID", "PROJECT", "ARRIVED", "REASON", "DETAIL"],
+                 [[r["seq"], r["event_id"], r["project"] or "-", f"{r['received_at']:%Y-%m-%d %H:%M:%S}",
+                   r["reason"] or "-", printable(r["detail"] or "")] for r in rows], right=(0,))
     if rows and len(rows) == args.limit:
-        lines.append(f"(more: --after {rows[-1]['seq']})")
-    emit(rows, args.json, "\n".join(lines) if rows else f"no {args.state} mails")
+        text += f"\n(more: --after {rows[-1]['seq']})"
+    emit(rows, args.json, text if rows else f"no {args.state} mails")
+    return 0
+
+
+def register_rejected(commands: argparse._SubParsersAction) -> None:
+    """Add `rejected list`."""
+    group = commands.add_parser("rejected", help="events refused as invalid, kept with the reason")
+    listing = group.add_subparsers(dest="sub", required=True).add_parser(
+        "list", help="rejected events of every project (unknown ones too), in arrival order")
+    listing.add_argument("--project", help="only this project's (any name: a rejected event may name one that "
+                         "does not exist)")
+    listing.add_argument("--limit", type=int, default=50, help="rows per page (default 50)")
+    listing.add_argument("--after", type=int, default=0, help="show rows after this sequence number")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=list_rejected)
+
+
+def list_rejected(ctx: Context, args: argparse.Namespace) -> int:
+    """Print one page of rejected events with the reason."""
+    rows = ctx.store.list_rejected(args.project, args.after, max(1, min(args.limit, 10_000)))
+    text = table(["SEQ", "EVENT ID", "PROJECT", "ARRIVED", "REASON", "SIZE", "DETAIL"],
+                 [[r["seq"], r["event_id"], printable(r["project"] or "-"), f"{r['received_at']:%Y-%m-%d %H:%M:%S}",
+                   r["reason"] or "-", r["raw_size"] if r["raw_size"] is not None else "-",
+                   printable((r["detail"] or "")[:200])] for r in rows], right=(0, 5))
+    if rows and len(rows) == args.limit:
+        text += f"\n(more: --after {rows[-1]['seq']})"
+    emit(rows, args.json, text if rows else "no rejected events")
     return 0

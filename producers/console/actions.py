@@ -14,7 +14,7 @@ import schemas
 from producers import control
 from producers.publisher import Publisher
 from workers.config import Config
-from workers.control import CONTROL_SCHEMA, Controller
+from workers.control import CONTROL_SCHEMA, applies
 from workers.store import Store
 
 BATCH = 1000  # ids per control message of a bulk action (the schema allows 10,000)
@@ -34,7 +34,7 @@ class Answer:
 def available(action: str) -> bool:
     """True when the control worker applies `action` (its Controller has a handler and the schema allows it)."""
     enum = schemas.load_schema(CONTROL_SCHEMA)["properties"]["action"]["enum"]
-    return action in enum and callable(getattr(Controller, "_" + action.replace(".", "_"), None))
+    return action in enum and applies(action)
 
 
 class Actions:

@@ -1,41 +1,22 @@
 """Long console jobs run in a thread of the console process, their progress kept in the store so that
-the page can poll any console instance: the Test action's steps as they arrive, a bulk action's batches."""
+the page can poll any console instance: the Test action's steps as they arrive (run on a worker of
+the project's transport queue, through producers.control.run_test, as the command does), a bulk
+action's batches."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import uuid
-from dataclasses import asdict
 from typing import Any, Callable
 
+from producers import control
 from producers.console.actions import BATCH, Actions
-from workers.diagnosis import Checkup, Step, Stop, Status
 from workers.runtime import Runtime
-from workers.selftest import self_test
 
 log = logging.getLogger(__name__)
 STATE_OF = {"backlog.resume": "backlog", "backlog.suspend": "backlog", "suspended.resume": "suspended",
             "failed.retry": "failed", "ambiguous.resend": "ambiguous", "ambiguous.close": "ambiguous"}
-
-
-class RecordedCheckup(Checkup):
-    """A Checkup that reports every step the moment it is recorded."""
-
-    def __init__(self, on_step: Callable[[list[Step]], None]) -> None:
-        super().__init__()
-        self._on_step = on_step
-
-    def passed(self, name: str, detail: str) -> None:
-        """Record a passed step and report it."""
-        super().passed(name, detail)
-        self._on_step(self.steps)
-
-    def failed(self, name: str, detail: str, advice: str):  # noqa: ANN201 - NoReturn
-        """Record a failed step, report it, and end the checkup."""
-        self.steps.append(Step(name, Status.FAILED, self.scrub(detail), self.scrub(advice)))
-        self._on_step(self.steps)
-        raise Stop(name)
 
 
 class Jobs:
@@ -51,32 +32,40 @@ class Jobs:
 
     def start_test(self, user: str, project: str, document: dict[str, Any], to: str | None,
                    then: Callable[[], str] | None = None) -> uuid.UUID:
-        """Run the Test action (workers.selftest.self_test) with the form's settings; its steps stream.
+        """Run the Test action with the form's settings on a worker of the transport queue; its steps stream.
 
         `then` runs only when the test mail was accepted (Update after a passing test); its text ends the summary.
         """
         job = uuid.uuid4()
         self.store.add_console_job(job, "test", f"Test of project {project} ({document['mail_service']})", user,
                                    project)
-        self._thread(self._run_test, job, project, document, to, then)
+        self._thread(self._run_test, job, project, document, to, then, user)
         return job
 
     def _run_test(self, job: uuid.UUID, project: str, document: dict[str, Any], to: str | None,
-                  then: Callable[[], str] | None) -> None:
-        steps = lambda s: [asdict(step) for step in s]  # noqa: E731
-        checkup = RecordedCheckup(lambda s: self.store.console_job_progress(job, len(s), steps(s)))
+                  then: Callable[[], str] | None, user: str = "console") -> None:
+        """The same path as `deskmail settings test`: a worker of the project's transport queue runs it."""
+        def progress(answer: dict[str, Any]) -> None:
+            steps = answer.get("steps") or []
+            self.store.console_job_progress(job, len(steps), steps)
         try:
-            self_test(self.runtime, project, to, document, checkup)
+            fields = control.settings_fields(self.runtime.box, project, document)
+            answer = control.run_test(self.actions.publisher, self.store, self.runtime.config.control_key,
+                                      self.runtime.config.control_timeout, project, to, fields, progress, user)
         except Exception as exc:  # noqa: BLE001 - shown on the page rather than lost in a thread
             log.exception("console test of %s failed", project)
-            self.store.finish_console_job(job, len(checkup.steps), steps(checkup.steps), False,
-                                          f"the test could not run: {type(exc).__name__}: {exc}")
+            self.store.finish_console_job(job, 0, [], False, f"the test could not run: {type(exc).__name__}: {exc}")
             return
-        last = checkup.steps[-1].name if checkup.steps else "the start"
-        summary = "the test mail was accepted" if checkup.accepted else f"FAILED at {last}"
+        steps, accepted = answer.get("steps") or [], bool(answer.get("accepted"))
+        last = steps[-1]["name"] if steps else "the start"
+        summary = "the test mail was accepted" if accepted else f"FAILED at {last}"
+        if answer.get("error"):
+            summary += f": {answer['error']}"
         if then is not None:
-            summary += f"; {then()}" if checkup.accepted else "; nothing was updated"
-        self.store.finish_console_job(job, len(checkup.steps), steps(checkup.steps), checkup.accepted, summary)
+            summary += f"; {then()}" if accepted else "; nothing was updated"
+        if answer.get("host"):
+            summary += f" (tested on {answer['host']})"
+        self.store.finish_console_job(job, len(steps), steps, accepted, summary)
 
     def start_bulk(self, user: str, action: str, ids: list[str] | None, filters: dict[str, str | None],
                    total: int, label: str) -> uuid.UUID:

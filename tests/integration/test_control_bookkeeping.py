@@ -16,7 +16,7 @@ KEY = "k3y-for-the-bookkeeping-tests"
 
 
 def controller(store, clock=lambda: NOW) -> Controller:
-    return Controller(store, KEY, max_age=600, hand_on=lambda: 0, clock=clock)
+    return Controller(store, KEY, max_age=600, enqueue=lambda *a: None, clock=clock)
 
 
 def signed(action: str = "project.pause", key: str = KEY, requested_at: str | None = None, **fields) -> dict:
@@ -116,5 +116,5 @@ def test_audit_shows_attacker_written_text_escaped(config, store, alpha):
     shown = deskmail(config, "audit")
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\r" not in shown.stdout
-    assert len(shown.stdout.strip().splitlines()) == 1
+    assert len(shown.stdout.strip().splitlines()) == 3  # the header, its rule and one row: no forged lines
     assert "root\\x1b[2J\\x1b[H\\r\\n2026-11-24" in shown.stdout

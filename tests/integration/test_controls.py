@@ -72,10 +72,14 @@ def test_bad_ids_get_an_answer_each_and_good_ones_still_apply(config, runtime, s
     backlog = over_limit(runtime, store, publisher, peer, tls_ca)
     sent = wait_until(lambda: next((m for m in map(store.get_mail, store_ids(store)) if m.state == "sent"), None))
     unknown = "00000000-0000-4000-8000-000000000000"
+    answer = command(config, store, publisher, "backlog.suspend", ids=[backlog[0], unknown], project="nobody")
+    assert not answer["ok"] and "unknown project 'nobody'" in answer["error"]
+    runtime.settings.save("beta", smtp_settings(peer, tls_ca.ca_path))
     answer = command(config, store, publisher, "backlog.suspend", ids=[backlog[0], str(sent.event_id), unknown],
                      project="beta")
     assert answer["outcomes"] == {backlog[0]: "belongs to project alpha",
                                   str(sent.event_id): "belongs to project alpha", unknown: "unknown id"}
+    assert answer["counts"] == {"belongs to project alpha": 2, "unknown id": 1} and answer["touched"] == 0
     answer = command(config, store, publisher, "backlog.suspend", ids=[backlog[0], str(sent.event_id)])
     assert answer["outcomes"] == {backlog[0]: "suspended", str(sent.event_id): "not backlog (it is sent)"}
 

@@ -7,14 +7,23 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pika
 import pytest
 
-from tests.conftest import TEST_KEY
+from producers.control import NoAnswer, run_test
+from producers.publisher import Publisher
+
+from tests.conftest import TEST_KEY, wait_until
 from tests.integration.helpers import SENDER, gmail_settings, smtp_settings
 from tests.peers.google_token import GoogleTokenPeer, service_account_key
 from tests.peers.smtp import SmtpPeer
+from workers.app import build_broker
+from workers.constants import Queue
+from workers.control import Controller
+from workers.remote_test import SelfTestRunner
 from workers.selftest import self_test
 
 PASSWORD = "s3cret-Pa55"
@@ -154,12 +163,17 @@ def deskmail(config, *args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=60)
 
 
-def test_settings_test_command_prints_the_steps_and_exits_0_only_when_accepted(config, runtime, starttls_peer,
-                                                                               tls_ca):
+def test_settings_test_runs_on_a_transport_worker_and_prints_its_steps_and_host(config, runtime, worker,
+                                                                               starttls_peer, tls_ca):
+    worker()
     runtime.settings.save("alpha", smtp_settings(starttls_peer, tls_ca.ca_path))
     done = deskmail(config, "settings", "test", "alpha", "--to", "admin@example.com")
     assert done.returncode == 0, done.stderr
     assert "ok     authentication" in done.stdout and "Result: the test mail was accepted" in done.stdout
+    assert f"Test of project alpha (smtp) on {socket.gethostname()} ({socket.gethostname()}:{os.getpid()})" \
+        in done.stdout  # the in-process worker of the test, not the command's own process
+    audit = [r for r in runtime.store.audit(limit=10) if r["action"] == "settings.test"]
+    assert len(audit) == 1 and audit[0]["result"]["accepted"] and audit[0]["project"] == "alpha"
     runtime.settings.save("alpha", smtp_settings(starttls_peer, tls_ca.ca_path, password="nope-nope"))
     done = deskmail(config, "settings", "test", "alpha", "--json")
     report = json.loads(done.stdout)
@@ -167,7 +181,9 @@ def test_settings_test_command_prints_the_steps_and_exits_0_only_when_accepted(c
     assert report["steps"][-1]["name"] == "authentication" and report["steps"][-1]["status"] == "failed"
 
 
-def test_settings_test_with_attach_sends_a_small_file_with_the_test_mail(config, runtime, starttls_peer, tls_ca):
+def test_settings_test_with_attach_sends_a_small_file_with_the_test_mail(config, runtime, worker, starttls_peer,
+                                                                        tls_ca):
+    worker()
     runtime.settings.save("alpha", smtp_settings(starttls_peer, tls_ca.ca_path))
     done = deskmail(config, "settings", "test", "alpha", "--attach")
     assert done.returncode == 0, done.stderr
@@ -189,6 +205,53 @@ def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, w
     done = deskmail(config, "settings", "set", "alpha", "--file", str(path), "--test")
     assert done.returncode == 0, done.stderr
     assert "saved the smtp settings" in done.stdout and runtime.store.get_project("alpha").settings is not None
+
+
+def test_the_test_action_waits_for_a_worker_of_the_transport_queue_and_says_which(config, runtime, starttls_peer,
+                                                                                  tls_ca):
+    broker = build_broker(config)
+    broker.declare_queue(Queue.CONTROL, ensure=True)
+    broker.close()
+    runtime.settings.save("alpha", smtp_settings(starttls_peer, tls_ca.ca_path))
+    seen = []
+    with Publisher(config.amqp_url, timeout=5) as publisher:
+        published = []
+        runner = SelfTestRunner(runtime, 600)
+        controller = Controller(runtime.store, config.control_key, 600, lambda *a: None,
+                                dispatch_test=lambda service, rid: published.append((service, rid)))
+
+        def control_worker():  # the control actor, then (a moment later) a worker of deskmail.smtp
+            wait_until(lambda: runtime.store.control_pending(600))
+            connection = pika.BlockingConnection(pika.URLParameters(config.amqp_url))
+            _m, _p, body = connection.channel().basic_get(Queue.CONTROL, auto_ack=True)
+            connection.close()
+            controller(json.loads(body)["args"][0])
+            wait_until(lambda: seen)
+            runner(published[0][1])
+        thread = threading.Thread(target=control_worker)
+        thread.start()
+        answer = run_test(publisher, runtime.store, config.control_key, 5, "alpha", "admin@example.com",
+                          on_progress=lambda a: seen.append(a))
+        thread.join(30)
+    assert published[0][0] == "smtp" and seen[0]["queue"] == "deskmail.smtp" and not seen[0]["steps"]
+    steps = [len(a["steps"]) for a in seen if a.get("host")]
+    assert steps == sorted(steps) and len(set(steps)) > 2  # the steps arrived one by one
+    assert answer["accepted"] and answer["host"].startswith(socket.gethostname())
+    runner(published[0][1])  # a redelivered Test message runs nothing
+    assert len(starttls_peer.wait_for(1)) == 1
+    with Publisher(config.amqp_url, timeout=5) as publisher:
+        with pytest.raises(NoAnswer, match="no control worker answered"):
+            run_test(publisher, runtime.store, config.control_key, 1, "alpha")
+
+
+def test_the_advice_for_530_with_auth_none_is_to_configure_a_login(runtime, starttls_peer, tls_ca):
+    document = smtp_settings(starttls_peer, tls_ca.ca_path, auth="none")
+    document["smtp"].pop("username"), document["smtp"].pop("password")
+    runtime.settings.save("alpha", document)
+    step = failure(self_test(runtime, "alpha"))
+    assert step.name == "sender" and "530" in step.detail
+    assert "set auth to plain or login with a username and password" in step.advice
+    assert "from address" not in step.advice
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])

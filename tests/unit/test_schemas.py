@@ -419,7 +419,7 @@ def test_unknown_action_lists_the_allowed_ones() -> None:
     assert found(CONTROL, control(action="backlog.delete", all=True)) == [
         ("action", "must be one of: backlog.resume, backlog.suspend, suspended.resume, failed.retry, "
                    "ambiguous.resend, ambiguous.close, auto_resume.set, limits.set, project.pause, "
-                   "project.unpause, settings.set, keys.rotate")
+                   "project.unpause, settings.set, settings.test, keys.rotate")
     ]
 
 

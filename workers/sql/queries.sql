@@ -190,42 +190,66 @@ SELECT m.event_id, m.project, m.state FROM mail m
  ORDER BY m.priority DESC, m.seq FOR UPDATE;
 
 -- name: requeue_resumed
--- Resumed mails become due now; the scheduler and the control actor hand them to the broker
--- in bounded batches, so a large backlog interleaves with fresh mail instead of starving it.
+-- Resumed mails are handed to the broker by the control actor in the same breath, so they are not
+-- due for the scheduler (next_attempt_at NULL); a lost wake-up is still caught by take_stale_queued.
 -- Mails that hold no unit (backlog, suspended, failed) take one, of today, as an admin override;
--- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist.
-UPDATE mail m
-   SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = now(), updated_at = now(),
-       duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
-       quota_day = coalesce(m.quota_day, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date),
-       global_quota_day = coalesce(m.global_quota_day, (SELECT (now() AT TIME ZONE g.time_zone)::date
-                                                          FROM global_limits g))
-  FROM mail o LEFT JOIN projects p ON p.key = o.project
- WHERE o.event_id = m.event_id AND m.event_id = ANY(%(ids)s);
+-- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist. One
+-- statement per batch: every CTE reads the rows as they were before the UPDATE.
+WITH old AS (
+    SELECT o.event_id, o.project, o.quota_day IS NULL AS takes, o.global_quota_day IS NULL AS takes_global,
+           (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day
+      FROM mail o LEFT JOIN projects p ON p.key = o.project
+     WHERE o.event_id = ANY(%(ids)s)
+), global_day AS (
+    SELECT (now() AT TIME ZONE g.time_zone)::date AS day FROM global_limits g
+), moved AS (
+    UPDATE mail m
+       SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = NULL, updated_at = now(),
+           duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
+           quota_day = coalesce(m.quota_day, old.day),
+           global_quota_day = coalesce(m.global_quota_day, (SELECT day FROM global_day))
+      FROM old WHERE m.event_id = old.event_id
+    RETURNING m.event_id, m.priority, m.mail_service
+), quota AS (
+    SELECT deskmail_add_quota(scope, day, n) FROM (
+        SELECT project AS scope, day, count(*)::int AS n FROM old WHERE takes GROUP BY project, day
+        UNION ALL
+        SELECT '*', (SELECT day FROM global_day), count(*)::int FROM old WHERE takes_global HAVING count(*) > 0
+    ) AS units
+)
+SELECT moved.event_id, moved.priority, moved.mail_service, (SELECT count(*) FROM quota) AS scopes FROM moved;
 
--- name: count_resumed_quota
--- Only mails that hold no unit yet take one (an ambiguous mail still holds its own).
-SELECT m.project, (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day, count(*)::int AS n
-  FROM mail m LEFT JOIN projects p ON p.key = m.project
- WHERE m.event_id = ANY(%(ids)s) AND m.quota_day IS NULL GROUP BY m.project, p.time_zone;
-
--- name: count_resumed_global
-SELECT (now() AT TIME ZONE g.time_zone)::date AS day,
-       (SELECT count(*)::int FROM mail m WHERE m.event_id = ANY(%(ids)s) AND m.global_quota_day IS NULL) AS n
-  FROM global_limits g;
+-- name: make_due
+-- Moved mails nobody hands to the broker right away: the scheduler's due step takes them.
+UPDATE mail SET next_attempt_at = now() WHERE event_id = ANY(%(ids)s) AND state = 'queued';
 
 -- name: close_ambiguous
 -- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
 UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s, updated_at = now(),
        sent_at = coalesce(sent_at, now())
- WHERE event_id = ANY(%(ids)s);
-
--- name: add_quota
-SELECT deskmail_add_quota(%(scope)s, %(day)s, %(n)s);
+ WHERE event_id = ANY(%(ids)s)
+RETURNING event_id, priority, mail_service;
 
 -- name: suspend_selected
 UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()
- WHERE event_id = ANY(%(ids)s);
+ WHERE event_id = ANY(%(ids)s)
+RETURNING event_id, priority, mail_service;
+
+-- name: lock_batch_in_state
+-- One batch of a bulk action: the oldest mails of the state, records first (mail_movable); rows
+-- another transaction holds are left to it.
+SELECT m.event_id, m.project, m.state FROM mail m
+ WHERE m.state = %(state)s AND (%(project)s::text IS NULL OR m.project = %(project)s)
+ ORDER BY m.priority DESC, m.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
+
+-- name: count_in_state
+SELECT count(*)::int AS n FROM mail
+ WHERE state = %(state)s AND (%(project)s::text IS NULL OR project = %(project)s);
+
+-- name: project_known
+-- A project is known when it has a row (settings, limits) or any mail in the ledger.
+SELECT EXISTS (SELECT 1 FROM projects WHERE key = %(project)s)
+       OR EXISTS (SELECT 1 FROM mail WHERE project = %(project)s) AS known;
 
 -- name: unpause_project
 UPDATE projects SET paused_reason = NULL, paused_at = NULL, updated_at = now()
@@ -333,10 +357,67 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id;
 
 -- name: answer_control_request
+-- The answer, or the progress of a request still running; the NOTIFY goes out when it commits.
 UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+
+-- name: listen_control
+LISTEN deskmail_control;
+
+-- name: unlisten_control
+UNLISTEN deskmail_control;
+
+-- name: notify_control
+SELECT pg_notify('deskmail_control', %(request_id)s::text);
+
+-- name: lock_control_progress
+-- The running request's row is its cursor: runners of the same request take batches one at a time.
+SELECT answer FROM control_requests WHERE request_id = %(request_id)s FOR UPDATE;
+
+-- name: keep_moved_ids
+INSERT INTO control_moved (request_id, event_id) SELECT %(request_id)s, unnest(%(ids)s::uuid[]);
+
+-- name: list_moved_ids
+SELECT n, event_id FROM control_moved WHERE request_id = %(request_id)s AND n > %(after)s ORDER BY n
+ LIMIT %(limit)s;
+
+-- name: record_control_sent
+INSERT INTO control_sent (request_id, action, project, requested_by, requested_at)
+VALUES (%(request_id)s, %(action)s, %(project)s, %(requested_by)s, %(requested_at)s)
+ON CONFLICT (request_id) DO NOTHING;
+
+-- name: list_control_pending
+-- Published, neither answered nor refused, and not expired: a control worker may still apply it.
+SELECT s.request_id, s.action, s.project, s.requested_by, s.requested_at, s.sent_at,
+       s.requested_at + make_interval(secs => %(max_age)s) AS expires_at
+  FROM control_sent s
+ WHERE NOT EXISTS (SELECT 1 FROM control_requests r WHERE r.request_id = s.request_id)
+   AND NOT EXISTS (SELECT 1 FROM control_refusals f WHERE f.request_id = s.request_id)
+   AND s.requested_at > now() - make_interval(secs => %(max_age)s)
+ ORDER BY s.sent_at;
+
+-- name: get_control_sent
+SELECT request_id, action, project, requested_by, requested_at, sent_at FROM control_sent
+ WHERE request_id = %(request_id)s;
+
+-- name: add_control_test
+INSERT INTO control_tests (request_id, project, mail_service, to_address, attach, settings, sealed_secrets, message)
+VALUES (%(request_id)s, %(project)s, %(mail_service)s, %(to)s, %(attach)s, %(settings)s, %(sealed_secrets)s,
+        %(message)s);
+
+-- name: take_control_test
+-- Taken once: a redelivered or forged Test message finds nothing to run.
+UPDATE control_tests SET started_at = now(), worker = %(worker)s
+ WHERE request_id = %(request_id)s AND started_at IS NULL
+RETURNING request_id, project, mail_service, to_address, attach, settings, sealed_secrets, message, created_at;
 
 -- name: record_control_refusal
 INSERT INTO control_refusals (request_id, reason) VALUES (%(request_id)s, %(reason)s);
+
+-- name: list_rejected
+-- Rejected events of every project, unknown ones and events with no readable project included.
+SELECT seq, event_id, project, kind, reason, detail, raw_size, received_at FROM mail
+ WHERE state = 'rejected' AND seq > %(after)s AND (%(project)s::text IS NULL OR project = %(project)s)
+ ORDER BY seq LIMIT %(limit)s;
 
 -- name: control_refusal
 SELECT reason FROM control_refusals WHERE request_id = %(request_id)s ORDER BY id DESC LIMIT 1;

@@ -323,9 +323,16 @@ def _accepted(envelope: Envelope, delivered: Delivered) -> str:
     return detail
 
 
-def _sender_advice(envelope: Envelope) -> str:
-    return f"the account may not send as {envelope.sender}: use its own address as the from address, or give it " \
-           "the right to send as this address"
+def _sender_advice(envelope: Envelope) -> Callable[[TransportFailure], str]:
+    """What to change after MAIL FROM was refused: a login the server wants first, or the from address."""
+    def advice(failure: TransportFailure) -> str:
+        text = failure.detail.lower()
+        if "530" in text or "authentication required" in text or ("5.7.0" in text and "auth" in text):
+            return "the server wants a login before it takes mail: set auth to plain or login with a username and " \
+                   "password (auth is none), and security to starttls or tls if the server offers AUTH only there"
+        return f"the account may not send as {envelope.sender}: use its own address as the from address, or give " \
+               "it the right to send as this address"
+    return advice
 
 
 def size_limit(smtp: smtplib.SMTP) -> int | None:
