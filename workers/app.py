@@ -27,7 +27,6 @@ from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
-from workers.handing import hand_on_due
 from workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)

@@ -103,6 +103,13 @@ class Store:
         rows = self._all(name, params)
         return rows[0] if rows else None
 
+    def _single(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The row of a query that always answers one (an aggregate, a function call)."""
+        row = self._one(name, params)
+        if row is None:
+            raise StoreError(f"query {name} answered no row")
+        return row
+
     def _rowcount(self, name: str, params: dict[str, Any]) -> int:
         with self._conn() as conn:
             return conn.execute(self.q[name], params).rowcount
@@ -330,11 +337,11 @@ class Store:
 
     def count_in_state(self, state: str, project: str | None) -> int:
         """How many mails are in `state` (of the project, if given)."""
-        return int(self._one("count_in_state", {"state": state, "project": project})["n"])
+        return int(self._single("count_in_state", {"state": state, "project": project})["n"])
 
     def project_known(self, project: str) -> bool:
         """True when the project has a row or any mail."""
-        return bool(self._one("project_known", {"project": project})["known"])
+        return bool(self._single("project_known", {"project": project})["known"])
 
     def _lock(self, conn: Conn, ids: list[str] | None, project: str | None,
               state: str, limit: int) -> list[dict[str, Any]]:
@@ -360,9 +367,7 @@ class Store:
         """Drain the backlog of auto-resume projects within the limits; {project: mails made due}."""
         out: dict[str, int] = {}
         for row in self._all("auto_resume_candidates", {"project": project}):
-            resumed = self._one("auto_resume", {"project": row["key"], "now": now, "max": batch})
-            assert resumed is not None  # a SELECT of a function: always one row
-            out[row["key"]] = resumed["resumed"]
+            out[row["key"]] = self._single("auto_resume", {"project": row["key"], "now": now, "max": batch})["resumed"]
         return out
 
     def set_auto_resume(self, project: str, enabled: bool) -> bool:
@@ -439,7 +444,8 @@ class Store:
         """Keep what a Test action is to test, for the transport worker that runs it."""
         self._all("add_control_test", {
             "request_id": message["request_id"], "project": project, "mail_service": service,
-            "to": message.get("to"), "attach": bool(message.get("attach")), "settings": Jsonb(message["settings"]) if message.get("settings") else None,
+            "to": message.get("to"), "attach": bool(message.get("attach")),
+            "settings": Jsonb(message["settings"]) if message.get("settings") else None,
             "sealed_secrets": message.get("sealed_secrets"),
             "message": Jsonb({k: v for k, v in message.items() if k not in ("signature", "sealed_secrets")})})
 
@@ -735,7 +741,7 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _notified(conn: psycopg.Connection, request_id: str, seconds: float) -> bool:
+def _notified(conn: Conn, request_id: str, seconds: float) -> bool:
     """Wait up to `seconds` for a notice about request_id (notices about other requests are skipped)."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
