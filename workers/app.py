@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ACTOR_OPTIONS = {"max_retries": 30, "min_backoff": 1_000, "max_backoff": 300_000, "time_limit": 3_600_000}
 
 
-def build_broker(config: Config, url: str | None = None) -> dramatiq.Broker:
+def build_broker(config: Config, url: str | None = None) -> ArrivalRabbitmqBroker:
     """A RabbitMQ broker on `url` (default DESKMAIL_AMQP_URL) with priority queues, plus deskmail's middleware.
 
     Workers publish without confirms: the ledger row in PostgreSQL is the truth and a transport
