@@ -121,15 +121,18 @@ def test_pipelined_refused_sender_is_a_configuration_failure_at_sender():
     assert peer.messages == []
 
 
-def test_pipelined_group_waits_for_the_phase_hook_and_sends_nothing_when_it_refuses():
+def test_the_phase_hook_runs_after_the_354_and_a_refusal_delivers_nothing():
+    seen: list[int] = []
+
     def lease_lost() -> None:
+        seen.append(peer.mail_from_count)  # the pipelined group went out before the hook
         raise TransportFailure(Outcome.TRANSIENT, "lease taken over")
 
     with SmtpPeer(pipelining=True) as peer:
         with phase.watching(lease_lost), pytest.raises(TransportFailure, match="lease taken over"):
             loopback_sender().send(("p", 1), endpoint(peer.port), None, envelope(TO))
         time.sleep(0.2)
-    assert peer.mail_from_count == 0 and peer.messages == []
+        assert seen == [1] and peer.messages == []  # the message's end never came: nothing delivered
 
 
 def test_pipelined_sends_to_postfix_smtp_sink(tmp_path):

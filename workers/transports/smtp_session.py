@@ -271,13 +271,12 @@ def transmit(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float,
 
 
 def _pipelined(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: float, steps: Recorder) -> Delivered:
-    """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order. DATA is in the group, so
-    the phase hook runs before it goes out; the message itself still waits for the 354."""
+    """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order; the message itself (and the
+    phase hook before it) still waits for the 354."""
     with steps.step(SENDER, _sender_advice(envelope)) as note:
         sender, options = mail_parameters(smtp, envelope)
         group = [f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options),
                  *(f"RCPT TO:{smtplib.quoteaddr(_rcpt_form(smtp, a))}" for a in envelope.recipients), "DATA"]
-        phase.before_data()
         smtp.send("".join(line + "\r\n" for line in group))
         mail_reply = smtp.getreply()
         rcpt_replies = [smtp.getreply() for _ in envelope.recipients]
@@ -299,8 +298,7 @@ def _pipelined(smtp: smtplib.SMTP, envelope: Envelope, final_reply_timeout: floa
             raise
         if len(refused) + len(deferred) == len(envelope.recipients):
             _abandon(smtp, data_reply, reset=False)
-        delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, lambda _smtp: data_reply,
-                             hooked=True)
+        delivered = _deliver(smtp, envelope, refused, deferred, final_reply_timeout, lambda _smtp: data_reply)
         if steps.recording:
             note.detail = _accepted(envelope, delivered)
     return delivered
@@ -426,14 +424,11 @@ def _recipient_reply(address: str, code: int, text: bytes, refused: dict[str, st
 
 
 def _deliver(smtp: smtplib.SMTP, envelope: Envelope, refused: dict[str, str], deferred: dict[str, str],
-             final_reply_timeout: float, data_command: Callable[[smtplib.SMTP], tuple[int, bytes]],
-             hooked: bool = False) -> Delivered:
-    """After the RCPTs: all refused -> RSET and fail; else the phase hook (unless it ran), DATA, the message."""
+             final_reply_timeout: float, data_command: Callable[[smtplib.SMTP], tuple[int, bytes]]) -> Delivered:
+    """After the RCPTs: all refused -> RSET and fail; else DATA, the phase hook, the message."""
     if len(refused) + len(deferred) == len(envelope.recipients):
         smtp.rset()
         _all_refused(refused, deferred)
-    if not hooked:
-        phase.before_data()
     code, text = data_command(smtp)
     if code != 354:
         smtp.rset()
@@ -455,7 +450,17 @@ def _all_refused(refused: dict[str, str], deferred: dict[str, str]) -> NoReturn:
 
 
 def _message(smtp: smtplib.SMTP, data: bytes, final_reply_timeout: float) -> str:
-    """The message after a 354, dot-stuffed, and the server's final reply."""
+    """The message after a 354, dot-stuffed, and the server's final reply.
+
+    The phase hook runs here, after the 354 and before the first byte of the message: from the end of
+    the message on, the server may have taken it. If the hook refuses, the connection is closed before
+    the message's end, so the server drops the unfinished message and nothing can have been delivered.
+    """
+    try:
+        phase.before_data()
+    except TransportFailure:
+        smtp.close()
+        raise
     payload = _DOT.sub(b"..", _EOL.sub(b"\r\n", data))
     if not payload.endswith(b"\r\n"):
         payload += b"\r\n"
