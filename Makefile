@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit integration faults bench bench-soak services sink-tools clean
+.PHONY: demo test unit integration faults lint bench bench-soak services sink-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ unit: $(STAMP)
 
 integration: $(STAMP) services
 	$(BIN)/pytest -q tests/integration
+
+# The linter and the type checker, as configured in pyproject.toml (both in the test extra); both always
+# run, so one report shows every problem, and either failing fails the target.
+lint: $(STAMP)
+	status=0; $(BIN)/ruff check . || status=1; $(BIN)/mypy || status=1; exit $$status
 
 # Private RabbitMQ and PostgreSQL of its own, broken on purpose; writes var/faults-report.md.
 faults: $(STAMP) services

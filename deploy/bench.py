@@ -348,9 +348,11 @@ def backlog_drain(demo: Demo, store, config, factory, sink_port: int, n: int, pr
     if row["n"] != n:
         raise SystemExit(f"backlog drain: {counts} after resume, expected {n} sent")
     first, last = row["first"].timestamp(), row["last"].timestamp()
-    return {"n": n, "admit_seconds": round(admit_seconds, 2), "resume_command_seconds": round(resume_returned -
-            resume_started, 2), "first_mail_after_s": round(first - resume_started, 3),
-            "drain_seconds": round(last - resume_started, 2), "drain_mails_per_s": round(n / (last - resume_started), 1),
+    return {"n": n, "admit_seconds": round(admit_seconds, 2),
+            "resume_command_seconds": round(resume_returned - resume_started, 2),
+            "first_mail_after_s": round(first - resume_started, 3),
+            "drain_seconds": round(last - resume_started, 2),
+            "drain_mails_per_s": round(n / (last - resume_started), 1),
             "scheduler_interval_s": float(demo.env.get("DESKMAIL_SCHEDULER_INTERVAL", "5"))}
 
 
@@ -388,7 +390,7 @@ def soak(store, factory, workers_pid: int, n: int, every: float) -> dict:
 
 
 def rss_growth(series: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
-    """Per process: RSS at the end minus RSS once 10% of the mails were sent (after warm-up), and that per 100k mails."""
+    """Per process: RSS at the end minus RSS once 10% of the mails were sent (after warm-up), and per 100k mails."""
     total = series[-1]["sent"] or 1
     warm = next((s for s in series if s["sent"] >= total * 0.1), series[0])
     mails = max(1, series[-1]["sent"] - warm["sent"])

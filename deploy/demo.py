@@ -195,7 +195,7 @@ def start_console(demo: Demo) -> str:
             break
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the console did not answer at {url}; see {VAR / 'console.log'}")
+                raise SystemExit(f"the console did not answer at {url}; see {VAR / 'console.log'}") from None
             time.sleep(0.3)
     print(f"the admin console: {url}  (log in as {CONSOLE_LOGIN[0]} / {CONSOLE_LOGIN[1]})")
     return url

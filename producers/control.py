@@ -117,7 +117,7 @@ def run_test(publisher: Publisher, store: Store, key: str, timeout: float, proje
     whether the test mail was accepted; `on_progress` sees the steps as they arrive. The command and
     the console both call this. `attach` adds a small text attachment to the test mail.
     """
-    extra = {"requested_by": requested_by} if requested_by else {}
+    extra: dict[str, Any] = {"requested_by": requested_by} if requested_by else {}
     extra.update({"attach": True} if attach else {})
     message = control_message("settings.test", key, project=project, to=to,
                               **{k: v for k, v in (fields or {}).items() if k != "project"}, **extra)

@@ -124,8 +124,9 @@ class Publisher:
             try:
                 batch.append(prepare(event, self.caps))
             except InvalidEvent as exc:
-                raise InvalidEvent(tuple(schemas.Problem(f"events[{index}]" + ("" if p.path == "(root)" else f".{p.path}"),
-                                                         p.message) for p in exc.problems)) from None
+                raise InvalidEvent(tuple(
+                    schemas.Problem(f"events[{index}]" + ("" if p.path == "(root)" else f".{p.path}"), p.message)
+                    for p in exc.problems)) from None
         self.publish_prepared(batch, window)
         return [item.event_id for item in batch]
 

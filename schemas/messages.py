@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from jsonschema import ValidationError
 
@@ -23,7 +23,7 @@ _FORMAT_MESSAGES = {
 def problems_from(error: ValidationError) -> list[Problem]:
     """One error becomes one problem, or one per field for `required` and `additionalProperties`."""
     parts = list(error.absolute_path)
-    if "propertyNames" in error.relative_schema_path:
+    if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
         parts.append(error.instance)
     custom = _custom_message(error)
     if error.validator == "required":
@@ -33,22 +33,31 @@ def problems_from(error: ValidationError) -> list[Problem]:
     return [Problem(format_path(parts), custom or _message(error))]
 
 
+def _schema(error: ValidationError) -> Mapping[str, Any]:
+    """The subschema the error is about (empty for a boolean schema)."""
+    return error.schema if isinstance(error.schema, Mapping) else {}
+
+
 def _custom_message(error: ValidationError) -> str | None:
     """The schema's own wording for this keyword (`x-messages`), if it has one."""
-    messages = error.schema.get("x-messages", {}) if isinstance(error.schema, dict) else {}
-    return messages.get(error.validator)
+    return _schema(error).get("x-messages", {}).get(error.validator)
 
 
 def _missing(error: ValidationError) -> list[str]:
     """The required property this error is about (jsonschema reports one per error)."""
-    absent = [name for name in error.validator_value if name not in error.instance]
+    required, instance = error.validator_value, error.instance
+    if not isinstance(required, list) or not isinstance(instance, Mapping):
+        return []  # not a `required` error of an object
+    absent = [name for name in required if name not in instance]
     return [name for name in absent if error.message.startswith(repr(name))][:1] or absent[:1]
 
 
 def _extras(error: ValidationError) -> list[str]:
     """Every property of the instance that the schema neither names nor matches by pattern."""
-    known = error.schema.get("properties", {})
-    patterns = error.schema.get("patternProperties", {})
+    if not isinstance(error.instance, Mapping):
+        return []  # not an `additionalProperties` error of an object
+    known = _schema(error).get("properties", {})
+    patterns = _schema(error).get("patternProperties", {})
     return [name for name in error.instance
             if name not in known and not any(re.search(p, name) for p in patterns)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from dramatiq.middleware import CurrentMessage
 
@@ -67,6 +67,7 @@ class Admitter:
             self._reject((extra,), {}, f"(root): a batch carries at most {MAX_BATCH} events")
         blobs: dict[str, bytes] = {}  # attachment bytes by sha256, moved out of the events by _checked
         items = [item for item in (self._checked(body, blobs) for body in bodies) if item is not None]
+        admissions: Sequence[Admission | None]
         try:
             admissions = patiently(lambda: self._admit(items, blobs))
         except DataRefused:  # some event's data cannot be stored: admit one by one, reject that one alone
@@ -112,7 +113,8 @@ class Admitter:
             if admission.is_new:
                 metrics.admitted(event["project"], admission.state, admission.reason)
             log.debug("event %s of %s: %s%s%s", event["event_id"], event["project"], admission.state,
-                      f" ({admission.detail})" if admission.detail else "", "" if admission.is_new else " (seen before)")
+                      f" ({admission.detail})" if admission.detail else "",
+                      "" if admission.is_new else " (seen before)")
             if admission.state == State.QUEUED:
                 queued.append(Requeue(event["event_id"], Kind(event["kind"]).priority, admission.mail_service))
         hand_on(self.enqueue, queued)

@@ -27,7 +27,6 @@ from workers.middleware.queue_guard import QueueGuard
 from workers.middleware.redaction import DropTracebacks
 from workers.rejects import refuse_misaddressed
 from workers.runtime import Runtime
-from workers.handing import hand_on_due
 from workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 ACTOR_OPTIONS = {"max_retries": 30, "min_backoff": 1_000, "max_backoff": 300_000, "time_limit": 3_600_000}
 
 
-def build_broker(config: Config, url: str | None = None) -> dramatiq.Broker:
+def build_broker(config: Config, url: str | None = None) -> ArrivalRabbitmqBroker:
     """A RabbitMQ broker on `url` (default DESKMAIL_AMQP_URL) with priority queues, plus deskmail's middleware.
 
     Workers publish without confirms: the ledger row in PostgreSQL is the truth and a transport

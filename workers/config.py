@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 from schemas.mail_parts import AttachmentCaps
 from workers.errors import ConfigurationError
@@ -25,7 +25,8 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting("DESKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/deskmail",
                 "PostgreSQL connection URL; `deskmail db migrate` creates the database if it is missing."),
-        Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ URL for workers and publishers."),
+        Setting("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F",
+                "RabbitMQ URL for workers and publishers."),
         Setting("DESKMAIL_SECRET_KEYS", "",
                 "Comma-separated Fernet keys; the first encrypts, any decrypts (`deskmail keys generate`)."),
         Setting("DESKMAIL_CONTROL_KEY", "",
@@ -45,19 +46,25 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds one publish may take in all (connection, reconnection, confirm) before it raises."),
         Setting("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT", "600",
                 "Seconds to wait for the reply to the end of DATA (RFC 5321 says 10 minutes); after it, `ambiguous`."),
-        Setting("DESKMAIL_RETRY_BASE", "30", "Seconds before the first retry of a transient failure; doubles each time."),
+        Setting("DESKMAIL_RETRY_BASE", "30",
+                "Seconds before the first retry of a transient failure; doubles each time."),
         Setting("DESKMAIL_RETRY_CAP", "3600", "Longest wait between two retries, in seconds."),
-        Setting("DESKMAIL_RETRY_LIFETIME", "432000", "Seconds after which a mail still failing transiently is `failed` (5 days)."),
+        Setting("DESKMAIL_RETRY_LIFETIME", "432000",
+                "Seconds after which a mail still failing transiently is `failed` (5 days)."),
         Setting("DESKMAIL_STALE_AFTER", "900",
-                "Seconds after which the scheduler hands a queued mail nobody took to the broker again (a lost wake-up)."),
+                "Seconds after which the scheduler hands a queued mail nobody took to the broker again "
+                "(a lost wake-up)."),
         Setting("DESKMAIL_LEASE_SECONDS", "60",
                 "Seconds a worker's claim on a mail lasts; renewed every quarter of it while the exchange runs."),
         Setting("DESKMAIL_TAKEOVER_GRACE", "30",
-                "Seconds an expired lease stays marked before the scheduler takes the mail over (at least half the lease)."),
+                "Seconds an expired lease stays marked before the scheduler takes the mail over "
+                "(at least half the lease)."),
         Setting("DESKMAIL_SCHEDULER_INTERVAL", "5", "Seconds between two scheduler passes."),
         Setting("DESKMAIL_OUTBOUND_ALLOW", "",
-                "CIDRs that admin-configured mail hosts may resolve to although not globally routable (e.g. 10.0.0.0/8): the only way past the outbound guard."),
-        Setting("DESKMAIL_LOG_LEVEL", "INFO", "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
+                "CIDRs that admin-configured mail hosts may resolve to although not globally routable "
+                "(e.g. 10.0.0.0/8): the only way past the outbound guard."),
+        Setting("DESKMAIL_LOG_LEVEL", "INFO",
+                "Log level of workers, the scheduler and the CLI (also under `dramatiq`)."),
         Setting("DESKMAIL_LOG_FORMAT", "text",
                 "`text` (one line per record) or `json` (one JSON object per line, with event_id, project, service, "
                 "attempt and host on every line about a mail)."),
@@ -72,7 +79,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_HEARTBEAT_MAX_AGE", "60",
                 "Seconds after which `deskmail healthcheck` calls the scheduler's last heartbeat stale."),
         Setting("DESKMAIL_HEALTH_TIMEOUT", "3",
-                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it unreachable."),
+                "Seconds `deskmail healthcheck` and /readyz wait for PostgreSQL or RabbitMQ before calling it "
+                "unreachable."),
         Setting("DESKMAIL_ATTACHMENT_MAX_BYTES", "26214400",
                 "Largest attachment, decoded, in bytes (25 MB); checked by the publisher and at admission."),
         Setting("DESKMAIL_ATTACHMENTS_MAX_BYTES", "26214400",
@@ -81,7 +89,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("DESKMAIL_ATTACHMENT_RETENTION", "604800",
                 "Seconds a failed or ambiguous mail keeps its attachments for a retry or resend (7 days)."),
         Setting("DESKMAIL_CONSOLE_HOST", "127.0.0.1",
-                "Address `deskmail console` listens on; a non-loopback one needs TLS or DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
+                "Address `deskmail console` listens on; a non-loopback one needs TLS or "
+                "DESKMAIL_CONSOLE_BEHIND_TLS_PROXY."),
         Setting("DESKMAIL_CONSOLE_PORT", "8025", "Port of `deskmail console`."),
         Setting("DESKMAIL_CONSOLE_TLS_CERT", "", "PEM certificate (chain) the console serves HTTPS with."),
         Setting("DESKMAIL_CONSOLE_TLS_KEY", "", "PEM private key of DESKMAIL_CONSOLE_TLS_CERT."),
@@ -104,10 +113,16 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def _number(name: str, raw: str, kind: type = float, optional: bool = False) -> float | int | None:
+N = TypeVar("N", int, float)
+
+
+def _optional_number(name: str, raw: str, kind: Callable[[str], N]) -> N | None:
+    """A setting's number, None when it is empty (see _number)."""
+    return _number(name, raw, kind) if raw.strip() else None
+
+
+def _number(name: str, raw: str, kind: Callable[[str], N]) -> N:
     """A setting's number, or a ConfigurationError naming the variable and what it takes."""
-    if optional and not raw.strip():
-        return None
     try:
         value = kind(raw.strip())
     except ValueError:
@@ -175,7 +190,9 @@ class Config:
         """Build the configuration from environment variables, with defaults for the local services."""
         env = os.environ if env is None else env
         get = lambda name: env.get(name, SETTINGS[name].default)  # noqa: E731
-        num = lambda name, kind=float, optional=False: _number(name, get(name), kind, optional)  # noqa: E731
+        real = lambda name: _number(name, get(name), float)
+        whole = lambda name: _number(name, get(name), int)
+        whole_or_none = lambda name: _optional_number(name, get(name), int)
         return cls(
             database_url=get("DESKMAIL_DATABASE_URL"),
             amqp_url=get("DESKMAIL_AMQP_URL"),
@@ -183,32 +200,32 @@ class Config:
             control_key=get("DESKMAIL_CONTROL_KEY"),
             control_amqp_url=get("DESKMAIL_CONTROL_AMQP_URL"),
             insecure_control=get("DESKMAIL_INSECURE_CONTROL").strip().lower() in ("1", "true", "yes", "on"),
-            control_timeout=num("DESKMAIL_CONTROL_TIMEOUT"),
-            control_max_age=num("DESKMAIL_CONTROL_MAX_AGE"),
-            db_pool_max=num("DESKMAIL_DB_POOL_MAX", int),
-            publish_timeout=num("DESKMAIL_PUBLISH_TIMEOUT"),
-            smtp_final_reply_timeout=num("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT"),
-            retry_base=num("DESKMAIL_RETRY_BASE"),
-            retry_cap=num("DESKMAIL_RETRY_CAP"),
-            retry_lifetime=num("DESKMAIL_RETRY_LIFETIME"),
-            stale_after=num("DESKMAIL_STALE_AFTER"),
-            lease_seconds=num("DESKMAIL_LEASE_SECONDS"),
-            takeover_grace=num("DESKMAIL_TAKEOVER_GRACE"),
-            scheduler_interval=num("DESKMAIL_SCHEDULER_INTERVAL"),
+            control_timeout=real("DESKMAIL_CONTROL_TIMEOUT"),
+            control_max_age=real("DESKMAIL_CONTROL_MAX_AGE"),
+            db_pool_max=whole("DESKMAIL_DB_POOL_MAX"),
+            publish_timeout=real("DESKMAIL_PUBLISH_TIMEOUT"),
+            smtp_final_reply_timeout=real("DESKMAIL_SMTP_FINAL_REPLY_TIMEOUT"),
+            retry_base=real("DESKMAIL_RETRY_BASE"),
+            retry_cap=real("DESKMAIL_RETRY_CAP"),
+            retry_lifetime=real("DESKMAIL_RETRY_LIFETIME"),
+            stale_after=real("DESKMAIL_STALE_AFTER"),
+            lease_seconds=real("DESKMAIL_LEASE_SECONDS"),
+            takeover_grace=real("DESKMAIL_TAKEOVER_GRACE"),
+            scheduler_interval=real("DESKMAIL_SCHEDULER_INTERVAL"),
             outbound_allow=_networks("DESKMAIL_OUTBOUND_ALLOW", get("DESKMAIL_OUTBOUND_ALLOW")),
             log_level=_level(get("DESKMAIL_LOG_LEVEL")),
-            global_per_day=num("MAIL_LIMIT_PER_DAY_SMTP", int, True),
-            global_recipients_per_mail=num("RECIPIENTS_LIMIT_PER_MAIL_SMTP", int, True),
+            global_per_day=whole_or_none("MAIL_LIMIT_PER_DAY_SMTP"),
+            global_recipients_per_mail=whole_or_none("RECIPIENTS_LIMIT_PER_MAIL_SMTP"),
             log_format=get("DESKMAIL_LOG_FORMAT").strip().lower() or "text",
-            metrics_port=num("DESKMAIL_METRICS_PORT", int, True) or 0,
+            metrics_port=whole_or_none("DESKMAIL_METRICS_PORT") or 0,
             metrics_host=get("DESKMAIL_METRICS_HOST"),
             metrics_dir=get("DESKMAIL_METRICS_DIR"),
-            heartbeat_max_age=num("DESKMAIL_HEARTBEAT_MAX_AGE"),
-            health_timeout=num("DESKMAIL_HEALTH_TIMEOUT"),
-            attachment_max_bytes=num("DESKMAIL_ATTACHMENT_MAX_BYTES", int),
-            attachments_max_bytes=num("DESKMAIL_ATTACHMENTS_MAX_BYTES", int),
-            attachments_max_count=num("DESKMAIL_ATTACHMENTS_MAX_COUNT", int),
-            attachment_retention=num("DESKMAIL_ATTACHMENT_RETENTION"),
+            heartbeat_max_age=real("DESKMAIL_HEARTBEAT_MAX_AGE"),
+            health_timeout=real("DESKMAIL_HEALTH_TIMEOUT"),
+            attachment_max_bytes=whole("DESKMAIL_ATTACHMENT_MAX_BYTES"),
+            attachments_max_bytes=whole("DESKMAIL_ATTACHMENTS_MAX_BYTES"),
+            attachments_max_count=whole("DESKMAIL_ATTACHMENTS_MAX_COUNT"),
+            attachment_retention=real("DESKMAIL_ATTACHMENT_RETENTION"),
         )
 
     def __post_init__(self) -> None:

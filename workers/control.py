@@ -87,10 +87,12 @@ class Controller:
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Apply one control message, or record why it was refused."""
         message = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], dict) else None
-        refusal = "(root): a control message must carry exactly one object" if message is None else \
-            self._refusal(message)
+        if message is None:
+            self._refuse(args[0] if args else {}, "(root): a control message must carry exactly one object")
+            return
+        refusal = self._refusal(message)
         if refusal:
-            self._refuse(message if message is not None else (args[0] if args else {}), refusal)
+            self._refuse(message, refusal)
             return
         if message["action"] in MOVES:
             self._bulk(message, *MOVES[message["action"]])
@@ -230,13 +232,15 @@ class Controller:
             return {"ok": False, "touched": 0, "error": "settings: holds a secret in clear text; the command "
                     "seals secrets with DESKMAIL_SECRET_KEYS (sealed_secrets) and never sends them in clear"}
         sealed = message.get("sealed_secrets")
-        if sealed and not self.box:
-            return {"ok": False, "touched": 0, "error": "sealed_secrets: this worker has no DESKMAIL_SECRET_KEYS"}
-        try:
-            secrets = self.box().open(project, sealed.encode("ascii")) if sealed else {}
-        except SecretError as exc:
-            return {"ok": False, "touched": 0, "error": f"sealed_secrets: {exc} (the command and the workers "
-                    "need the same DESKMAIL_SECRET_KEYS)"}
+        secrets: dict[str, object] = {}
+        if sealed:
+            if self.box is None:
+                return {"ok": False, "touched": 0, "error": "sealed_secrets: this worker has no DESKMAIL_SECRET_KEYS"}
+            try:
+                secrets = self.box().open(project, sealed.encode("ascii"))
+            except SecretError as exc:
+                return {"ok": False, "touched": 0, "error": f"sealed_secrets: {exc} (the command and the workers "
+                        "need the same DESKMAIL_SECRET_KEYS)"}
         public.pop("secret_names", None)
         problems = schemas.validate(schemas.SETTINGS, merge_secrets(public, secrets))
         if problems:
@@ -271,8 +275,10 @@ class Controller:
                 "note": f"waiting for a worker of {queue} to run the test"}
 
     def _dispatch(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        dispatch = self.dispatch_test
+        assert dispatch is not None  # _settings_test asks for a dispatch only when there is a dispatcher
         try:
-            self.dispatch_test(MailService(answer["dispatch"]), message["request_id"])
+            dispatch(MailService(answer["dispatch"]), message["request_id"])
         except Exception as exc:  # noqa: BLE001 - the command must hear why, not wait for nothing
             log.exception("Test message for %s not published", message["request_id"])
             with self.store.atomic() as tx:

@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterator
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ class Watchdog:
     """Shuts down the socket of a connection whose call outlived its deadline."""
 
     def __init__(self) -> None:
-        self._watched: dict[int, tuple[psycopg.Connection, float]] = {}
+        self._watched: dict[int, tuple[psycopg.Connection[Any], float]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def guard(self, conn: psycopg.Connection, seconds: float | None) -> Iterator[None]:
+    def guard(self, conn: psycopg.Connection[Any], seconds: float | None) -> Iterator[None]:
         """Watch conn for `seconds` (None: not at all) while the block runs."""
         if seconds is None:
             yield
@@ -76,7 +76,7 @@ class Watchdog:
                 _shut(conn)
 
 
-def _shut(conn: psycopg.Connection) -> None:
+def _shut(conn: psycopg.Connection[Any]) -> None:
     try:
         fd = conn.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
@@ -86,17 +86,17 @@ def _shut(conn: psycopg.Connection) -> None:
         pass  # already closed
 
 
-class GuardedPool(ConnectionPool):
+class GuardedPool(ConnectionPool[psycopg.Connection[DictRow]]):
     """A pool whose connections are checked after idling and whose calls have a deadline."""
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
         self.watchdog = Watchdog()
         self._last_used: dict[int, float] = {}
-        super().__init__(conninfo, check=self._check, **kwargs)
+        super().__init__(conninfo, check=self._check_idle, **kwargs)
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None,  # type: ignore[override]
-                   deadline: float | None = CLIENT_DEADLINE) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float | None = None,
+                   deadline: float | None = CLIENT_DEADLINE) -> Iterator[psycopg.Connection[DictRow]]:
         """A pooled connection; the block's calls fail after `deadline` seconds without an answer."""
         with super().connection(timeout) as conn:
             try:
@@ -105,7 +105,8 @@ class GuardedPool(ConnectionPool):
             finally:
                 self._last_used[id(conn)] = time.monotonic()
 
-    def _check(self, conn: psycopg.Connection) -> None:
+    # Not named _check: ConnectionPool keeps its check callback in an attribute of that name.
+    def _check_idle(self, conn: psycopg.Connection[DictRow]) -> None:
         if time.monotonic() - self._last_used.get(id(conn), 0.0) < CHECK_IDLE_AFTER:
             return
         with self.watchdog.guard(conn, CONNECT_TIMEOUT):

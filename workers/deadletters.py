@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import dramatiq
 import pika
+import pika.exceptions
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
@@ -121,7 +122,7 @@ def take(admitter: Admitter, body: bytes) -> None:
     if refusal:
         admitter.reject_raw(body, "invalid_envelope", refusal)
         return
-    message = dramatiq.Message(**{"options": {}, **envelope})
+    message: dramatiq.Message[Any] = dramatiq.Message(**{"options": {}, **envelope})
     current = CurrentMessage()  # so a rejected event is keyed by this message's id, as on a worker
     current.before_process_message(None, message)
     try:

@@ -117,7 +117,8 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001 - an unforeseen error still ends in a state
             log.exception("mail %s: unexpected error in the %s transport", claim.event_id, settings.service)
             outcome = Outcome.AMBIGUOUS if gate.entered(claim) else Outcome.TRANSIENT
-            return self.judge_failure(claim, envelope, TransportFailure(outcome, f"internal error: {type(exc).__name__}"))
+            internal = TransportFailure(outcome, f"internal error: {type(exc).__name__}")
+            return self.judge_failure(claim, envelope, internal)
         return self.judge_delivered(claim, envelope, delivered)
 
     def judge_delivered(self, claim: Claim, envelope: Envelope, delivered: Delivered) -> AttemptOutcome:

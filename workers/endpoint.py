@@ -80,7 +80,8 @@ def ledger_store(config: Config):  # noqa: ANN201 - workers.store.Store
 
 def server(config: Config, store) -> ThreadingHTTPServer:  # noqa: ANN001 - workers.store.Store
     """A bound server on DESKMAIL_METRICS_HOST:DESKMAIL_METRICS_PORT (not yet serving)."""
-    httpd = ThreadingHTTPServer((config.metrics_host, config.metrics_port), handler_for(config, Exposition(config, store)))
+    handler = handler_for(config, Exposition(config, store))
+    httpd = ThreadingHTTPServer((config.metrics_host, config.metrics_port), handler)
     httpd.daemon_threads = True
     log.info("metrics endpoint on http://%s:%s/metrics", config.metrics_host, httpd.server_address[1])
     return httpd

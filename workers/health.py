@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import pika
+import pika.exceptions
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from workers import sql
 from workers.config import Config, redact_url
@@ -76,13 +77,16 @@ class Report:
 class OneConnection:
     """Stands in for a pool: the store's methods run on one connection opened with a connect timeout."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self.conn = conn
 
     @contextlib.contextmanager
-    def connection(self, **options: object) -> Iterator[psycopg.Connection]:
+    def connection(self, **options: object) -> Iterator[psycopg.Connection[DictRow]]:
         """The one connection."""
         yield self.conn
+
+    def close(self) -> None:
+        """Nothing to do: the caller's `with` block closes the connection."""
 
 
 def _database(config: Config, heartbeat: bool) -> tuple[list[Check], set[str] | None]:
@@ -99,7 +103,7 @@ def _database(config: Config, heartbeat: bool) -> tuple[list[Check], set[str] | 
         return [Check("database", False, f"cannot connect to {where}: {first}", Cause.DATABASE_UNREACHABLE)], None
     with conn:
         checks = [Check("database", True, f"connected to {where}")]
-        store = Store(OneConnection(conn))  # type: ignore[arg-type]
+        store = Store(OneConnection(conn))
         wanted = [name for name, _ in sql.migrations()]
         try:
             applied = store.applied_migrations()

@@ -10,12 +10,15 @@ import contextvars
 import logging
 import os
 import socket
-from typing import Iterator
+from types import MappingProxyType
+from typing import Iterator, Mapping
 
 FIELDS = ("event_id", "project", "service", "attempt")
 HOST = os.environ.get("HOSTNAME") or socket.gethostname()
 
-_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar("deskmail_log_context", default={})
+# Every call sets a new mapping; the shared default is read-only so no call can write into another's.
+_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
+    "deskmail_log_context", default=MappingProxyType({}))
 
 
 def bind(**fields: object) -> None:

@@ -97,7 +97,7 @@ def _content(event: dict) -> str:
         return (f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{_CRLF}{_CRLF}"
                 f"--{boundary}{_CRLF}{plain}{_CRLF}"
                 f"--{boundary}{_CRLF}{rich}{_CRLF}--{boundary}--{_CRLF}")
-    return _body(text, "plain") if text is not None else _body(html, "html")
+    return _body(text, "plain") if text is not None else _body(event["html"], "html")  # the schema: one at least
 
 
 def _boundary(*parts: str) -> str:

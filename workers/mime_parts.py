@@ -119,8 +119,10 @@ def content(event: dict, attachments: Sequence[Attachment], part: Part) -> str:
         html_part = _multipart("related", [html_part, *map(_attachment, inline)], '; type="text/html"')
     if text is not None and html_part is not None:
         body = _multipart("alternative", [part(text, "plain"), html_part])
+    elif html_part is not None:
+        body = html_part
     else:
-        body = html_part if html_part is not None else part(text, "plain")
+        body = part(event["text"], "plain")  # the schema requires text where there is no html
     return _multipart("mixed", [body, *map(_attachment, files)]) if files else body + _CRLF
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from workers.store import Store
 
 if TYPE_CHECKING:
-    import dramatiq
+    from dramatiq.broker import MessageProxy
 
 log = logging.getLogger(__name__)
 REJECTED_NAMESPACE = uuid.UUID("5b0f8f0e-3c1e-4d55-9a43-0d6a1e6f2b70")
@@ -78,9 +78,9 @@ def claimed_fields(message: object) -> dict[str, object]:
     return out
 
 
-def refuse_misaddressed(store: Store, control_actor: str) -> Callable[["dramatiq.Message", str], None]:
+def refuse_misaddressed(store: Store, control_actor: str) -> Callable[[MessageProxy, str], None]:
     """QueueGuard's refusal: a rejected ledger entry, and an audit entry when it was a control action."""
-    def refuse(message: "dramatiq.Message", reason: str) -> None:
+    def refuse(message: MessageProxy, reason: str) -> None:
         envelope = {k: v for k, v in message.asdict().items() if k != "options"}
         raw = json.dumps(envelope, sort_keys=True, ensure_ascii=False, default=repr).encode("utf-8")
         first = message.args[0] if len(message.args) == 1 and isinstance(message.args[0], dict) else {}

@@ -62,7 +62,8 @@ class Scheduler:
         enqueue = enqueuer(broker)
         store = runtime.store
         return cls(store, enqueue, config,
-                   [heartbeat_step(store), auto_resume_step(store), drain_step(config.amqp_url, Admitter(store, enqueue)),
+                   [heartbeat_step(store), auto_resume_step(store),
+                    drain_step(config.amqp_url, Admitter(store, enqueue)),
                     clean_up_step(store, config.attachment_retention)])
 
     def tick(self) -> dict[str, int]:

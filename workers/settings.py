@@ -24,7 +24,7 @@ def split_secrets(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     public = copy.deepcopy(document)
     secrets: dict[str, Any] = {}
     for path in schemas.secret_paths(SCHEMA):
-        parent = public
+        parent: dict[str, Any] | None = public
         for part in path[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and path[-1] in parent:

@@ -8,11 +8,11 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol, TypeVar
 
 import psycopg
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from workers import sql
 from workers.database import open_pool
@@ -26,6 +26,17 @@ MOVE_QUERY = {"queued": "requeue_resumed", "suspended": "suspend_selected", "sen
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
+Conn = psycopg.Connection[DictRow]  # open_pool's connections make dict rows
+
+
+class Pool(Protocol):
+    """Where the store's connections come from: open_pool's pool, or one connection (a health check)."""
+
+    def connection(self, *, deadline: float | None = ...) -> ContextManager[Conn]:
+        """A connection for one block; calls fail after `deadline` seconds without an answer."""
+
+    def close(self) -> None:
+        """Close the connections."""
 
 
 def patiently(call: Callable[[], T], cap: float = 5.0) -> T:
@@ -65,13 +76,13 @@ class Health:
 class Store:
     """deskmail's data access; every method is one short transaction."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.q = sql.queries()
         self.health = Health()
 
     @contextlib.contextmanager
-    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+    def _conn(self, **options: Any) -> Iterator[Conn]:
         """A pooled connection; driver errors become StoreError here and nowhere else (see _translated)."""
         with _translated(self.health), self.pool.connection(**options) as conn:
             yield conn
@@ -91,6 +102,13 @@ class Store:
     def _one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         rows = self._all(name, params)
         return rows[0] if rows else None
+
+    def _single(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The row of a query that always answers one (an aggregate, a function call)."""
+        row = self._one(name, params)
+        if row is None:
+            raise StoreError(f"query {name} answered no row")
+        return row
 
     def _rowcount(self, name: str, params: dict[str, Any]) -> int:
         with self._conn() as conn:
@@ -319,13 +337,13 @@ class Store:
 
     def count_in_state(self, state: str, project: str | None) -> int:
         """How many mails are in `state` (of the project, if given)."""
-        return int(self._one("count_in_state", {"state": state, "project": project})["n"])
+        return int(self._single("count_in_state", {"state": state, "project": project})["n"])
 
     def project_known(self, project: str) -> bool:
         """True when the project has a row or any mail."""
-        return bool(self._one("project_known", {"project": project})["known"])
+        return bool(self._single("project_known", {"project": project})["known"])
 
-    def _lock(self, conn: psycopg.Connection, ids: list[str] | None, project: str | None,
+    def _lock(self, conn: Conn, ids: list[str] | None, project: str | None,
               state: str, limit: int) -> list[dict[str, Any]]:
         if ids is None:
             return conn.execute(self.q["lock_batch_in_state"], {"state": state, "project": project,
@@ -349,7 +367,7 @@ class Store:
         """Drain the backlog of auto-resume projects within the limits; {project: mails made due}."""
         out: dict[str, int] = {}
         for row in self._all("auto_resume_candidates", {"project": project}):
-            out[row["key"]] = self._one("auto_resume", {"project": row["key"], "now": now, "max": batch})["resumed"]
+            out[row["key"]] = self._single("auto_resume", {"project": row["key"], "now": now, "max": batch})["resumed"]
         return out
 
     def set_auto_resume(self, project: str, enabled: bool) -> bool:
@@ -426,7 +444,8 @@ class Store:
         """Keep what a Test action is to test, for the transport worker that runs it."""
         self._all("add_control_test", {
             "request_id": message["request_id"], "project": project, "mail_service": service,
-            "to": message.get("to"), "attach": bool(message.get("attach")), "settings": Jsonb(message["settings"]) if message.get("settings") else None,
+            "to": message.get("to"), "attach": bool(message.get("attach")),
+            "settings": Jsonb(message["settings"]) if message.get("settings") else None,
             "sealed_secrets": message.get("sealed_secrets"),
             "message": Jsonb({k: v for k, v in message.items() if k not in ("signature", "sealed_secrets")})})
 
@@ -452,7 +471,7 @@ class Store:
         row = self._one("control_refusal", {"request_id": request_id})
         return row["reason"] if row else None
 
-    def _audit(self, conn: psycopg.Connection, message: dict[str, Any], answer: dict[str, Any]) -> None:
+    def _audit(self, conn: Conn, message: dict[str, Any], answer: dict[str, Any]) -> None:
         params = {k: ("(sealed)" if k == "sealed_secrets" else v) for k, v in message.items()
                   if k not in ("signature", "requested_by")}
         # A per-id action sent without a project is audited under the one project its mails belong to.
@@ -677,11 +696,11 @@ class Store:
 class _InTransaction(Store):
     """The store's methods on one connection inside an open transaction (see Store.atomic)."""
 
-    def __init__(self, parent: Store, conn: psycopg.Connection) -> None:
+    def __init__(self, parent: Store, conn: Conn) -> None:
         self.pool, self.q, self.health, self._held = parent.pool, parent.q, parent.health, conn
 
     @contextlib.contextmanager
-    def _conn(self, **options: Any) -> Iterator[psycopg.Connection]:
+    def _conn(self, **options: Any) -> Iterator[Conn]:
         with _translated(self.health):
             yield self._held
 
@@ -722,7 +741,7 @@ def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | 
     return out
 
 
-def _notified(conn: psycopg.Connection, request_id: str, seconds: float) -> bool:
+def _notified(conn: Conn, request_id: str, seconds: float) -> bool:
     """Wait up to `seconds` for a notice about request_id (notices about other requests are skipped)."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:

@@ -87,7 +87,8 @@ def probe_database(url: str) -> None:
     where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
     try:
         with psycopg.connect(url, connect_timeout=PROBE_TIMEOUT, autocommit=True) as conn:
-            migrated = conn.execute("SELECT to_regclass('deskmail_migrations') IS NOT NULL").fetchone()[0]
+            row = conn.execute("SELECT to_regclass('deskmail_migrations') IS NOT NULL").fetchone()
+            migrated = row is not None and row[0]
     except psycopg.OperationalError as exc:
         cause = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
         if "does not exist" in cause and "database" in cause:

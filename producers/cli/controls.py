@@ -55,7 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     project = commands.add_parser("project", help="pause or unpause a project's sending").add_subparsers(
         dest="sub", required=True)
     for name, help_ in (("pause", "stop sending: the project's new mail waits in the backlog"),
-                        ("unpause", "send again (mail already in the backlog waits there until resumed, or auto resume takes it)")):
+                        ("unpause", "send again (mail already in the backlog waits there until resumed, "
+                                    "or auto resume takes it)")):
         sub = project.add_parser(name, help=help_)
         sub.add_argument("project")
         sub.add_argument("--json", action="store_true")
@@ -226,12 +227,12 @@ def show_limits(ctx: Context, args: argparse.Namespace) -> int:
     rows = [{"project": p.key, "per_day": p.per_day or None, "recipients_per_mail": p.recipients_per_mail or None,
              "sent_today": ctx.store.sent_today(p.key, p.time_zone), "time_zone": p.time_zone}
             for p in ctx.store.list_projects() if args.project in (None, p.key)]
+    sent_today = ctx.store.sent_today("*", glob.time_zone)
     data = {"global": {"MAIL_LIMIT_PER_DAY_SMTP": glob.per_day or None,
                        "RECIPIENTS_LIMIT_PER_MAIL_SMTP": glob.recipients_per_mail or None,
-                       "sent_today": ctx.store.sent_today("*", glob.time_zone)}, "projects": rows}
+                       "sent_today": sent_today}, "projects": rows}
     text = [f"global: per day {glob.per_day or '-'} (MAIL_LIMIT_PER_DAY_SMTP), recipients per mail "
-            f"{glob.recipients_per_mail or '-'} (RECIPIENTS_LIMIT_PER_MAIL_SMTP), sent today "
-            f"{data['global']['sent_today']}"]
+            f"{glob.recipients_per_mail or '-'} (RECIPIENTS_LIMIT_PER_MAIL_SMTP), sent today {sent_today}"]
     text += [f"{r['project']}: per day {r['per_day'] or '-'}, recipients per mail {r['recipients_per_mail'] or '-'}, "
              f"sent today {r['sent_today']} ({r['time_zone']})" for r in rows]
     emit(data, args.json, "\n".join(text))

@@ -58,7 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def ensure_database(url: str) -> bool:
     """Create the database named in url if it does not exist; True if it was created."""
     params = conninfo_to_dict(url)
-    name = params.get("dbname") or "postgres"
+    name = str(params.get("dbname") or "postgres")
     admin = make_conninfo(url, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():

@@ -193,8 +193,8 @@ def test_a_viewer_sees_the_backlog_but_cannot_resume(runtime, store, console, br
     assert page.locator("button.act").count() == 0
     assert page.locator("input.pick").first.is_disabled()
     csrf = page.locator("#selection input[name=csrf]").get_attribute("value")
-    refused = page.request.post("/mails/confirm", form={"csrf": csrf, "action": "backlog.resume",
-                                                        "ids": str(store.console_mail_page("backlog", {})[0]["event_id"])})
+    first = store.console_mail_page("backlog", {})[0]["event_id"]
+    refused = page.request.post("/mails/confirm", form={"csrf": csrf, "action": "backlog.resume", "ids": str(first)})
     assert refused.status == 403 and "viewer" in refused.text()
     shot(page, "14-backlog-as-viewer")
 

@@ -191,7 +191,8 @@ class PgCluster:
         self._as_postgres(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                           "-E", "UTF8", "--no-sync")
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.base}'\n"
+            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.base}'\n"
                        "fsync = off\nmax_connections = 200\nshared_buffers = 64MB\n")
 
     def pg_ctl(self, *args: str) -> None:

@@ -77,7 +77,8 @@ def test_settings_set_by_command_answers_with_the_workers_verdict(config, store,
     path = tmp_path / "s.json"
     path.write_text(json.dumps(smtp_settings(SmtpPeerAddress(), password=CANARY)))
     other_keys = deskmail(config, "settings", "set", "alpha", "--file", str(path), DESKMAIL_SECRET_KEYS=generate_key())
-    assert other_keys.returncode == 1 and "NOT saved" in other_keys.stderr and "DESKMAIL_SECRET_KEYS" in other_keys.stderr
+    assert other_keys.returncode == 1
+    assert "NOT saved" in other_keys.stderr and "DESKMAIL_SECRET_KEYS" in other_keys.stderr
     assert store.get_project("alpha") is None
 
 

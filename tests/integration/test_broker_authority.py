@@ -24,7 +24,8 @@ import pytest
 from producers import control
 from producers.publisher import Publisher
 from tests.conftest import AMQP_HOST, wait_until
-from tests.integration.test_controls import over_limit, peer  # noqa: F401 - peer is a fixture
+from tests.integration.test_controls import over_limit
+from tests.peers.smtp import SmtpPeer
 from workers.admit import Admitter
 from workers.config import Config
 from workers.constants import Queue
@@ -33,6 +34,12 @@ from workers.errors import BrokerError, ConfigurationError
 
 DEFINITIONS = Path(__file__).parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 PASSWORD = "role-test-Pa55"
+
+
+@pytest.fixture
+def peer(tls_ca):
+    with SmtpPeer(security="starttls", cert=tls_ca.issue(), users={"desk": "s3cret-Pa55"}) as p:
+        yield p
 
 
 def ctl(*args: str) -> None:
@@ -62,8 +69,8 @@ def roles():
     try:
         import_definitions(text)
         for user in users:
-            wait_until(lambda: subprocess.run(["rabbitmqctl", "-q", "change_password", user, PASSWORD],
-                                              capture_output=True).returncode == 0, timeout=30)
+            wait_until(lambda user=user: subprocess.run(["rabbitmqctl", "-q", "change_password", user, PASSWORD],
+                                                        capture_output=True).returncode == 0, timeout=30)
         wait_until(lambda: _queues(names["deskmail"]) >= 16, timeout=30)  # the import is asynchronous
         urls = {role: tuple(f"amqp://{names['deskmail-' + role]}:{PASSWORD}@{AMQP_HOST}:5672/{names[v]}"
                             for v in ("deskmail", "deskmail-control"))

@@ -38,19 +38,18 @@ def alpha(store):
 
 
 def test_the_same_signed_message_delivered_four_times_at_once_is_applied_once(store, alpha):
+    def deliver(start: threading.Barrier, message: dict, errors: list[BaseException]) -> None:
+        start.wait()
+        try:
+            controller(store)(message)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
     for _ in range(5):  # several rounds: a check outside the transaction loses at least one of them
         message = signed("limits.set", per_day=7)
         start = threading.Barrier(4)
         errors: list[BaseException] = []
-
-        def deliver() -> None:
-            start.wait()
-            try:
-                controller(store)(message)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=deliver) for _ in range(4)]
+        threads = [threading.Thread(target=deliver, args=(start, message, errors)) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
@@ -101,7 +100,8 @@ def test_a_malformed_message_is_refused_with_the_field_named(store, alpha):
     del message["project"]
     message["signature"] = sign(message, KEY)
     controller(store)(message)
-    assert "project" in store.control_refusal(message["request_id"]) and store.get_project("alpha").paused_reason is None
+    assert "project" in store.control_refusal(message["request_id"])
+    assert store.get_project("alpha").paused_reason is None
 
 
 def test_a_message_that_is_not_one_object_is_refused_and_audited(store):

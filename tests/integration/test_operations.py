@@ -221,7 +221,8 @@ def test_healthcheck_is_healthy_with_consumers_and_a_fresh_heartbeat_and_names_e
         conn.execute("UPDATE scheduler_heartbeats SET beat_at = now() - interval '5 minutes'")
     status, report, _ = healthcheck(config)
     scheduler = next(c for c in report["checks"] if c["name"] == "scheduler")
-    assert status == 7 and "last heartbeat 30" in scheduler["detail"] and "DESKMAIL_HEARTBEAT_MAX_AGE" in scheduler["detail"]
+    assert status == 7
+    assert "last heartbeat 30" in scheduler["detail"] and "DESKMAIL_HEARTBEAT_MAX_AGE" in scheduler["detail"]
 
 
 def test_healthcheck_says_not_migrated_for_an_empty_database(config):

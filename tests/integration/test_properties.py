@@ -78,7 +78,8 @@ def valid_events(draw: Any) -> dict:
         ev["text"] = draw(body_text)
     if bodies in ("html", "both"):
         ev["html"] = draw(body_text)
-    names = st.from_regex(r"\AX-[A-Za-z0-9][A-Za-z0-9-]{0,12}\Z").filter(lambda n: not n.lower().startswith("x-deskmail-"))
+    names = st.from_regex(r"\AX-[A-Za-z0-9][A-Za-z0-9-]{0,12}\Z").filter(
+        lambda n: not n.lower().startswith("x-deskmail-"))
     headers = draw(st.dictionaries(names, header_text, max_size=3))
     unique = {name.lower(): (name, value) for name, value in headers.items()}
     if unique:
@@ -152,7 +153,8 @@ def assert_intact(ev: dict, received: Received) -> None:
 
 
 def test_every_valid_generated_event_arrives_intact(runtime, store, worker, publisher, utf8_peer):
-    runtime.settings.save("alpha", {**smtp_settings(utf8_peer, security="none", auth="none"), "from_name": "Desk. Inc."})
+    settings = smtp_settings(utf8_peer, security="none", auth="none")
+    runtime.settings.save("alpha", {**settings, "from_name": "Desk. Inc."})
     worker()
 
     @PROPERTY_SETTINGS

@@ -189,7 +189,8 @@ def test_settings_test_with_attach_sends_a_small_file_with_the_test_mail(config,
     assert done.returncode == 0, done.stderr
     [received] = starttls_peer.wait_for(1)
     [part] = [p for p in received.message.walk() if p.get_filename()]
-    assert part.get_filename() == "deskmail-test.txt" and b"test mail for project alpha" in part.get_payload(decode=True)
+    assert part.get_filename() == "deskmail-test.txt"
+    assert b"test mail for project alpha" in part.get_payload(decode=True)
 
 
 def test_settings_set_with_test_saves_only_settings_that_send(config, runtime, worker, starttls_peer, tls_ca,

@@ -120,7 +120,8 @@ def discovery_answer(discovery: Discovery | None) -> bytes:
     target, settings, code = '<RedirectTarget i:nil="true"/>', "", "NoError"
     if discovery.redirect_address or discovery.redirect_url:
         code = "RedirectAddress" if discovery.redirect_address else "RedirectUrl"
-        target = f"<RedirectTarget>{escape(discovery.redirect_address or discovery.redirect_url or '')}</RedirectTarget>"
+        redirect = discovery.redirect_address or discovery.redirect_url or ""
+        target = f"<RedirectTarget>{escape(redirect)}</RedirectTarget>"
     elif discovery.ews_url:
         name = "InternalEwsUrl" if discovery.internal else "ExternalEwsUrl"
         settings = (f'<UserSetting i:type="StringSetting"><Name>{name}</Name><Value>{escape(discovery.ews_url)}'

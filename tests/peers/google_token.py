@@ -31,8 +31,8 @@ def service_account_key(client_email: str = "desk@project.iam.gserviceaccount.co
 class GoogleTokenPeer(ServedPeer):
     """POST /token over HTTPS answering jwt-bearer (signature checked) and refresh_token grants."""
 
-    def __init__(self, cert: CertPair, *, public_key=None, token: str = "ya29.test-token", refresh_tokens: dict | None = None,
-                 status: int | None = None, echo: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, cert: CertPair, *, public_key=None, token: str = "ya29.test-token",
+                 refresh_tokens: dict | None = None, status: int | None = None, echo: bool = False) -> None:  # noqa: ANN001
         self.public_key, self.token, self.status, self.echo = public_key, token, status, echo
         self.refresh_tokens = refresh_tokens or {}
         self.requests: Inbox[dict] = Inbox("token request")

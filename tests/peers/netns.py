@@ -126,7 +126,7 @@ class Hosts:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
-            for i, host in enumerate(self.hosts):
+            for host in self.hosts:
                 inner = f"{host.link}p"
                 _ip("netns", "add", host.name)
                 _ip("link", "add", host.link, "type", "veth", "peer", "name", inner)

@@ -45,7 +45,8 @@ class OidcPeer:
                 elif url.path == "/authorize":
                     code = secrets.token_urlsafe(16)
                     peer.codes[code] = query
-                    target = f"{query['redirect_uri']}?{urllib.parse.urlencode({'code': code, 'state': query['state']})}"
+                    answer = urllib.parse.urlencode({"code": code, "state": query["state"]})
+                    target = f"{query['redirect_uri']}?{answer}"
                     if peer.hold:
                         body = f"<p id=callback>{target}</p>".encode()
                         self.send_response(200)

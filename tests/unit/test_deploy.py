@@ -137,7 +137,7 @@ def test_compose_runs_a_worker_per_queue_with_probes_and_a_stop_grace_longer_tha
         assert service["environment"]["DESKMAIL_METRICS_PORT"] == "9300"
         assert duration(service["stop_grace_period"]) > FINAL_REPLY and service["healthcheck"]["test"]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    for name, service in workers.items():
+    for service in workers.values():
         assert duration(service["stop_grace_period"]) > shutdown_timeout(service["command"]) > FINAL_REPLY
     assert services["postgres"]["healthcheck"] and services["rabbitmq"]["healthcheck"]
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())

@@ -158,7 +158,8 @@ ENCODED_FORMS = [
 def test_every_encoded_word_form_is_refused_in_every_header_field(text: str) -> None:
     payload = event(subject=text, headers={"X-Ref": text}, record={"type": "ticket", "id": text},
                     to=[{"address": "a@example.com", "name": text}], cc=[{"address": "c@example.com", "name": text}],
-                    bcc=[{"address": "b@example.com", "name": text}], reply_to=[{"address": "r@example.com", "name": text}])
+                    bcc=[{"address": "b@example.com", "name": text}],
+                    reply_to=[{"address": "r@example.com", "name": text}])
     for path in ("subject", "headers.X-Ref", "record.id", "to[0].name", "cc[0].name", "bcc[0].name",
                  "reply_to[0].name"):
         assert ENCODED_WORD in at(EVENT, payload, path), path

@@ -13,7 +13,6 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from producers.sink import MailSink
-from tests.peers.fixtures import tls_ca  # noqa: F401  (fixture)
 from tests.peers.smtp import SmtpPeer
 from tests.peers.tlsca import TestCA
 

@@ -257,7 +257,8 @@ def test_header_value_display_name_and_record_fields_are_checked_as_header_text(
 
 def test_header_name_without_x_prefix_is_rejected_with_its_path() -> None:
     assert found(EVENT, event(headers={"Bcc": "evil@example.com"})) == [
-        ("headers.Bcc", "header names must start with X- and contain only letters, digits and hyphens (at most 77 characters)")
+        ("headers.Bcc",
+         "header names must start with X- and contain only letters, digits and hyphens (at most 77 characters)")
     ]
 
 

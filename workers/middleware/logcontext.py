@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import dramatiq
+from dramatiq.broker import MessageProxy
 
 from workers import logcontext
 
 
-def _about(message: dramatiq.Message) -> dict[str, object]:
+def _about(message: MessageProxy) -> dict[str, object]:
     """What the message itself tells: a transport message carries the event id, an event its project too."""
     args = message.args
     if len(args) != 1:
@@ -24,13 +27,13 @@ class LogContext(dramatiq.Middleware):
     """A fresh log context around each actor call, so no line of one mail carries another's id."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, object] = {}
+        self._tokens: dict[str, contextvars.Token] = {}
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Start the call's context with what the message says."""
         self._tokens[message.message_id] = logcontext.start(**_about(message))
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: object = None, exception: BaseException | None = None) -> None:
         """Leave the call's context."""
         token = self._tokens.pop(message.message_id, None)

@@ -12,11 +12,12 @@ import logging
 from typing import Callable
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
 log = logging.getLogger(__name__)
-Refuse = Callable[[dramatiq.Message, str], None]
+Refuse = Callable[[MessageProxy, str], None]
 
 
 class QueueGuard(dramatiq.Middleware):
@@ -25,7 +26,7 @@ class QueueGuard(dramatiq.Middleware):
     def __init__(self, refuse: Refuse) -> None:
         self.refuse = refuse
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Let the message through only when its actor's queue is the queue it arrived on."""
         try:
             actor = broker.get_actor(message.actor_name)

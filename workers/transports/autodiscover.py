@@ -15,6 +15,7 @@ from __future__ import annotations
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 import requests.auth
@@ -92,7 +93,7 @@ class ChallengedBasic(requests.auth.HTTPBasicAuth):
         request.register_hook("response", self._answer_challenge)
         return request
 
-    def _answer_challenge(self, response: requests.Response, **kwargs: object) -> requests.Response:
+    def _answer_challenge(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         offered = response.headers.get("WWW-Authenticate", "").lower()
         if response.status_code != 401 or "basic" not in offered or "Authorization" in response.request.headers:
             return response

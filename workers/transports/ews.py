@@ -24,9 +24,9 @@ from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, R
     UnauthorizedError
 from exchangelib.protocol import Protocol
 
-from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER, Checkup
+from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER
 from workers.transports import ews_replies, phase, tls
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+from workers.transports.base import Delivered, Envelope, Outcome, Recorder, TransportFailure
 from workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
 from workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
 from workers.transports.https import ANSWER_LOST, Refused, causes
@@ -43,6 +43,8 @@ REWRAPPED = (ErrorServerBusy, ErrorTimeoutExpired)  # what exchangelib re-raises
 class EwsFailure(TransportFailure):
     """A classified EWS failure, always with its Test-action step and advice; `answered` says EWS itself
     answered, so it took the credentials (the Test action then records the steps that proves)."""
+
+    step: str  # never None, unlike a TransportFailure's
 
     def __init__(self, outcome: Outcome, detail: str, step: str = SEND, *, advice: str = "",
                  answered: bool = False, retry_after: float | None = None) -> None:
@@ -233,7 +235,7 @@ class EwsSender:
             self._entries.clear()
 
 
-def diagnose(checkup: Checkup, endpoint: Endpoint, auth: Auth, mailbox: str, envelope: Envelope,
+def diagnose(checkup: Recorder, endpoint: Endpoint, auth: Auth, mailbox: str, envelope: Envelope,
              allow: Iterable = ()) -> None:
     """The authentication, sender and send steps of the Test action, on a fresh account and connections."""
     try:
@@ -250,14 +252,14 @@ def diagnose(checkup: Checkup, endpoint: Endpoint, auth: Auth, mailbox: str, env
     checkup.passed(SEND, delivered.detail)
 
 
-def _record_login(checkup: Checkup, endpoint: Endpoint, auth: Auth, mailbox: str, through: str) -> None:
+def _record_login(checkup: Recorder, endpoint: Endpoint, auth: Auth, mailbox: str, through: str) -> None:
     """The steps an answer of EWS proves: it took the credentials and, if it got as far as sending, the sender."""
     checkup.passed(AUTHENTICATION, f"{endpoint.host} accepted {auth.who} ({auth.exchangelib_auth_type()})")
     if through == SEND:
         checkup.passed(SENDER, f"Exchange lets {auth.who} send as {mailbox}")
 
 
-def _record_failure(checkup: Checkup, failure: EwsFailure, endpoint: Endpoint, auth: Auth,
+def _record_failure(checkup: Recorder, failure: EwsFailure, endpoint: Endpoint, auth: Auth,
                     mailbox: str) -> NoReturn:
     """The failed step, after the ones the answer proved; ends the checkup."""
     if failure.answered:

@@ -19,8 +19,10 @@ EXCHANGE_ONLINE = ("outlook.office365.com", "outlook.office.com")
 class Auth(typing.Protocol):
     """How an account authenticates to EWS: a password (on-premises) or a bearer token (OAuth2)."""
 
-    access_type: str
-    who: str
+    @property
+    def access_type(self) -> str: ...
+    @property
+    def who(self) -> str: ...
 
     def credentials(self) -> Credentials | OAuth2AuthorizationCodeCredentials: ...
     def exchangelib_auth_type(self) -> str: ...
@@ -74,6 +76,8 @@ class Password:
 
 class TokenCredentials(OAuth2AuthorizationCodeCredentials):
     """Bearer tokens from the caller's token source: exchangelib never fetches one from Microsoft itself."""
+
+    access_token: dict | None  # exchangelib's property, untyped there (an annotation only: no class attribute)
 
     def __init__(self, source: Callable[[], str], drop: Callable[[], None]) -> None:
         super().__init__()

@@ -14,11 +14,10 @@ from typing import Iterable
 from workers import diagnosis
 from workers.constants import MailService
 from workers.scrub import scrubbed
-from workers.diagnosis import Checkup
 from workers.service_settings import ExchangeSettings
 from workers.settings import ProjectSettings
 from workers.transports import autodiscover, ews, probes
-from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
+from workers.transports.base import Delivered, Envelope, Outcome, Recorder, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint
 
 DISCOVERY_TTL = 3600.0  # seconds; Outlook asks Autodiscover again about as often
@@ -92,7 +91,7 @@ class ExchangeTransport(Transport):
             self._discovered[found] = (url, time.monotonic())
         return url
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """Autodiscover if set; DNS, TCP and TLS to the EWS host; then authentication, sender and send with one
         CreateItem."""
         exchange = settings.typed_as(ExchangeSettings)
@@ -107,7 +106,7 @@ class ExchangeTransport(Transport):
         try:
             endpoint = endpoint_of(exchange, self.final_reply_timeout, url)
         except TransportFailure as failure:
-            checkup.failed(diagnosis.RESOLVE, failure.detail, "fix the project's exchange settings")
+            checkup.failed_with(diagnosis.RESOLVE, failure, "fix the project's exchange settings")
         probes.https_endpoint(checkup, endpoint.url, ca_file=endpoint.ca_file, verify=endpoint.verify,
                                  allow=self.sender.allow, timeout=endpoint.timeout)
         ews.diagnose(checkup, endpoint, password_of(exchange), mailbox, envelope, self.sender.allow)

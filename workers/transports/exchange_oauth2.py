@@ -9,11 +9,11 @@ import msal
 
 from workers.constants import MailService
 from workers.scrub import scrubbed
-from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN, Checkup
+from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN
 from workers.service_settings import ExchangeOAuth2Settings
 from workers.settings import ProjectSettings
 from workers.transports import ews, graph, probes, smtp_session
-from workers.transports.base import Delivered, Envelope, Transport, TransportFailure
+from workers.transports.base import Delivered, Envelope, Recorder, Transport, TransportFailure
 from workers.transports.ews_http import Endpoint as EwsEndpoint
 from workers.transports.graph import GraphClient, Mailbox
 from workers.transports.https import PolicySession
@@ -56,7 +56,7 @@ class ExchangeOAuth2Transport(Transport):
                                  envelope)
         return self.graph.send(self._mailbox(microsoft), envelope, source.token, source.drop)
 
-    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Checkup) -> None:
+    def diagnose(self, settings: ProjectSettings, envelope: Envelope, checkup: Recorder) -> None:
         """The Test action: the authority's endpoint, a fresh token, then the route's own steps."""
         microsoft = settings.typed_as(ExchangeOAuth2Settings)
         registration, scope = AppRegistration.of(microsoft), scope_of(microsoft)
@@ -71,7 +71,7 @@ class ExchangeOAuth2Transport(Transport):
         finally:
             close_app(app)
 
-    def _fresh_token(self, checkup: Checkup, registration: AppRegistration,
+    def _fresh_token(self, checkup: Recorder, registration: AppRegistration,
                      scope: str) -> msal.ConfidentialClientApplication:
         """The TOKEN step, from an msal app of its own (the sending cache is left alone)."""
         app = None
@@ -84,7 +84,7 @@ class ExchangeOAuth2Transport(Transport):
         checkup.passed(TOKEN, f"app-only token for {scope} from {registration.authority}")
         return app
 
-    def _diagnose_graph(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+    def _diagnose_graph(self, checkup: Recorder, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
                         source: Bound) -> None:
         """Graph's endpoint, then one real sendMail: a 202 proves the token, the sender and the send."""
         mailbox = self._mailbox(microsoft)
@@ -99,13 +99,13 @@ class ExchangeOAuth2Transport(Transport):
         checkup.passed(SENDER, f"the app may send as {mailbox.sender} (Mail.Send)")
         checkup.passed(SEND, f"accepted for {', '.join(envelope.recipients)}: {delivered.detail}")
 
-    def _diagnose_smtp(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+    def _diagnose_smtp(self, checkup: Recorder, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
                        source: Bound) -> None:
         """The SMTP client's steps, logging in with XOAUTH2 as the sender."""
         auth = smtp_session.XOAuth2(microsoft.sender, source)
         self.smtp.test(self._smtp_endpoint(microsoft), auth, envelope, checkup)
 
-    def _diagnose_ews(self, checkup: Checkup, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
+    def _diagnose_ews(self, checkup: Recorder, microsoft: ExchangeOAuth2Settings, envelope: Envelope,
                       source: Bound) -> None:
         """The EWS host's endpoint, then the shared EWS steps (impersonating the sender) on a fresh account."""
         endpoint = self._ews_endpoint(microsoft)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Hashable, Iterable
 
+import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport.requests
 from google.oauth2 import credentials as user_credentials
@@ -60,7 +61,7 @@ class _TimedRequest(google.auth.transport.requests.Request):
         return super().__call__(url, method, body, headers, timeout=timeout or self.timeout, **kwargs)
 
 
-def credentials_for(gmail: GmailSettings):  # noqa: ANN201 - a google.auth credentials object
+def credentials_for(gmail: GmailSettings) -> google.auth.credentials.Credentials:
     """Service-account (domain-wide delegation, subject = sender) or OAuth client + refresh token credentials."""
     token_uri = gmail.token_uri or DEFAULT_TOKEN_URI
     if gmail.service_account_key:
@@ -87,7 +88,7 @@ class GoogleTokens:
 
     def __init__(self, allow: Iterable = ()) -> None:
         self.allow = tuple(allow)
-        self._creds: dict[Hashable, object] = {}
+        self._creds: dict[Hashable, google.auth.credentials.Credentials] = {}
         self._lock = threading.Lock()
 
     def token(self, key: Hashable, gmail: GmailSettings) -> str:
@@ -100,7 +101,7 @@ class GoogleTokens:
                 self._refresh(creds, gmail)
             return creds.token
 
-    def _refresh(self, creds, gmail: GmailSettings) -> None:  # noqa: ANN001 - a google.auth credentials object
+    def _refresh(self, creds: google.auth.credentials.Credentials, gmail: GmailSettings) -> None:
         """Ask the token endpoint for a new token; a refused address or an unusable ca_file raises its own
         TransportFailure from the session."""
         timeout = float(gmail.timeout_seconds)

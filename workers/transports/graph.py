@@ -10,7 +10,7 @@ import base64
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
@@ -123,12 +123,12 @@ def _upload(session: requests.Session, mailbox: Mailbox, envelope: Envelope, mes
 
 def _authorized(session: requests.Session, mailbox: Mailbox, envelope: Envelope, method: str, url: str,
                 token: Callable[[], str], drop: Callable[[], None], *, sending: bool = False,
-                **kwargs: object) -> requests.Response:
+                data: bytes | None = None, json: Any = None,
+                headers: Mapping[str, str] | None = None) -> requests.Response:
     """A Graph request with the bearer token, once more with a fresh token after a 401; non-2xx raises."""
-    headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
     for attempt in (1, 2):
-        response = _call(session, mailbox, method, url, sending=sending,
-                         headers={**headers, "Authorization": f"Bearer {token()}"}, **kwargs)
+        response = _call(session, mailbox, method, url, sending=sending, data=data, json=json,
+                         headers={**(headers or {}), "Authorization": f"Bearer {token()}"})
         if response.status_code == 401 and attempt == 1:
             drop()
             continue
@@ -143,11 +143,11 @@ def _checked(response: requests.Response, mailbox: Mailbox, envelope: Envelope) 
 
 
 def _call(session: requests.Session, mailbox: Mailbox, method: str, url: str, *, sending: bool = False,
-          **kwargs: object) -> requests.Response:
+          data: bytes | None = None, json: Any = None, headers: Mapping[str, str] | None = None) -> requests.Response:
     """One request; a lost answer is ambiguous only for the request that sends."""
     try:
-        return session.request(method, url, allow_redirects=False,
-                               timeout=(mailbox.timeout, mailbox.final_reply_timeout), **kwargs)
+        return session.request(method, url, data=data, json=json, headers=headers, allow_redirects=False,
+                               timeout=(mailbox.timeout, mailbox.final_reply_timeout))
     except requests.exceptions.SSLError as exc:
         parts = urllib.parse.urlsplit(url)
         detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))

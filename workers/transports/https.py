@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPSConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
 from workers.transports import netpolicy, tls
@@ -37,7 +37,7 @@ class AnswerLost(OSError):
 class Refused(urllib3.exceptions.NewConnectionError):
     """No connection: the outbound policy refused the address, or nothing answered there."""
 
-    def __init__(self, conn: object, failure: TransportFailure) -> None:
+    def __init__(self, conn: HTTPConnection, failure: TransportFailure) -> None:
         super().__init__(conn, failure.detail)
         self.failure = failure
 
@@ -75,7 +75,8 @@ class _PinnedHTTPSConnection(_AnswerAwareHTTPSConnection):
 
 
 # Through a proxy (CONNECT) the proxy resolves and connects, and decides what may be reached.
-_ProxiedPool = type("ProxiedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _AnswerAwareHTTPSConnection})
+_ProxiedPool = type("ProxiedHTTPSConnectionPool", (HTTPSConnectionPool,),
+                    {"ConnectionCls": _AnswerAwareHTTPSConnection})
 
 
 def environ_proxies(url: str) -> dict[str, str]:

@@ -92,7 +92,8 @@ def resolve(host: str, port: int, allow: Iterable[Network]) -> list[tuple]:
         raise TransportFailure(Outcome.CONFIGURATION, f"cannot resolve host {host!r}: {exc.strerror}") from exc
     kept, refused = [], []
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        address = info[4][0]  # text for IPv4 and IPv6 (a scope such as "%eth0" is stripped); ints too are IPs
+        ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
         if allowed(ip, allow):
             kept.append(info)
         else:
@@ -105,12 +106,12 @@ def resolve(host: str, port: int, allow: Iterable[Network]) -> list[tuple]:
     return kept
 
 
-def connect(host: str, port: int, allow: Iterable[Network], timeout: float) -> socket.socket:
-    """A TCP connection to the first checked address of host that answers."""
+def connect(host: str, port: int, allow: Iterable[Network], timeout: float | None) -> socket.socket:
+    """A TCP connection to the first checked address of host that answers (timeout None: blocking)."""
     return connect_to(resolve(host, port, allow), host, port, timeout)
 
 
-def connect_to(infos: list[tuple], host: str, port: int, timeout: float) -> socket.socket:
+def connect_to(infos: list[tuple], host: str, port: int, timeout: float | None) -> socket.socket:
     """A TCP connection to the first of the checked addresses `infos` (from resolve) that answers."""
     last: OSError | None = None
     for family, kind, proto, _, address in infos:

@@ -85,7 +85,9 @@ def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable
         assert context is not None
         sock = probes.secure(steps, sock, endpoint.host, endpoint.port, context)
     smtp = smtplib.SMTP(timeout=endpoint.timeout)  # no host given: it connects nowhere by itself
-    smtp.sock, smtp._host = sock, endpoint.host  # smtplib checks the certificate against _host on STARTTLS
+    smtp.sock = sock
+    # smtplib checks the certificate against _host on STARTTLS; connect() would set it, and typeshed omits it
+    smtp._host = endpoint.host  # type: ignore[attr-defined]
     try:
         _greeting(steps, smtp, endpoint)
         if endpoint.security == "starttls":
@@ -100,14 +102,16 @@ def open_session(endpoint: Endpoint, auth: Authenticator | None, allow: Iterable
 
 def _greeting(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint) -> None:
     """The 220 greeting and EHLO, named as the server's capabilities."""
-    smtp.sock.settimeout(min(endpoint.timeout, GREETING_TIMEOUT))
+    sock = smtp.sock
+    assert sock is not None  # open_session connects it first
+    sock.settimeout(min(endpoint.timeout, GREETING_TIMEOUT))
     try:
         code, text = smtp.getreply()
     except (smtplib.SMTPServerDisconnected, OSError) as exc:
         steps.failed_with(CAPABILITIES, advised(
             Outcome.TRANSIENT, f"no SMTP greeting from {endpoint.host}:{endpoint.port} ({type(exc).__name__})",
             _silent_server_advice(endpoint)))
-    smtp.sock.settimeout(endpoint.timeout)
+    sock.settimeout(endpoint.timeout)
     if code != 220:
         failure = refusal(code, text, "the server greets with")
         failure.advice = failure.advice or "the server refuses connections from this host; ask its administrator"
@@ -156,11 +160,13 @@ def _starttls(steps: Recorder, smtp: smtplib.SMTP, endpoint: Endpoint, context: 
     except (ssl.SSLError, ssl.CertificateError) as exc:
         steps.failed_with(TLS, probes.tls_failure(endpoint.host, endpoint.port, exc))
     except smtplib.SMTPResponseException as exc:
-        steps.failed_with(TLS, advised(Outcome.CONFIGURATION, f"STARTTLS refused: {words(exc.smtp_code, exc.smtp_error)}",
+        steps.failed_with(TLS, advised(Outcome.CONFIGURATION,
+                                       f"STARTTLS refused: {words(exc.smtp_code, exc.smtp_error)}",
                                        "check the server's TLS set-up"))
     except (smtplib.SMTPException, OSError) as exc:
         steps.failed_with(TLS, advised(Outcome.TRANSIENT, f"STARTTLS failed: {type(exc).__name__}: {exc}",
                                        "check the server's TLS set-up"))
+    assert isinstance(smtp.sock, ssl.SSLSocket)  # starttls() wrapped it
     steps.passed(TLS, f"STARTTLS, {smtp.sock.version()}, " + (
         f"certificate of {endpoint.host} verified" if endpoint.verify else "certificate NOT verified"))
     _ehlo(steps, smtp, endpoint)

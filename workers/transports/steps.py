@@ -54,7 +54,8 @@ class Quiet:
         try:
             yield Note()
         except TransportFailure as failure:
-            raise attributed(name, failure, advice(failure) if callable(advice) else advice)
+            attributed(name, failure, advice(failure) if callable(advice) else advice)
+            raise
 
 
 QUIET = Quiet()
