@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -260,14 +259,3 @@ def ensure_up(rabbit: RabbitNode, pg: PgCluster) -> None:
         pg.admin("SELECT 1")
     except Exception:  # noqa: BLE001
         pg.start()
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1):  # noqa: ANN001, ANN201
-    """Poll until predicate returns something truthy; return it, or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s: {predicate}")

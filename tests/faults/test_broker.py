@@ -8,7 +8,7 @@ import time
 import pytest
 
 from producers.publisher import Publisher
-from tests.faults.conftest import wait_for
+from tests.conftest import wait_until
 from tests.faults.ledger import judge
 from tests.faults.traffic import Steady, events
 from tests.peers.smtp import SmtpPeer
@@ -73,7 +73,7 @@ def test_publish_to_a_stalled_broker_raises_within_the_publish_timeout(site, rec
             rabbit.cont()
         record.note(f"publish raised after {blocked:.1f} s", blocked_s=round(blocked, 1))
         assert blocked <= PUBLISH_TIMEOUT + 1.0, f"publish blocked {blocked:.1f} s with a {PUBLISH_TIMEOUT:g} s timeout"
-        wait_for(lambda: _publishes(publisher), timeout=30)  # and it works again once the broker does
+        wait_until(lambda: _publishes(publisher), timeout=30, interval=0.1)  # works again once the broker does
     finally:
         rabbit.cont()
         publisher.close()

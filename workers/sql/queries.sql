@@ -442,11 +442,7 @@ SELECT m.seq, m.event_id, m.project, m.kind, m.recipients, m.subject, m.reason, 
    AND (%(project)s::text IS NULL OR m.project = %(project)s)
    AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
    AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
-   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
-        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
-                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
-                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
-                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+   AND deskmail_mail_mentions(m.subject, m.event, %(text)s::text)
  ORDER BY m.seq LIMIT %(limit)s;
 
 -- name: console_mail_count
@@ -457,11 +453,7 @@ SELECT m.project, count(*)::int AS n
    AND (%(project)s::text IS NULL OR m.project = %(project)s)
    AND (%(reason)s::text IS NULL OR m.reason = %(reason)s)
    AND (%(kind)s::text IS NULL OR m.kind = %(kind)s)
-   AND (%(text)s::text IS NULL OR m.subject ILIKE '%%' || %(text)s || '%%'
-        OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.event->'to', '[]') || coalesce(m.event->'cc', '[]')
-                                                      || coalesce(m.event->'bcc', '[]')) AS r(v)
-                    WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%%' || %(text)s || '%%'
-                       OR r.v->>'name' ILIKE '%%' || %(text)s || '%%'))
+   AND deskmail_mail_mentions(m.subject, m.event, %(text)s::text)
  GROUP BY m.project ORDER BY m.project;
 
 -- name: console_selection_count
