@@ -132,7 +132,7 @@ def scale_run(demo, factory, store, processes: int, threads: int, n: int) -> flo
     """Mails/s end to end with `processes` worker processes (the workers of the previous run stopped first)."""
     demo.stop_all()
     demo.procs.clear()
-    demo.start(f"bench-workers-{processes}", str(BIN / "dramatiq"), "workers.app:setup", "--processes",
+    demo.start(f"bench-workers-{processes}", str(BIN / "dramatiq"), "deskmail.workers.app:setup", "--processes",
                str(processes), "--threads", str(threads))
     time.sleep(3)
     warm = [sample(i) for i in range(200)]
@@ -307,7 +307,7 @@ def latency_run(store, factory, events: int, rate: float) -> tuple[float, float]
 
 def pause(store, config, factory, project: str) -> None:
     """Pause a project through the control plane, as an admin would."""
-    from producers import control
+    from deskmail.producers import control
     with factory() as pub:
         answer = control.send(pub, store, control.control_message("project.pause", config.control_key,
                                                                   project=project), config.control_timeout)
@@ -438,9 +438,9 @@ def main() -> int:
     demo.sink_port = sink_port
     if args.metrics_port:
         demo.env["DESKMAIL_METRICS_PORT"] = str(args.metrics_port)
-    from workers.config import Config
-    from workers.store import Store, open_pool
-    from producers.publisher import Publisher
+    from deskmail.workers.config import Config
+    from deskmail.workers.store import Store, open_pool
+    from deskmail.producers.publisher import Publisher
     config = Config.from_env(demo.env)
     store = Store(open_pool(config.database_url, 4))
     profile = CpuProfile(args.profile)
@@ -471,7 +471,7 @@ def main() -> int:
         (demo_dir := ROOT / "var" / "demo").mkdir(parents=True, exist_ok=True)
         (demo_dir / "bench.json").write_text(json.dumps(doc))
         # Settings travel as a control message: the workers (which run the control actor) first.
-        demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
+        demo.start("bench-workers", str(BIN / "dramatiq"), "deskmail.workers.app:setup", "--processes", "2",
                    "--threads", str(args.threads))
         profile.watch("workers", demo.procs[-1].pid)
         # As in production, a scheduler runs throughout: without it a mail retried after a
@@ -568,8 +568,8 @@ def main() -> int:
 
 def soak_only(demo: Demo, store, config, sink_port: int, args: argparse.Namespace) -> int:
     """`--soak N`: the workers' memory over N mails, no other run (not part of CI)."""
-    from producers.publisher import Publisher
-    demo.start("bench-workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2",
+    from deskmail.producers.publisher import Publisher
+    demo.start("bench-workers", str(BIN / "dramatiq"), "deskmail.workers.app:setup", "--processes", "2",
                "--threads", str(args.threads))
     time.sleep(3)
     smtp_settings(demo, "bench", sink_port)

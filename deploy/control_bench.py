@@ -21,10 +21,10 @@ import uuid
 
 import psycopg
 
-from producers.sink import MailSink
-from workers.config import Config
-from workers.runtime import Runtime
-from workers.secrets import generate_key
+from deskmail.producers.sink import MailSink
+from deskmail.workers.config import Config
+from deskmail.workers.runtime import Runtime
+from deskmail.workers.secrets import generate_key
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -66,12 +66,13 @@ def main() -> int:
         admitted = time.monotonic() - started
         backlog = runtime.store.count_in_state("backlog", "bench")
         runtime.close()
-        worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "workers.app:setup", "-p", str(args.processes),
-                                   "-t", str(args.threads)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        control = subprocess.Popen([sys.executable, "-m", "dramatiq", "workers.app:control", "-p", "1", "-t", "1"],
+        worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "deskmail.workers.app:setup",
+                                   "-p", str(args.processes), "-t", str(args.threads)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        control = subprocess.Popen([sys.executable, "-m", "dramatiq", "deskmail.workers.app:control",
+                                    "-p", "1", "-t", "1"],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deskmail = [sys.executable, "-m", "producers.cli"]
+        deskmail = [sys.executable, "-m", "deskmail.producers.cli"]
         subprocess.run([*deskmail, "broker", "declare"], env=env, check=True, capture_output=True)
         ready = subprocess.run([*deskmail, "limits", "set", "--project", "bench", "--recipients-per-mail", "50"],
                                env={**env, "DESKMAIL_CONTROL_TIMEOUT": "60"}, capture_output=True, text=True)

@@ -99,8 +99,8 @@ class Demo:
         print(self.cli("settings", "set", project, "--file", str(path)).strip())
 
     def wait_final(self, ids: list[str], timeout: float = 180) -> dict[str, str]:
-        from workers.config import Config
-        from workers.store import Store, open_pool
+        from deskmail.workers.config import Config
+        from deskmail.workers.store import Store, open_pool
         store = Store(open_pool(Config.from_env(self.env).database_url, 2))
         deadline = time.monotonic() + timeout
         try:
@@ -115,7 +115,7 @@ class Demo:
 
 def purge_queues(amqp_url: str) -> None:
     import pika
-    from workers.constants import Queue
+    from deskmail.workers.constants import Queue
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()
     for queue in Queue:
@@ -143,7 +143,7 @@ def main() -> int:
     print("== deskmail demo ==")
     demo.reset()
     demo.start("sink", str(BIN / "deskmail"), "sink", "--port", str(demo.sink_port), "--dir", str(demo.mail_dir))
-    demo.start("workers", str(BIN / "dramatiq"), "workers.app:setup", "--processes", "2", "--threads", "8")
+    demo.start("workers", str(BIN / "dramatiq"), "deskmail.workers.app:setup", "--processes", "2", "--threads", "8")
     demo.start("scheduler", str(BIN / "deskmail"), "scheduler")
     url = start_console(demo)
     try:
@@ -259,8 +259,8 @@ def admin_steps(demo: Demo, ids: list[str]) -> None:
 
 def forged_steps(demo: Demo) -> None:
     """A publisher of events tries to steer: a control action on deskmail.admit and an unsigned one."""
-    from producers.control import control_message
-    from producers.publisher import Publisher
+    from deskmail.producers.control import control_message
+    from deskmail.producers.publisher import Publisher
     print("\n== only admins steer ==")
     amqp_url = demo.env.get("DESKMAIL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
     on_admit = control_message("limits.set", demo.env["DESKMAIL_CONTROL_KEY"], project="facilities", per_day=None,

@@ -10,12 +10,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from producers.publisher import Publisher
-from workers.constants import Queue
-from workers.control import sign
-from workers.secrets import SecretBox
-from workers.settings import split_secrets
-from workers.store import Store
+from deskmail.producers.publisher import Publisher
+from deskmail.workers.constants import Queue
+from deskmail.workers.control import sign
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.settings import split_secrets
+from deskmail.workers.store import Store
 
 
 class NoAnswer(Exception):

@@ -15,11 +15,11 @@ import amqp.exceptions
 import kombu
 import kombu.exceptions
 
-import schemas
-from schemas.mail_parts import AttachmentCaps, size_problems
-from workers.config import Config
-from workers.constants import Kind, Queue
-from workers.errors import BrokerError
+from deskmail import schemas
+from deskmail.schemas.mail_parts import AttachmentCaps, size_problems
+from deskmail.workers.config import Config
+from deskmail.workers.constants import Kind, Queue
+from deskmail.workers.errors import BrokerError
 
 EVENT_SCHEMA = schemas.EVENT
 BATCH_SIZE = 100  # events per broker message when publishing many: one hop and one ack for all of them

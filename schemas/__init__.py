@@ -1,6 +1,6 @@
 """deskmail's contract: versioned JSON Schemas that publishers in any language read, and their validation."""
 
-from schemas.validation import (
+from deskmail.schemas.validation import (
     CONTROL,
     EVENT,
     SCHEMA_NAMES,

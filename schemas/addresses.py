@@ -6,8 +6,8 @@ from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
-from schemas.header_text import address_text_problems
-from schemas.problems import Problem
+from deskmail.schemas.header_text import address_text_problems
+from deskmail.schemas.problems import Problem
 
 MAX_LENGTH = 320  # longer ones are reported by the schema; email-validator would be slow on them
 

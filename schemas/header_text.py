@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.problems import Problem
+from deskmail.schemas.problems import Problem
 
 # Everything str.splitlines() breaks on: CR, LF, VT, FF, FS, GS, RS, NEL, LS, PS.
 _LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.header_text import header_text_problems
-from schemas.problems import Problem
+from deskmail.schemas.header_text import header_text_problems
+from deskmail.schemas.problems import Problem
 
 MB = 1024 * 1024
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")

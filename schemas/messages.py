@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 from jsonschema import ValidationError
 
-from schemas.problems import Problem, format_path
+from deskmail.schemas.problems import Problem, format_path
 
 _TYPE_NAMES = {
     "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from schemas.addresses import address_problem, ascii_domain_form, normalized_address
-from schemas.header_text import header_text_problems
-from schemas.problems import ROOT, Problem, format_path
+from deskmail.schemas.addresses import address_problem, ascii_domain_form, normalized_address
+from deskmail.schemas.header_text import header_text_problems
+from deskmail.schemas.problems import ROOT, Problem, format_path
 
 SENDING_FIELDS = ("to", "cc", "bcc")
 RECIPIENT_FIELDS = (*SENDING_FIELDS, "reply_to")

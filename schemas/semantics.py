@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from schemas.addresses import address_problem
-from schemas.compiled import EVENT, EVENT_V1, SETTINGS
-from schemas.header_text import header_text_problems
-from schemas.mail_parts import mail_part_problems
-from schemas.problems import Problem, format_path
-from schemas.recipients import recipient_problems
+from deskmail.schemas.addresses import address_problem
+from deskmail.schemas.compiled import EVENT, EVENT_V1, SETTINGS
+from deskmail.schemas.header_text import header_text_problems
+from deskmail.schemas.mail_parts import mail_part_problems
+from deskmail.schemas.problems import Problem, format_path
+from deskmail.schemas.recipients import recipient_problems
 
 RESERVED_HEADER_PREFIX = "x-deskmail-"
 RESERVED = "the X-Deskmail- prefix is reserved for deskmail's own headers"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from schemas.problems import Problem, format_path
+from deskmail.schemas.problems import Problem, format_path
 
 MAX_DEPTH = 32  # far above any payload of the three schemas (settings are the deepest, at 4)
 MAX_TEXT_PROBLEMS = 10  # per payload: a million bad strings need not make a million messages

@@ -6,12 +6,12 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-from schemas.compiled import CONTROL, EVENT, SCHEMA_NAMES, SETTINGS, load_schema, schema, validator
-from schemas.messages import problems_from
-from schemas.problems import InvalidPayload, Problem, sort_key
-from schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
-from schemas.semantics import semantic_problems
-from schemas.shape import FATAL, shape_problems
+from deskmail.schemas.compiled import CONTROL, EVENT, SCHEMA_NAMES, SETTINGS, load_schema, schema, validator
+from deskmail.schemas.messages import problems_from
+from deskmail.schemas.problems import InvalidPayload, Problem, sort_key
+from deskmail.schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
+from deskmail.schemas.semantics import semantic_problems
+from deskmail.schemas.shape import FATAL, shape_problems
 
 __all__ = [
     "CONTROL", "EVENT", "SCHEMA_NAMES", "SETTINGS", "InvalidPayload", "Problem", "load_schema",

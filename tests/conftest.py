@@ -50,7 +50,7 @@ def database_url() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    from workers.store import Store, open_pool
+    from deskmail.workers.store import Store, open_pool
     pool = open_pool(url, 2)
     Store(pool).migrate()
     pool.close()
@@ -75,7 +75,7 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 def config(database_url: str, amqp_url: str):
     """A Config for the test database and vhost, loopback allowed, short timers."""
-    from workers.config import Config
+    from deskmail.workers.config import Config
     return dataclasses.replace(
         Config.from_env({}), database_url=database_url, amqp_url=amqp_url, secret_keys=(TEST_KEY,),
         control_key=CONTROL_KEY,
@@ -92,7 +92,7 @@ TABLES = ("mail", "attempts", "quota_counters", "projects", "audit", "control_re
 @pytest.fixture
 def runtime(config):
     """A Runtime on an emptied database."""
-    from workers.runtime import Runtime
+    from deskmail.workers.runtime import Runtime
     rt = Runtime(config)
     with rt.store.pool.connection() as conn:
         conn.execute("TRUNCATE " + ", ".join(TABLES))
@@ -110,7 +110,7 @@ def store(runtime):
 def purge_queues(amqp_url: str) -> None:
     """Empty deskmail's queues (and their delay and dead-letter queues) in a test vhost."""
     import pika
-    from workers.constants import Queue
+    from deskmail.workers.constants import Queue
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         for queue in Queue:
@@ -128,7 +128,7 @@ def purge_queues(amqp_url: str) -> None:
 def worker(config, runtime) -> Iterator[Callable[..., object]]:
     """Start an in-process Dramatiq worker on the real broker: `worker(threads=4)`."""
     import dramatiq
-    from workers.app import setup
+    from deskmail.workers.app import setup
     started: list[tuple[dramatiq.Worker, dramatiq.Broker]] = []
 
     def start(threads: int = 4, cfg=None):
@@ -149,6 +149,6 @@ def worker(config, runtime) -> Iterator[Callable[..., object]]:
 @pytest.fixture
 def publisher(config):
     """A Publisher on the test vhost."""
-    from producers.publisher import Publisher
+    from deskmail.producers.publisher import Publisher
     with Publisher(config.amqp_url, timeout=5) as pub:
         yield pub

@@ -9,16 +9,16 @@ from typing import Any, Sequence
 
 from dramatiq.middleware import CurrentMessage
 
-import schemas
-from workers import metrics
-from schemas.mail_parts import AttachmentCaps, size_problems
-from workers import attachments
-from workers.constants import Kind, State
-from workers.errors import DataRefused
-from workers.handing import Enqueue, hand_on
-from workers.records import Admission, Requeue
-from workers.rejects import Rejects, capped
-from workers.store import Store, patiently
+from deskmail import schemas
+from deskmail.workers import metrics
+from deskmail.schemas.mail_parts import AttachmentCaps, size_problems
+from deskmail.workers import attachments
+from deskmail.workers.constants import Kind, State
+from deskmail.workers.errors import DataRefused
+from deskmail.workers.handing import Enqueue, hand_on
+from deskmail.workers.records import Admission, Requeue
+from deskmail.workers.rejects import Rejects, capped
+from deskmail.workers.store import Store, patiently
 
 log = logging.getLogger(__name__)
 

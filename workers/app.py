@@ -13,21 +13,21 @@ from typing import Callable
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from workers.admit import Admitter
-from workers.broker import ArrivalRabbitmqBroker, SafeJSONEncoder
-from workers.config import Config
-from workers.errors import ConfigurationError
-from workers.constants import MAX_PRIORITY, Kind, MailService, Queue
-from workers.control import declare_control_actor
-from workers.delivery import Deliverer
-from workers.logs import configure_logging
-from workers.middleware.logcontext import LogContext
-from workers.middleware.metrics import MetricsEndpoint
-from workers.middleware.queue_guard import QueueGuard
-from workers.middleware.redaction import DropTracebacks
-from workers.rejects import refuse_misaddressed
-from workers.runtime import Runtime
-from workers.remote_test import declare_test_actors, self_test_dispatcher
+from deskmail.workers.admit import Admitter
+from deskmail.workers.broker import ArrivalRabbitmqBroker, SafeJSONEncoder
+from deskmail.workers.config import Config
+from deskmail.workers.errors import ConfigurationError
+from deskmail.workers.constants import MAX_PRIORITY, Kind, MailService, Queue
+from deskmail.workers.control import declare_control_actor
+from deskmail.workers.delivery import Deliverer
+from deskmail.workers.logs import configure_logging
+from deskmail.workers.middleware.logcontext import LogContext
+from deskmail.workers.middleware.metrics import MetricsEndpoint
+from deskmail.workers.middleware.queue_guard import QueueGuard
+from deskmail.workers.middleware.redaction import DropTracebacks
+from deskmail.workers.rejects import refuse_misaddressed
+from deskmail.workers.runtime import Runtime
+from deskmail.workers.remote_test import declare_test_actors, self_test_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
     """Entry point for `dramatiq workers.app:setup`: configure logging, broker and actors.
 
     The control actor is declared here only while control messages share the data vhost
-    (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `workers.app:control`.
+    (no DESKMAIL_CONTROL_AMQP_URL); with a control vhost it runs under `deskmail.workers.app:control`.
     """
     config = config or environment()
     configure_logging(config.log_level, config.log_format)

@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from workers.errors import DeskmailError
+from deskmail.workers.errors import DeskmailError
 
 if TYPE_CHECKING:
-    from workers.store import Store
+    from deskmail.workers.store import Store
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 3600.0  # a blob an admission used this recently is never deleted (see 0008_attachments.sql)

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, TypeVar
 
-from schemas.mail_parts import AttachmentCaps
-from workers.errors import ConfigurationError
+from deskmail.schemas.mail_parts import AttachmentCaps
+from deskmail.workers.errors import ConfigurationError
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-import schemas
-from workers.constants import MailService, State
-from workers.errors import SecretError
-from workers.handing import Enqueue, hand_on
-from workers.rejects import claimed_fields
-from workers.secrets import SecretBox
-from workers.settings import merge_secrets, split_secrets
-from workers.store import MOVED, Store
+from deskmail import schemas
+from deskmail.workers.constants import MailService, State
+from deskmail.workers.errors import SecretError
+from deskmail.workers.handing import Enqueue, hand_on
+from deskmail.workers.rejects import claimed_fields
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.settings import merge_secrets, split_secrets
+from deskmail.workers.store import MOVED, Store
 
 log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
@@ -314,7 +314,7 @@ def declare_control_actor(broker, runtime, enqueue: Enqueue,  # noqa: ANN001 - d
                           dispatch_test: DispatchTest | None = None) -> None:
     """Declare the `deskmail.control` actor on broker."""
     import dramatiq
-    from workers.constants import Queue
+    from deskmail.workers.constants import Queue
     box = (lambda: runtime.box) if runtime.config.secret_keys else None
     controller = Controller(runtime.store, runtime.config.control_key, runtime.config.control_max_age, enqueue, box,
                             dispatch_test=dispatch_test)

@@ -18,9 +18,9 @@ import pika.exceptions
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
-from workers.admit import Admitter
-from workers.constants import Queue
-from workers.errors import StoreError
+from deskmail.workers.admit import Admitter
+from deskmail.workers.constants import Queue
+from deskmail.workers.errors import StoreError
 
 log = logging.getLogger(__name__)
 ADMIT_DEAD_LETTERS = "deskmail.admit.XQ"

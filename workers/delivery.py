@@ -14,20 +14,20 @@ import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
-import schemas
-from workers import logcontext, metrics
-from workers.attachments import MissingAttachment, attachments_of
-from workers.config import Config
-from workers.constants import MailService, Reason, State
-from workers.errors import StoreError
-from workers.handing import Enqueue, hand_on
-from workers.leases import LeaseKeeper
-from workers.message import Sender, build, message_id_for
-from workers.records import AttemptOutcome, Claim
-from workers.settings import ProjectSettings, SettingsService
-from workers.store import Store, patiently
-from workers.transports import phase
-from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
+from deskmail import schemas
+from deskmail.workers import logcontext, metrics
+from deskmail.workers.attachments import MissingAttachment, attachments_of
+from deskmail.workers.config import Config
+from deskmail.workers.constants import MailService, Reason, State
+from deskmail.workers.errors import StoreError
+from deskmail.workers.handing import Enqueue, hand_on
+from deskmail.workers.leases import LeaseKeeper
+from deskmail.workers.message import Sender, build, message_id_for
+from deskmail.workers.records import AttemptOutcome, Claim
+from deskmail.workers.settings import ProjectSettings, SettingsService
+from deskmail.workers.store import Store, patiently
+from deskmail.workers.transports import phase
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # event ids one transport message may carry

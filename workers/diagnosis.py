@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, NoReturn
 
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.steps import (  # noqa: F401 - the step names are this report's vocabulary
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.steps import (  # noqa: F401 - the step names are this report's vocabulary
     AUTHENTICATION, CAPABILITIES, CONNECT, DISCOVER, RESOLVE, SEND, SENDER, TLS, TOKEN, Advice, Note)
 
 ADVICE = {

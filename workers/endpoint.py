@@ -11,8 +11,8 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from workers import health, metrics
-from workers.config import Config
+from deskmail.workers import health, metrics
+from deskmail.workers.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def handler_for(config: Config, exposition: Exposition) -> type[BaseHTTPRequestH
 def ledger_store(config: Config):  # noqa: ANN201 - workers.store.Store
     """A small store of the endpoint's own: a scrape while PostgreSQL is down reports deskmail_ledger_up 0
     within DESKMAIL_HEALTH_TIMEOUT instead of waiting for a busy worker pool."""
-    from workers.store import Store, open_pool
+    from deskmail.workers.store import Store, open_pool
     return Store(open_pool(config.database_url, 2, name="deskmail-metrics", timeout=config.health_timeout))
 
 

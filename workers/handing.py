@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from workers.constants import TRANSPORT_BATCH, MailService
-from workers.records import Requeue
-from workers.store import Store
+from deskmail.workers.constants import TRANSPORT_BATCH, MailService
+from deskmail.workers.records import Requeue
+from deskmail.workers.store import Store
 
 Enqueue = Callable[[MailService, list[str], int], None]
 

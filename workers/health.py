@@ -20,11 +20,11 @@ import pika.exceptions
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from workers import sql
-from workers.config import Config, redact_url
-from workers.constants import MailService, Queue
-from workers.errors import StoreError
-from workers.store import Store
+from deskmail.workers import sql
+from deskmail.workers.config import Config, redact_url
+from deskmail.workers.constants import MailService, Queue
+from deskmail.workers.errors import StoreError
+from deskmail.workers.store import Store
 
 
 class Cause(enum.IntEnum):

@@ -14,9 +14,9 @@ import threading
 import uuid
 from typing import Iterator
 
-from workers.errors import StoreError
-from workers.records import Claim
-from workers.store import Store
+from deskmail.workers.errors import StoreError
+from deskmail.workers.records import Claim
+from deskmail.workers.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `DESKMAIL_LOG_FORMAT=json` gives one JSON object per line; every line about a mail carries its event id,
 project, service, attempt and the host (workers/logcontext.py). Under the `dramatiq` command the CLI has
-already configured logging into its pipe before `workers.app:setup` runs, so this replaces its handlers'
+already configured logging into its pipe before `deskmail.workers.app:setup` runs, so this replaces its handlers'
 format and the root level instead of calling basicConfig a second time (which would do nothing).
 """
 
@@ -14,7 +14,7 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from workers.logcontext import ContextFilter, items
+from deskmail.workers.logcontext import ContextFilter, items
 
 NOISY = ("pika", "exchangelib", "urllib3", "msal", "google", "requests_oauthlib", "kombu", "mail.log")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"

@@ -16,11 +16,11 @@ from email.header import Header
 from email.utils import format_datetime
 from typing import Sequence
 
-from workers import mime_parts
-from workers.mime_parts import Sender  # noqa: F401 - part of this module's API
-from workers.attachments import Attachment
+from deskmail.workers import mime_parts
+from deskmail.workers.mime_parts import Sender  # noqa: F401 - part of this module's API
+from deskmail.workers.attachments import Attachment
 
-from schemas.addresses import ascii_domain_form
+from deskmail.schemas.addresses import ascii_domain_form
 
 MESSAGE_ID_DOMAIN = "deskmail"
 _CRLF = "\r\n"

@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from workers.attachments import Attachment
+from deskmail.workers.attachments import Attachment
 
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from workers.store import Store
+from deskmail.workers.store import Store
 
 if TYPE_CHECKING:
     from dramatiq.broker import MessageProxy

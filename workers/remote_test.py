@@ -15,12 +15,12 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from workers.constants import MailService
-from workers.diagnosis import Checkup, Status, Step, Stop
-from workers.errors import SecretError
-from workers.runtime import Runtime
-from workers.selftest import self_test
-from workers.settings import merge_secrets
+from deskmail.workers.constants import MailService
+from deskmail.workers.diagnosis import Checkup, Status, Step, Stop
+from deskmail.workers.errors import SecretError
+from deskmail.workers.runtime import Runtime
+from deskmail.workers.selftest import self_test
+from deskmail.workers.settings import merge_secrets
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import os
 import socket
 import threading
 
-from workers.config import Config
-from workers.leases import LeaseKeeper
-from workers.secrets import SecretBox
-from workers.settings import SettingsService
-from workers.store import Store, open_pool
-from workers.transports.base import Transport
+from deskmail.workers.config import Config
+from deskmail.workers.leases import LeaseKeeper
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.settings import SettingsService
+from deskmail.workers.store import Store, open_pool
+from deskmail.workers.transports.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Runtime:
     @functools.cached_property
     def transports(self) -> dict[str, Transport]:
         """One transport object per mail service."""
-        from workers.transports import registry
+        from deskmail.workers.transports import registry
         return registry.build(self.config)
 
     def close(self) -> None:

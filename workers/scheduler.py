@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from workers import metrics
-from workers.config import Config
-from workers.errors import StoreUnavailable
-from workers.handing import Enqueue, hand_on, hand_on_due  # noqa: F401 - hand_on_due stays importable here
-from workers.runtime import Runtime
-from workers.store import Store
+from deskmail.workers import metrics
+from deskmail.workers.config import Config
+from deskmail.workers.errors import StoreUnavailable
+from deskmail.workers.handing import Enqueue, hand_on, hand_on_due  # noqa: F401 - hand_on_due stays importable here
+from deskmail.workers.runtime import Runtime
+from deskmail.workers.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ Extra = Callable[[], dict[str, int]]
 
 def heartbeat_step(store: Store) -> Extra:
     """The scheduler's heartbeat: one row per scheduler process, read by health checks and metrics."""
-    from workers.logcontext import HOST
+    from deskmail.workers.logcontext import HOST
     name = f"{HOST}:{os.getpid()}"
 
     def beat() -> dict[str, int]:
@@ -54,10 +54,10 @@ class Scheduler:
     @classmethod
     def for_config(cls, config: Config, runtime: Runtime) -> "Scheduler":
         """A scheduler publishing through a Dramatiq broker of its own."""
-        from workers.admit import Admitter
-        from workers.app import build_broker, enqueuer
-        from workers.attachments import clean_up_step
-        from workers.deadletters import drain_step
+        from deskmail.workers.admit import Admitter
+        from deskmail.workers.app import build_broker, enqueuer
+        from deskmail.workers.attachments import clean_up_step
+        from deskmail.workers.deadletters import drain_step
         broker = build_broker(config)
         enqueue = enqueuer(broker)
         store = runtime.store
@@ -95,7 +95,7 @@ class Scheduler:
             signal.signal(sig, lambda *_: self.stop.set())
         log.info("scheduler running every %s s", self.config.scheduler_interval)
         if self.config.metrics_port:
-            from workers.endpoint import ledger_store, serve_in_thread
+            from deskmail.workers.endpoint import ledger_store, serve_in_thread
             serve_in_thread(self.config, ledger_store(self.config))
         while not self.stop.is_set():
             self.tick()

@@ -16,9 +16,9 @@ import urllib.parse
 import functools
 from typing import Any, Callable, Iterable
 
-import schemas
-from workers.settings import ProjectSettings
-from workers.transports.base import Delivered, Envelope, TransportFailure
+from deskmail import schemas
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports.base import Delivered, Envelope, TransportFailure
 
 MASK = "********"
 MIN_LENGTH = 4  # a shorter secret is masked only inside the encodings below, not wherever its letters occur

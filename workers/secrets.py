@@ -7,7 +7,7 @@ from typing import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from workers.errors import ConfigurationError, SecretError
+from deskmail.workers.errors import ConfigurationError, SecretError
 
 
 def generate_key() -> str:

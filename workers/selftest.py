@@ -7,12 +7,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from workers.attachments import extract
-from workers.delivery import envelope_for
-from workers.diagnosis import Checkup, Stop
-from workers.runtime import Runtime
-from workers.scrub import Scrubber
-from workers.settings import ProjectSettings
+from deskmail.workers.attachments import extract
+from deskmail.workers.delivery import envelope_for
+from deskmail.workers.diagnosis import Checkup, Stop
+from deskmail.workers.runtime import Runtime
+from deskmail.workers.scrub import Scrubber
+from deskmail.workers.settings import ProjectSettings
 
 UNSAVED = -1  # settings version of a document tested before it is saved
 

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from schemas.compiled import schema as contract
+from deskmail.schemas.compiled import schema as contract
 
 SCHEMA = "project-settings.v1"
 

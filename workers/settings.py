@@ -8,11 +8,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-import schemas
-from workers.errors import UnknownProject
-from workers.secrets import SecretBox
-from workers.service_settings import ServiceSettings, typed
-from workers.store import Store
+from deskmail import schemas
+from deskmail.workers.errors import UnknownProject
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.service_settings import ServiceSettings, typed
+from deskmail.workers.store import Store
 
 SCHEMA = "project-settings.v1"
 T = TypeVar("T")

@@ -14,11 +14,11 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from workers import sql
-from workers.database import open_pool
-from workers.errors import DataRefused, StoreError, StoreUnavailable
-from workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession, ConsoleUser,
-                             Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
+from deskmail.workers import sql
+from deskmail.workers.database import open_pool
+from deskmail.workers.errors import DataRefused, StoreError, StoreUnavailable
+from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession,
+                                      ConsoleUser, Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}

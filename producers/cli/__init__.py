@@ -7,9 +7,9 @@ import sys
 
 import argcomplete
 
-from producers.cli import admin, backlog, console, controls, dev, health, mail, problems, requests
-from producers.cli.context import Context, CommandError
-from workers.errors import DeskmailError
+from deskmail.producers.cli import admin, backlog, console, controls, dev, health, mail, problems, requests
+from deskmail.producers.cli.context import Context, CommandError
+from deskmail.workers.errors import DeskmailError
 
 GROUPS = (dev, mail, admin, backlog, controls, problems, requests, console, health)
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from producers.cli import main
+from deskmail.producers.cli import main
 
 sys.exit(main())

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-import schemas
-from schemas.addresses import normalized_address
-from producers import control
-from producers.cli.context import CommandError, Context, emit, table
-from producers.cli.controls import printable, send_control
-from workers.diagnosis import Status
+from deskmail import schemas
+from deskmail.schemas.addresses import normalized_address
+from deskmail.producers import control
+from deskmail.producers.cli.context import CommandError, Context, emit, table
+from deskmail.producers.cli.controls import printable, send_control
+from deskmail.workers.diagnosis import Status
 DEFAULT_PROJECT = "default"
 
 

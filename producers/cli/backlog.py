@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from producers.cli.context import Context, emit, table
-from producers.cli.controls import add_backlog_actions, known_project, printable
-from workers.constants import Reason, State
+from deskmail.producers.cli.context import Context, emit, table
+from deskmail.producers.cli.controls import add_backlog_actions, known_project, printable
+from deskmail.workers.constants import Reason, State
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import dataclasses
 import getpass
 import sys
 
-from producers.cli.context import CommandError, Context, emit
-from producers.console.auth import ROLES, hash_password
+from deskmail.producers.cli.context import CommandError, Context, emit
+from deskmail.producers.console.auth import ROLES, hash_password
 
 MIN_PASSWORD = 12
 
@@ -46,8 +46,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_console(ctx: Context, args: argparse.Namespace) -> int:
     """Serve the console until interrupted."""
-    from producers.console.app import serve
-    from producers.console.config import ConsoleConfig, UnsafeListen
+    from deskmail.producers.console.app import serve
+    from deskmail.producers.console.config import ConsoleConfig, UnsafeListen
     console = ConsoleConfig.from_env()
     console = dataclasses.replace(console, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
     if args.json:

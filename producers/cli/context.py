@@ -9,10 +9,10 @@ import json
 import sys
 from typing import Any
 
-from producers.publisher import Publisher
-from workers.config import Config
-from workers.logs import configure_logging
-from workers.runtime import Runtime
+from deskmail.producers.publisher import Publisher
+from deskmail.workers.config import Config
+from deskmail.workers.logs import configure_logging
+from deskmail.workers.runtime import Runtime
 
 
 class CommandError(Exception):
@@ -82,7 +82,7 @@ def probe_database(url: str) -> None:
     """Fail within PROBE_TIMEOUT with the cause and the fix when the database is missing, unmigrated or away."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
-    from workers.config import redact_url
+    from deskmail.workers.config import redact_url
     params = conninfo_to_dict(url)
     where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
     try:
@@ -104,7 +104,7 @@ def probe_database(url: str) -> None:
 def probe_broker(url: str, variable: str) -> None:
     """Fail within PROBE_TIMEOUT with the cause and the fix when RabbitMQ is away or refuses the login."""
     import kombu
-    from workers.config import redact_url
+    from deskmail.workers.config import redact_url
     connection = kombu.Connection(url, connect_timeout=PROBE_TIMEOUT)
     try:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=PROBE_TIMEOUT)

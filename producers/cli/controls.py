@@ -10,9 +10,9 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from producers import control
-from producers.cli.context import CommandError, Context, emit, table
-from workers.constants import State
+from deskmail.producers import control
+from deskmail.producers.cli.context import CommandError, Context, emit, table
+from deskmail.workers.constants import State
 
 
 def add_backlog_actions(backlog: argparse._SubParsersAction) -> None:

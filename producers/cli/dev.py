@@ -14,10 +14,10 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from producers.cli.context import CommandError, Context, emit
-from producers.publisher import publish_lines
-from workers.constants import Queue
-from workers.secrets import generate_key
+from deskmail.producers.cli.context import CommandError, Context, emit
+from deskmail.producers.publisher import publish_lines
+from deskmail.workers.constants import Queue
+from deskmail.workers.secrets import generate_key
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -92,7 +92,7 @@ def migrate(ctx: Context, args: argparse.Namespace) -> int:
 
 def declare(ctx: Context, args: argparse.Namespace) -> int:
     """Declare every deskmail queue with the workers' own arguments (the control queue on its vhost)."""
-    from workers.app import build_broker
+    from deskmail.workers.app import build_broker
     for url, queues in ((ctx.config.amqp_url, [q for q in Queue if q != Queue.CONTROL]),
                         (ctx.config.control_url, [Queue.CONTROL])):
         broker = build_broker(ctx.config, url)
@@ -114,7 +114,7 @@ def keys_generate(ctx: Context, args: argparse.Namespace) -> int:
 
 def keys_rotate(ctx: Context, args: argparse.Namespace) -> int:
     """Ask the control worker to re-encrypt every project's secrets under its newest key, audited."""
-    from producers.cli.controls import printable, send_control
+    from deskmail.producers.cli.controls import printable, send_control
     answer = send_control(ctx, "keys.rotate")
     if not answer.get("ok"):
         raise CommandError(f"nothing was re-encrypted: {printable(str(answer.get('error')))}")
@@ -159,14 +159,14 @@ def _file_progress(stream, name: str) -> Iterator[Callable[[], None]]:  # noqa: 
 
 def run_sink(ctx: Context, args: argparse.Namespace) -> int:
     """Run the local SMTP sink until interrupted."""
-    from producers import sink
+    from deskmail.producers import sink
     sink.run(args.host, args.port, args.dir, args.json)
     return 0
 
 
 def run_scheduler(ctx: Context, args: argparse.Namespace) -> int:
     """Run scheduler passes until interrupted (or once)."""
-    from workers.scheduler import Scheduler
+    from deskmail.workers.scheduler import Scheduler
     scheduler = Scheduler.for_config(ctx.config, ctx.runtime)
     if args.once:
         done = scheduler.tick()

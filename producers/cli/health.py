@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from producers.cli.context import Context, emit
-from workers import health
+from deskmail.producers.cli.context import Context, emit
+from deskmail.workers import health
 
 
 def register(commands: argparse._SubParsersAction) -> None:

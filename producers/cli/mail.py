@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import uuid
 
-from producers.cli.context import CommandError, Context, emit
+from deskmail.producers.cli.context import CommandError, Context, emit
 
 SHOWN = ("state", "reason", "detail", "project", "kind", "subject", "recipients", "mail_service", "message_id",
          "attempts", "takeovers", "duplicate_risk", "refused", "next_attempt_at", "created_at", "received_at",

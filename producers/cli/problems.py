@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from producers.cli.context import Context, emit, table
-from producers.cli.controls import _selection, known_project, printable, run_control
-from workers.constants import State
+from deskmail.producers.cli.context import Context, emit, table
+from deskmail.producers.cli.controls import _selection, known_project, printable, run_control
+from deskmail.workers.constants import State
 
 ACTIONS = {
     State.FAILED: (("retry", "send the selected mails again (after fixing the cause); counted in today's total"),),

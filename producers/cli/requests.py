@@ -12,8 +12,8 @@ import getpass
 import socket
 import uuid
 
-from producers.cli.context import CommandError, Context, emit, table
-from producers.cli.controls import printable
+from deskmail.producers.cli.context import CommandError, Context, emit, table
+from deskmail.producers.cli.controls import printable
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import schemas
-from producers import control
-from producers.publisher import Publisher
-from workers.config import Config
-from workers.control import CONTROL_SCHEMA, applies
-from workers.store import Store
+from deskmail import schemas
+from deskmail.producers import control
+from deskmail.producers.publisher import Publisher
+from deskmail.workers.config import Config
+from deskmail.workers.control import CONTROL_SCHEMA, applies
+from deskmail.workers.store import Store
 
 BATCH = 1000  # ids per control message of a bulk action (the schema allows 10,000)
 

@@ -13,12 +13,12 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producers.console import views
-from producers.console.actions import Actions
-from producers.console.config import ConsoleConfig
-from producers.console.jobs import Jobs
-from producers.console.pages import HERE, render
-from workers.runtime import Runtime
+from deskmail.producers.console import views
+from deskmail.producers.console.actions import Actions
+from deskmail.producers.console.config import ConsoleConfig
+from deskmail.producers.console.jobs import Jobs
+from deskmail.producers.console.pages import HERE, render
+from deskmail.workers.runtime import Runtime
 
 # htmx runs without eval and without its inline indicator styles, so nothing inline is needed.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

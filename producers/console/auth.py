@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from workers.records import ConsoleSession
-from workers.store import Store
+from deskmail.workers.records import ConsoleSession
+from deskmail.workers.store import Store
 
 SESSION_COOKIE = "__Host-deskmail-session"  # __Host-: Secure, Path=/, no Domain, so no subdomain can set it
 LOGIN_COOKIE = "__Host-deskmail-login"      # the login form's CSRF token before there is a session

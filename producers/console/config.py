@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
-from workers.config import SETTINGS
+from deskmail.workers.config import SETTINGS
 
 
 class UnsafeListen(Exception):

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import schemas
+from deskmail import schemas
 
 SERVICES = {"smtp": "SMTP", "exchange": "Exchange", "exchange_oauth2": "OAuth2 Authentication Exchange",
             "gmail_oauth2": "SMTP OAuth2 GSuite/Gmail"}

@@ -10,9 +10,9 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from producers import control
-from producers.console.actions import BATCH, Actions
-from workers.runtime import Runtime
+from deskmail.producers import control
+from deskmail.producers.console.actions import BATCH, Actions
+from deskmail.workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STATE_OF = {"backlog.resume": "backlog", "backlog.suspend": "backlog", "suspended.resume": "suspended",

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from producers.console import auth
-from producers.console.config import ConsoleConfig
-from producers.console.pages import render
+from deskmail.producers.console import auth
+from deskmail.producers.console.config import ConsoleConfig
+from deskmail.producers.console.pages import render
 
 TIMEOUT = 10
 STATE_COOKIE = "__Host-deskmail-oidc"  # binds the login to the browser that began it (no login CSRF)

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
-from producers.console.auth import current
+from deskmail.producers.console.auth import current
 
 HERE = Path(__file__).parent
 MENU = (("Projects", "/"), ("Backlog", "/backlog"), ("Suspended Mails", "/suspended"), ("Failed", "/failed"),

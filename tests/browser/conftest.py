@@ -29,7 +29,7 @@ def _free_port() -> int:
 @pytest.fixture
 def console_config():
     """The console's settings for a test (a test module may override this fixture)."""
-    from producers.console.config import ConsoleConfig
+    from deskmail.producers.console.config import ConsoleConfig
     return ConsoleConfig()
 
 
@@ -37,8 +37,8 @@ def console_config():
 def console(runtime, console_config) -> Iterator[str]:
     """The console app on a free loopback port, with an admin and a viewer account; yields its base URL."""
     import uvicorn
-    from producers.console.app import SecurityHeaders, create_app
-    from producers.console.auth import hash_password
+    from deskmail.producers.console.app import SecurityHeaders, create_app
+    from deskmail.producers.console.auth import hash_password
     runtime.store.add_console_user(ADMIN, hash_password(PASSWORD), "admin")
     runtime.store.add_console_user(VIEWER, hash_password(PASSWORD), "viewer")
     port = _free_port()

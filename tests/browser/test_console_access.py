@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from producers.cli import main
-from producers.console.auth import MAX_FAILURES_PER_USER, token_hash
+from deskmail.producers.cli import main
+from deskmail.producers.console.auth import MAX_FAILURES_PER_USER, token_hash
 from tests.browser.conftest import ADMIN, PASSWORD, login
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producers.console.config import ConsoleConfig
+from deskmail.producers.console.config import ConsoleConfig
 from tests.peers.oidc import CLIENT_ID, CLIENT_SECRET, OidcPeer
 
 pytestmark = pytest.mark.integration

@@ -125,7 +125,7 @@ def pg() -> Iterator[PgCluster]:
         cluster.start()
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"cannot start a private PostgreSQL cluster: {exc}")
-    from workers.store import Store, open_pool
+    from deskmail.workers.store import Store, open_pool
     cluster.admin(f'CREATE DATABASE "{TEMPLATE_DB}"')
     pool = open_pool(cluster.url(TEMPLATE_DB), 2)
     Store(pool).migrate()
@@ -158,14 +158,14 @@ class Site:
     @property
     def config(self):  # noqa: ANN201 - workers.config.Config
         """The site's configuration, for in-process helpers."""
-        from workers.config import Config
+        from deskmail.workers.config import Config
         return dataclasses.replace(Config.from_env(self.env()), outbound_allow=(ipaddress.ip_network("127.0.0.0/8"),))
 
     @property
     def runtime(self):  # noqa: ANN201 - workers.runtime.Runtime
         """A Runtime in the test process (project settings, limits)."""
         if self._runtime is None:
-            from workers.runtime import Runtime
+            from deskmail.workers.runtime import Runtime
             self._runtime = Runtime(self.config)
         return self._runtime
 
@@ -173,14 +173,14 @@ class Site:
     def publisher(self):  # noqa: ANN201 - producers.publisher.Publisher
         """A Publisher on the site's vhost."""
         if self._publisher is None:
-            from producers.publisher import Publisher
+            from deskmail.producers.publisher import Publisher
             self._publisher = Publisher(self.amqp_url, timeout=float(WORKER_ENV["DESKMAIL_PUBLISH_TIMEOUT"]))
         return self._publisher
 
     def declare(self) -> None:
         """Declare deskmail's queues, as `deskmail broker declare` does."""
-        from workers.app import build_broker
-        from workers.constants import Queue
+        from deskmail.workers.app import build_broker
+        from deskmail.workers.constants import Queue
         broker = build_broker(self.config)
         try:
             for queue in Queue:

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import psycopg
 
-from workers.message import message_id_for
+from deskmail.workers.message import message_id_for
 
 FINAL = frozenset({"sent", "failed", "backlog", "suspended", "ambiguous", "rejected"})
 DOMAIN = "example.org"  # the from address of the fault tests' projects

@@ -122,12 +122,12 @@ class Supervised:
 
 def worker(env: dict[str, str], log_dir: Path, name: str = "worker", threads: int = 4) -> Supervised:
     """`python -m dramatiq workers.app:setup -p 1 -t N`, supervised."""
-    argv = [sys.executable, "-m", "dramatiq", "workers.app:setup", "-p", "1", "-t", str(threads),
+    argv = [sys.executable, "-m", "dramatiq", "deskmail.workers.app:setup", "-p", "1", "-t", str(threads),
             "--worker-shutdown-timeout", "5000"]
     return Supervised(name, argv, env, log_dir).start()
 
 
 def scheduler(env: dict[str, str], log_dir: Path, name: str = "scheduler") -> Supervised:
     """`deskmail scheduler`, supervised."""
-    argv = [sys.executable, "-m", "producers.cli", "scheduler"]
+    argv = [sys.executable, "-m", "deskmail.producers.cli", "scheduler"]
     return Supervised(name, argv, env, log_dir).start()

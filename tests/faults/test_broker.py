@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from producers.publisher import Publisher
+from deskmail.producers.publisher import Publisher
 from tests.conftest import wait_until
 from tests.faults.ledger import judge
 from tests.faults.traffic import Steady, events
 from tests.peers.smtp import SmtpPeer
-from workers.errors import BrokerError
+from deskmail.workers.errors import BrokerError
 
 N = 60
 PUBLISH_TIMEOUT = 3.0

@@ -12,13 +12,13 @@ import uuid
 import pika
 import pytest
 
-from producers.publisher import InvalidEvent
+from deskmail.producers.publisher import InvalidEvent
 from tests.faults.conftest import REPO
 from tests.faults.ledger import judge, query
 from tests.faults.traffic import events
 from tests.integration.helpers import event
 from tests.peers.smtp import SmtpPeer
-from workers.constants import Queue
+from deskmail.workers.constants import Queue
 
 DEPTH = 100_000
 SUBJECT_OF = {"NUL in text": "nul", "lone surrogate in text": "surrogate", f"JSON nested {DEPTH:,} deep": "deep"}
@@ -122,8 +122,9 @@ def test_deskmail_publish_reports_poison_lines_as_bad_lines_without_a_traceback(
              json.dumps(event(text="a\u0000b")),
              json.dumps(event()).replace('"Hello.\\n"', '"\\ud800"'),
              json.dumps(event())[:-1] + ', "record": ' + "[" * DEPTH + "]" * DEPTH + "}"]
-    done = subprocess.run([sys.executable, "-m", "producers.cli", "publish", "-"], input="\n".join(lines) + "\n",
-                          capture_output=True, text=True, cwd=REPO, env=site.env(), timeout=60)
+    done = subprocess.run([sys.executable, "-m", "deskmail.producers.cli", "publish", "-"],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=REPO, env=site.env(),
+                          timeout=60)
     reported = [n for n in (2, 3, 4) if f"line {n}:" in done.stderr]
     record.note(f"exit {done.returncode}, {len(done.stdout.split())} published, bad lines reported: {reported}"
                 + ("; traceback" if "Traceback" in done.stderr else ""))

@@ -7,7 +7,7 @@ import time
 from tests.faults.ledger import DOMAIN, judge, ledger, message_ids
 from tests.faults.traffic import Once, events
 from tests.peers.smtp import SmtpPeer
-from workers.message import message_id_for
+from deskmail.workers.message import message_id_for
 
 N = 20
 

@@ -7,7 +7,7 @@ import time
 from typing import Callable
 
 from tests.integration.helpers import event
-from workers.errors import BrokerError
+from deskmail.workers.errors import BrokerError
 
 
 def events(n: int, project: str = "alpha", label: str = "fault", **extra: object) -> list[dict]:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pika
 
-from producers.control import control_message
+from deskmail.producers.control import control_message
 from tests.conftest import TEST_KEY, wait_until
 from tests.integration.helpers import smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.app import build_broker
-from workers.constants import Queue
-from workers.control import Controller
-from workers.secrets import SecretBox, generate_key
+from deskmail.workers.app import build_broker
+from deskmail.workers.constants import Queue
+from deskmail.workers.control import Controller
+from deskmail.workers.secrets import SecretBox, generate_key
 
 CANARY = "Canary-Secret-4711"
 
@@ -33,8 +33,8 @@ class SmtpPeerAddress:
 def deskmail(config, *args: str, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
            "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_CONTROL_KEY": config.control_key, **env}
-    return subprocess.run([sys.executable, "-m", "producers.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "deskmail.producers.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
 
 
 def test_settings_set_puts_only_sealed_secrets_on_the_broker_and_the_worker_saves_them(config, runtime, store,

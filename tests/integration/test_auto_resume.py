@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from producers import control
+from deskmail.producers import control
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.app import enqueuer
-from workers.scheduler import Scheduler, auto_resume_step
+from deskmail.workers.app import enqueuer
+from deskmail.workers.scheduler import Scheduler, auto_resume_step
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from tests.integration.helpers import event
 from tests.integration.test_exchange import PASSWORD, UPN, USER, exchange_settings, failed_step, mail_in
 from tests.peers.ews import Discovery, EwsPeer, http_status
 from tests.peers.names import served_names
-from workers.selftest import self_test
+from deskmail.workers.selftest import self_test
 
 DOMAIN, HOSTED = "corp.example.org", "hosted.example.net"
 SENDER, MOVED = f"desk@{DOMAIN}", f"desk@{HOSTED}"
@@ -57,8 +57,8 @@ def test_mail_goes_to_the_ews_url_autodiscover_gives_and_the_process_keeps_it(ru
 
 def test_a_send_that_fails_before_ews_answers_asks_autodiscover_again(runtime, store, worker, publisher, peer,
                                                                       tls_ca, config):
-    from workers.app import enqueuer
-    from workers.scheduler import Scheduler
+    from deskmail.workers.app import enqueuer
+    from deskmail.workers.scheduler import Scheduler
     runtime.settings.save("alpha", discovering(peer, tls_ca.ca_path))
     broker = worker()
     scheduler = Scheduler(store, enqueuer(broker), config)

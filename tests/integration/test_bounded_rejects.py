@@ -11,8 +11,8 @@ import pika
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.admit import Admitter
-from workers.deadletters import ADMIT_DEAD_LETTERS, PARKED, drain
+from deskmail.workers.admit import Admitter
+from deskmail.workers.deadletters import ADMIT_DEAD_LETTERS, PARKED, drain
 
 
 def envelope(args: list, **changes) -> bytes:

@@ -21,16 +21,16 @@ import dramatiq
 import pika
 import pytest
 
-from producers import control
-from producers.publisher import Publisher
+from deskmail.producers import control
+from deskmail.producers.publisher import Publisher
 from tests.conftest import AMQP_HOST, wait_until
 from tests.integration.test_controls import over_limit
 from tests.peers.smtp import SmtpPeer
-from workers.admit import Admitter
-from workers.config import Config
-from workers.constants import Queue
-from workers.deadletters import drain
-from workers.errors import BrokerError, ConfigurationError
+from deskmail.workers.admit import Admitter
+from deskmail.workers.config import Config
+from deskmail.workers.constants import Queue
+from deskmail.workers.deadletters import drain
+from deskmail.workers.errors import BrokerError, ConfigurationError
 
 DEFINITIONS = Path(__file__).parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 PASSWORD = "role-test-Pa55"
@@ -91,7 +91,7 @@ def _queues(vhost: str) -> int:
 @pytest.fixture
 def workers(config, runtime, roles):
     """A data worker and a control worker running as the worker role, on their two vhosts."""
-    from workers.app import control as control_setup, setup
+    from deskmail.workers.app import control as control_setup, setup
     data_url, control_url = roles["worker"]
     cfg = dataclasses.replace(config, amqp_url=data_url, control_amqp_url=control_url)
     started = []
@@ -191,7 +191,7 @@ def test_a_delayed_message_cannot_be_moved_onto_the_control_queue_by_the_worker(
 
 
 def test_a_worker_with_the_control_actor_and_no_key_refuses_to_start(config):
-    from workers.app import control as control_setup, setup
+    from deskmail.workers.app import control as control_setup, setup
     keyless = dataclasses.replace(config, control_key="")
     for entry in (setup, control_setup):
         with pytest.raises(ConfigurationError, match="DESKMAIL_CONTROL_KEY is not set"):
@@ -201,14 +201,14 @@ def test_a_worker_with_the_control_actor_and_no_key_refuses_to_start(config):
 
 
 def test_a_data_worker_with_a_control_vhost_needs_no_control_key(config):
-    from workers.app import setup
+    from deskmail.workers.app import setup
     broker = setup(dataclasses.replace(config, control_key="", control_amqp_url=config.amqp_url + "-control"))
     assert Queue.CONTROL not in broker.get_declared_actors()
     broker.close()
 
 
 def test_the_shipped_queues_have_the_arguments_dramatiq_declares():
-    from workers.app import build_broker
+    from deskmail.workers.app import build_broker
     broker = build_broker(Config.from_env({}))
     shipped = {(q["vhost"], q["name"]): q["arguments"] for q in json.loads(DEFINITIONS.read_text())["queues"]}
     from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL

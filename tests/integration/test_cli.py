@@ -16,7 +16,7 @@ from tests.peers.smtp import SmtpPeer
 def deskmail(config, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
            "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_CONTROL_KEY": config.control_key}
-    return subprocess.run([sys.executable, "-m", "producers.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "deskmail.producers.cli", *args], input=stdin, capture_output=True,
                           text=True, env=env, timeout=60)
 
 

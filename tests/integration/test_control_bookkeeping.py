@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from producers.control import control_message
+from deskmail.producers.control import control_message
 from tests.integration.test_cli import deskmail
-from workers.control import Controller, sign
+from deskmail.workers.control import Controller, sign
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 KEY = "k3y-for-the-bookkeeping-tests"

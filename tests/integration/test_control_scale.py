@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from producers.control import control_message
+from deskmail.producers.control import control_message
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.constants import TRANSPORT_BATCH, Kind, MailService
-from workers.control import Controller, sign
+from deskmail.workers.constants import TRANSPORT_BATCH, Kind, MailService
+from deskmail.workers.control import Controller, sign
 
 KEY = "k3y-for-the-scale-tests"
 

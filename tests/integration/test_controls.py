@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from producers import control
-from workers.app import build_broker
-from workers.constants import Queue
+from deskmail.producers import control
+from deskmail.workers.app import build_broker
+from deskmail.workers.constants import Queue
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer

@@ -12,12 +12,12 @@ import pytest
 from tests.conftest import wait_until
 from tests.integration.helpers import event
 from tests.peers.ews import Answer, EwsPeer, ews_error, http_status, server_busy
-from workers.delivery import envelope_for
-from workers.selftest import self_test
-from workers.settings import ProjectSettings
-from workers.transports import ews
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.ews_http import Endpoint
+from deskmail.workers.delivery import envelope_for
+from deskmail.workers.selftest import self_test
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import ews
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.ews_http import Endpoint
 
 SENDER = "desk@example.org"
 USER, UPN = "EXAMPLE\\desk", "desk@example.org"
@@ -80,8 +80,8 @@ def test_a_wrong_password_fails_as_configuration_without_showing_it(runtime, sto
 
 def test_a_busy_server_is_retried_after_its_back_off_then_the_mail_is_sent(runtime, store, worker, publisher,
                                                                           exchange, tls_ca, config):
-    from workers.app import enqueuer
-    from workers.scheduler import Scheduler
+    from deskmail.workers.app import enqueuer
+    from deskmail.workers.scheduler import Scheduler
     exchange.script(server_busy(back_off_ms=1000), http_status(503, Retry_After="0"))
     runtime.settings.save("alpha", exchange_settings(exchange, tls_ca.ca_path))
     broker = worker()

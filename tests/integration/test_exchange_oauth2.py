@@ -17,14 +17,14 @@ from tests.integration.helpers import event
 from tests.peers.ews import EwsPeer
 from tests.peers.microsoft import MicrosoftPeer, aad_error, graph_error, new_certificate
 from tests.peers.smtp import SmtpPeer
-from workers.service_settings import typed
-from workers.delivery import envelope_for
-from workers.selftest import self_test
-from workers.settings import ProjectSettings
-from workers.transports import graph
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.https import PolicySession
-from workers.transports.microsoft_tokens import MicrosoftTokens
+from deskmail.workers.service_settings import typed
+from deskmail.workers.delivery import envelope_for
+from deskmail.workers.selftest import self_test
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import graph
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.microsoft_tokens import MicrosoftTokens
 
 SENDER = "desk@example.org"
 SECRET = "Qx8~Canary-Secret_42"
@@ -85,8 +85,8 @@ def test_a_certificate_credential_signs_the_client_assertion(runtime, store, wor
 
 def test_graph_throttling_is_retried_after_its_retry_after_then_sent(runtime, store, worker, publisher, microsoft,
                                                                      tls_ca, config):
-    from workers.app import enqueuer
-    from workers.scheduler import Scheduler
+    from deskmail.workers.app import enqueuer
+    from deskmail.workers.scheduler import Scheduler
     microsoft.graph_replies.append(graph_error(429, "ApplicationThrottled", "Application is over its "
                                                "MailboxConcurrency limit.", **{"Retry-After": "1"}))
     event_id, broker = publish(runtime, worker, publisher, exchange_settings(microsoft, tls_ca.ca_path))
@@ -125,8 +125,8 @@ def test_a_wrong_client_secret_fails_as_configuration_naming_aadsts7000215(runti
 
 
 def test_a_failing_token_endpoint_is_retried(runtime, store, worker, publisher, microsoft, tls_ca, config):
-    from workers.app import enqueuer
-    from workers.scheduler import Scheduler
+    from deskmail.workers.app import enqueuer
+    from deskmail.workers.scheduler import Scheduler
     microsoft.token_replies.append((503, {}, {"error": "temporarily_unavailable"}))
     event_id, broker = publish(runtime, worker, publisher, exchange_settings(microsoft, tls_ca.ca_path))
     mail = wait_until(lambda: (m := store.get_mail(event_id)) and m.attempts == 1 and m.state == "queued" and m)

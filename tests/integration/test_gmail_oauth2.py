@@ -56,7 +56,7 @@ def test_a_token_endpoint_echoing_the_client_secret_and_refresh_token_leaks_them
         runtime, store, worker, publisher, smtp, tls_ca, caplog):
     import logging
     import urllib.parse
-    from workers.selftest import self_test
+    from deskmail.workers.selftest import self_test
     caplog.set_level(logging.DEBUG)
     secret, refresh = "Canary/Client+Secret=42", "1//Canary-Refresh-Token_99"
     with GoogleTokenPeer(tls_ca.issue(), echo=True) as token:

@@ -23,8 +23,8 @@ from tests.conftest import PG_ADMIN, TEST_KEY, wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.net import free_port
 from tests.peers.smtp import SmtpPeer
-from workers.endpoint import serve_in_thread
-from workers.scheduler import heartbeat_step
+from deskmail.workers.endpoint import serve_in_thread
+from deskmail.workers.scheduler import heartbeat_step
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +142,8 @@ def dramatiq_group(config, runtime, tmp_path):
 
     def start(*queues: str, **extra: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"dramatiq-{len(started)}.log"
-        argv = [str(BIN / "dramatiq"), "workers.app:setup", "-p", "2", "-t", "2", *(["-Q", *queues] if queues else [])]
+        argv = [str(BIN / "dramatiq"), "deskmail.workers.app:setup", "-p", "2", "-t", "2",
+                *(["-Q", *queues] if queues else [])]
         proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(config, **extra), stdout=log.open("wb"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         started.append(proc)
@@ -178,7 +179,7 @@ def test_two_worker_processes_serve_one_endpoint_that_sums_them_and_log_json_lin
     assert len(list((tmp_path / "prom").glob("counter_*.db"))) >= 2
     assert status_of(port, "/readyz")[0] == 200
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    about = [line for line in lines if line.get("event_id") in ids and line["logger"] == "workers.delivery"]
+    about = [line for line in lines if line.get("event_id") in ids and line["logger"] == "deskmail.workers.delivery"]
     assert about, "no JSON line about a mail from the delivery worker"
     for line in about:  # the refused mail's line, logged in the middle of a batch of mails
         assert line["project"] == "alpha" and line["service"] == "smtp" and line["attempt"] == 1

@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from producers.publisher import InvalidEvent, envelope
+from deskmail.producers.publisher import InvalidEvent, envelope
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.constants import TRANSPORT_BATCH, Queue
+from deskmail.workers.constants import TRANSPORT_BATCH, Queue
 
 PASSWORD = "s3cret-Pa55"
 
@@ -152,8 +152,8 @@ def test_transient_refusal_is_retried_until_sent(runtime, store, worker, publish
         mail = wait_until(lambda: (m := store.get_mail(ev["event_id"])) and m.attempts == 1 and m.state == "queued"
                           and m)
         assert "451 4.3.0 try later" in mail.detail
-        from workers.app import enqueuer
-        from workers.scheduler import Scheduler
+        from deskmail.workers.app import enqueuer
+        from deskmail.workers.scheduler import Scheduler
         scheduler = Scheduler(store, enqueuer(broker), config)
         wait_until(lambda: scheduler.tick()["due"] == 1 or state_of(store, ev["event_id"]) == "sent")
         mail = wait_state(store, ev["event_id"], "sent")
@@ -242,9 +242,9 @@ def test_record_mails_overtake_notifications_already_waiting(runtime, store, wor
 
 def test_a_mail_on_the_queue_of_a_service_its_project_left_is_rerouted_not_sent_there(runtime, store, worker,
                                                                                       peer, tls_ca, caplog):
-    from workers.app import enqueuer
-    from workers.constants import MailService
-    caplog.set_level("INFO", logger="workers.delivery")
+    from deskmail.workers.app import enqueuer
+    from deskmail.workers.constants import MailService
+    caplog.set_level("INFO", logger="deskmail.workers.delivery")
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = event()
     assert store.admit(ev | {"to": [{"address": "user@example.com"}]}, priority=1, recipients=1).state == "queued"

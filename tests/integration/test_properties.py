@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas
-from producers.publisher import InvalidEvent
-from schemas.addresses import ascii_domain_form
+from deskmail import schemas
+from deskmail.producers.publisher import InvalidEvent
+from deskmail.schemas.addresses import ascii_domain_form
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import Received, SmtpPeer
-from workers.constants import Queue
+from deskmail.workers.constants import Queue
 
 STRICT = email.policy.strict.clone(utf8=True)
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=True,

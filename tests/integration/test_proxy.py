@@ -11,7 +11,7 @@ from tests.integration.test_exchange_oauth2 import SECRET, exchange_settings
 from tests.peers.ews import Answer, EwsPeer
 from tests.peers.microsoft import MicrosoftPeer
 from tests.peers.proxy import ProxyPeer
-from workers.selftest import self_test
+from deskmail.workers.selftest import self_test
 
 TUNNEL = ["TCP connect", "TLS"]
 

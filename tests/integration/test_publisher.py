@@ -8,13 +8,13 @@ import uuid
 import pika
 import pytest
 
-from producers.publisher import InvalidEvent, Publisher
+from deskmail.producers.publisher import InvalidEvent, Publisher
 from tests.conftest import AMQP_HOST, wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.app import build_broker
-from workers.constants import Queue
-from workers.errors import BrokerError
+from deskmail.workers.app import build_broker
+from deskmail.workers.constants import Queue
+from deskmail.workers.errors import BrokerError
 
 
 def queued_on_admit(amqp_url: str) -> int:

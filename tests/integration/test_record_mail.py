@@ -21,18 +21,18 @@ from typing import Callable, Iterator
 import dramatiq
 import pytest
 
-from producers.publisher import InvalidEvent, envelope
+from deskmail.producers.publisher import InvalidEvent, envelope
 from tests.conftest import wait_until
 from tests.integration.helpers import gmail_settings, smtp_settings
 from tests.peers.ews import EwsPeer
 from tests.peers.google_token import GoogleTokenPeer
 from tests.peers.microsoft import MicrosoftPeer, graph_error
 from tests.peers.smtp import SmtpPeer
-from workers.app import enqueuer
-from workers.attachments import clean_up
-from workers.config import Config
-from workers.scheduler import hand_on_due
-from workers.selftest import TEST_ATTACHMENT, self_test
+from deskmail.workers.app import enqueuer
+from deskmail.workers.attachments import clean_up
+from deskmail.workers.config import Config
+from deskmail.workers.scheduler import hand_on_due
+from deskmail.workers.selftest import TEST_ATTACHMENT, self_test
 
 SENDER = "desk@example.org"
 PASSWORD = "s3cret-Pa55"

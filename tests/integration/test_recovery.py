@@ -9,15 +9,15 @@ import time
 import pika
 import pytest
 
-from producers import control
+from deskmail.producers import control
 from tests.conftest import wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.admit import Admitter
-from workers.app import build_broker, enqueuer
-from workers.constants import MailService
-from workers.deadletters import ADMIT_DEAD_LETTERS, drain
-from workers.scheduler import Scheduler
+from deskmail.workers.admit import Admitter
+from deskmail.workers.app import build_broker, enqueuer
+from deskmail.workers.constants import MailService
+from deskmail.workers.deadletters import ADMIT_DEAD_LETTERS, drain
+from deskmail.workers.scheduler import Scheduler
 
 WORKER = "dead-host:1"
 
@@ -125,7 +125,7 @@ def test_a_live_worker_on_a_slow_server_keeps_its_lease_and_sends_once(config, r
 
 def test_an_outcome_written_late_by_a_worker_whose_lease_was_taken_over_stops_the_second_send(config, store,
                                                                                            runtime, peer, tls_ca):
-    from workers.records import AttemptOutcome
+    from deskmail.workers.records import AttemptOutcome
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
     [claim] = store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")

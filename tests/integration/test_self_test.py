@@ -13,18 +13,18 @@ from pathlib import Path
 import pika
 import pytest
 
-from producers.control import NoAnswer, run_test
-from producers.publisher import Publisher
+from deskmail.producers.control import NoAnswer, run_test
+from deskmail.producers.publisher import Publisher
 
 from tests.conftest import TEST_KEY, wait_until
 from tests.integration.helpers import SENDER, gmail_settings, smtp_settings
 from tests.peers.google_token import GoogleTokenPeer, service_account_key
 from tests.peers.smtp import SmtpPeer
-from workers.app import build_broker
-from workers.constants import Queue
-from workers.control import Controller
-from workers.remote_test import SelfTestRunner
-from workers.selftest import self_test
+from deskmail.workers.app import build_broker
+from deskmail.workers.constants import Queue
+from deskmail.workers.control import Controller
+from deskmail.workers.remote_test import SelfTestRunner
+from deskmail.workers.selftest import self_test
 
 PASSWORD = "s3cret-Pa55"
 STARTTLS_STEPS = ["name resolution", "TCP connect", "capabilities", "TLS", "capabilities", "authentication",
@@ -159,7 +159,7 @@ def deskmail(config, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DESKMAIL_DATABASE_URL": config.database_url, "DESKMAIL_AMQP_URL": config.amqp_url,
            "DESKMAIL_SECRET_KEYS": TEST_KEY, "DESKMAIL_OUTBOUND_ALLOW": "127.0.0.0/8",
            "DESKMAIL_CONTROL_KEY": config.control_key}
-    return subprocess.run([sys.executable, "-m", "producers.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deskmail.producers.cli", *args], capture_output=True, text=True,
                           env=env, timeout=60)
 
 

@@ -24,7 +24,7 @@ from tests.conftest import TEST_KEY, purge_queues, wait_until
 from tests.integration.helpers import event, smtp_settings
 from tests.peers import netns
 from tests.peers.smtp import SmtpPeer
-from workers.constants import Queue
+from deskmail.workers.constants import Queue
 
 REASON = netns.why_not_available()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}"),
@@ -96,7 +96,7 @@ class Site:
 
     def workers(self, host: netns.Host, processes: int = 2, threads: int = 4, **extra: str) -> subprocess.Popen:
         log = (self.tmp / f"{host.name}.log").open("ab")
-        return self.hosts.run(host, [str(BIN / "dramatiq"), "workers.app:setup", "-p", str(processes),
+        return self.hosts.run(host, [str(BIN / "dramatiq"), "deskmail.workers.app:setup", "-p", str(processes),
                                      "-t", str(threads)], self.env(True, **extra), log)
 
     def start_scheduler(self, **extra: str) -> None:

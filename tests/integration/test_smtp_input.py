@@ -13,10 +13,10 @@ from tests.integration.helpers import event, smtp_settings
 from tests.integration.test_pipeline import wait_state
 from tests.peers.raw_smtp import RawSmtpPeer
 from tests.peers.smtp import SmtpPeer
-from workers.selftest import self_test
-from workers.transports.base import Envelope, Outcome, TransportFailure
-from workers.transports.smtp import SmtpSender
-from workers.transports.smtp_session import Endpoint
+from deskmail.workers.selftest import self_test
+from deskmail.workers.transports.base import Envelope, Outcome, TransportFailure
+from deskmail.workers.transports.smtp import SmtpSender
+from deskmail.workers.transports.smtp_session import Endpoint
 
 CANARY = "Canary-7f3e9b1d-Secret"
 LOOPBACK = ("127.0.0.0/8",)

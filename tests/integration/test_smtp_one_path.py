@@ -14,11 +14,11 @@ import pytest
 
 from tests.integration.helpers import SENDER, smtp_settings
 from tests.peers.smtp import SmtpPeer
-from workers.selftest import self_test
-from workers.transports import phase
-from workers.transports.base import Envelope, Outcome, TransportFailure
-from workers.transports.smtp import SmtpSender
-from workers.transports.smtp_session import Endpoint
+from deskmail.workers.selftest import self_test
+from deskmail.workers.transports import phase
+from deskmail.workers.transports.base import Envelope, Outcome, TransportFailure
+from deskmail.workers.transports.smtp import SmtpSender
+from deskmail.workers.transports.smtp_session import Endpoint
 
 PASSWORD = "s3cret-Pa55"
 TO = "user@example.com"

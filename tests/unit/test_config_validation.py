@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.config import Config
-from workers.errors import ConfigurationError
+from deskmail.workers.config import Config
+from deskmail.workers.errors import ConfigurationError
 
 
 @pytest.mark.parametrize("name, value", [

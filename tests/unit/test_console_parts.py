@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from producers.console import fields
-from producers.console.actions import available
-from producers.console.config import ConsoleConfig, UnsafeListen, is_loopback
-from producers.console.views.login import _next
+from deskmail.producers.console import fields
+from deskmail.producers.console.actions import available
+from deskmail.producers.console.config import ConsoleConfig, UnsafeListen, is_loopback
+from deskmail.producers.console.views.login import _next
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "console.example.org"])

@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-import schemas
-from producers.cli.controls import printable
-from producers.control import control_message
-from workers.deadletters import envelope_refusal
-from workers.rejects import capped, excerpt, rejected_id
+from deskmail import schemas
+from deskmail.producers.cli.controls import printable
+from deskmail.producers.control import control_message
+from deskmail.workers.deadletters import envelope_refusal
+from deskmail.workers.rejects import capped, excerpt, rejected_id
 
 UTC = timezone.utc
 
@@ -25,7 +25,7 @@ UTC = timezone.utc
     ("2026-11-24T10:00:00.123456789Z", datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)),
 ])
 def test_every_form_of_requested_at_the_schema_accepts_is_read_as_utc(text, expected):
-    from workers.control import parse_requested_at
+    from deskmail.workers.control import parse_requested_at
     message = control_message("project.pause", "", project="alpha")
     message["requested_at"] = text
     assert schemas.validate("control-message.v1", message) == []
@@ -35,7 +35,7 @@ def test_every_form_of_requested_at_the_schema_accepts_is_read_as_utc(text, expe
 @pytest.mark.parametrize("text", ["9999-12-31T23:59:60Z", "0001-01-01T00:00:00+01:00", "2026-02-30T10:00:00Z",
                                   "2026-11-24T10:00:00+24:00", "yesterday", None, 17])
 def test_a_requested_at_that_is_no_instant_gives_none_and_never_raises(text):
-    from workers.control import parse_requested_at
+    from deskmail.workers.control import parse_requested_at
     assert parse_requested_at(text) is None
 
 

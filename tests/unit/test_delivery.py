@@ -7,14 +7,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-from workers.config import Config
-from workers.constants import MailService, Reason, State
-from workers.delivery import Deliverer
-from workers.errors import ConfigurationError, StoreUnavailable
-from workers.records import AttemptOutcome, Claim
-from workers.settings import ProjectSettings
-from workers.transports import phase
-from workers.transports.base import Delivered, Outcome, Transport, TransportFailure
+from deskmail.workers.config import Config
+from deskmail.workers.constants import MailService, Reason, State
+from deskmail.workers.delivery import Deliverer
+from deskmail.workers.errors import ConfigurationError, StoreUnavailable
+from deskmail.workers.records import AttemptOutcome, Claim
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import phase
+from deskmail.workers.transports.base import Delivered, Outcome, Transport, TransportFailure
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 

@@ -20,9 +20,9 @@ import kubernetes_validate.utils as kv
 import pytest
 import yaml
 
-from workers import metrics
-from workers.config import SETTINGS
-from workers.constants import MailService, Queue
+from deskmail.workers import metrics
+from deskmail.workers.config import SETTINGS
+from deskmail.workers.constants import MailService, Queue
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -183,7 +183,7 @@ def test_the_image_runs_as_a_user_and_stops_workers_gently():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^USER 10001$", text, re.MULTILINE)
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
-    assert cmd[:2] == ["dramatiq", "workers.app:setup"] and shutdown_timeout(cmd) > FINAL_REPLY
+    assert cmd[:2] == ["dramatiq", "deskmail.workers.app:setup"] and shutdown_timeout(cmd) > FINAL_REPLY
 
 
 def exposed_names() -> set[str]:

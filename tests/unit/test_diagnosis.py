@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.diagnosis import SEND, Checkup, Status, Stop
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.smtp_session import login_advice as _login_advice
+from deskmail.workers.diagnosis import SEND, Checkup, Status, Stop
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.smtp_session import login_advice as _login_advice
 
 
 def test_a_failure_in_a_step_records_it_with_advice_and_stops():

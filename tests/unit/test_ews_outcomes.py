@@ -11,11 +11,11 @@ import requests
 import urllib3.exceptions
 from exchangelib import errors
 
-from workers.diagnosis import AUTHENTICATION, SEND, SENDER
-from workers.transports import ews
-from workers.transports.base import Envelope, Outcome, TransportFailure
-from workers.transports.ews_http import Endpoint, HttpAnswer, policy
-from workers.transports.https import AnswerLost, Refused
+from deskmail.workers.diagnosis import AUTHENTICATION, SEND, SENDER
+from deskmail.workers.transports import ews
+from deskmail.workers.transports.base import Envelope, Outcome, TransportFailure
+from deskmail.workers.transports.ews_http import Endpoint, HttpAnswer, policy
+from deskmail.workers.transports.https import AnswerLost, Refused
 
 ON_PREMISES = Endpoint("https://mail.example.com/EWS/Exchange.asmx")
 ONLINE = Endpoint("https://outlook.office365.com/EWS/Exchange.asmx")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.transports.base import Outcome
-from workers.transports.ews_replies import RULES, rule_for
-from workers.transports.replies import Scope
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.ews_replies import RULES, rule_for
+from deskmail.workers.transports.replies import Scope
 
 ANSWERS = [  # (ResponseCode, text, outcome, scope, step)
     ("ErrorQuotaExceeded", "", Outcome.QUOTA, Scope.ACCOUNT, ""),

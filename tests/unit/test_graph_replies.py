@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.transports.base import Outcome
-from workers.transports.graph_replies import RULES, rule_for
-from workers.transports.replies import Scope
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.graph_replies import RULES, rule_for
+from deskmail.workers.transports.replies import Scope
 
 ANSWERS = [  # (status, error code, message, outcome, scope, step)
     (403, "ErrorExceededMessageLimit", "Quota exceeded", Outcome.QUOTA, Scope.ACCOUNT, ""),

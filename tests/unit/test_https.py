@@ -8,9 +8,9 @@ import pytest
 import requests
 import urllib3.exceptions
 
-from workers.transports import graph
-from workers.transports.base import Envelope, Outcome, TransportFailure
-from workers.transports.https import AnswerLost, PolicySession
+from deskmail.workers.transports import graph
+from deskmail.workers.transports.base import Envelope, Outcome, TransportFailure
+from deskmail.workers.transports.https import AnswerLost, PolicySession
 
 MAILBOX = graph.Mailbox("https://graph.example.com", "desk@example.org")
 ENVELOPE = Envelope(uuid.uuid4(), "desk@example.org", ("to@example.com",),

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import schemas
-from producers.publisher import InvalidEvent, Publisher, publish_lines
-from schemas.header_text import ENCODED_WORD, LINE_BREAK
-from schemas.shape import MAX_DEPTH, TOO_DEEP
+from deskmail import schemas
+from deskmail.producers.publisher import InvalidEvent, Publisher, publish_lines
+from deskmail.schemas.header_text import ENCODED_WORD, LINE_BREAK
+from deskmail.schemas.shape import MAX_DEPTH, TOO_DEEP
 from tests.unit.test_schemas import CONTROL, EVENT, SETTINGS, at, control, event, found, settings
 
 NUL = "the text contains U+0000 (NUL, which PostgreSQL and mail cannot carry)"
@@ -90,7 +90,7 @@ def test_deep_tuples_and_keys_that_are_not_strings_are_refused_too() -> None:
 
 
 def test_at_most_ten_uncarriable_strings_are_reported() -> None:
-    from schemas.shape import shape_problems
+    from deskmail.schemas.shape import shape_problems
     assert len(shape_problems(event(headers={f"X-{i}": "\x00" for i in range(1000)}))) == 10
 
 

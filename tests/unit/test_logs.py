@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from workers import logcontext
-from workers.logs import configure_logging
+from deskmail.workers import logcontext
+from deskmail.workers.logs import configure_logging
 
 
 @pytest.fixture
@@ -30,11 +30,12 @@ def test_json_lines_carry_event_project_service_attempt_and_host(stream):
     configure_logging("INFO", "json")
     token = logcontext.start(event_id="e-1", project="alpha")
     logcontext.bind(service="smtp", attempt=2)
-    logging.getLogger("workers.delivery").info("mail %s sent", "e-1")
+    logging.getLogger("deskmail.workers.delivery").info("mail %s sent", "e-1")
     logcontext.end(token)
-    logging.getLogger("workers.delivery").info("between mails")
+    logging.getLogger("deskmail.workers.delivery").info("between mails")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert first["message"] == "mail e-1 sent" and first["level"] == "INFO" and first["logger"] == "workers.delivery"
+    assert first["message"] == "mail e-1 sent" and first["level"] == "INFO"
+    assert first["logger"] == "deskmail.workers.delivery"
     assert (first["event_id"], first["project"], first["service"], first["attempt"]) == ("e-1", "alpha", "smtp", 2)
     assert first["host"] == logcontext.HOST and first["host"]
     assert second["event_id"] is None and second["project"] is None
@@ -43,11 +44,11 @@ def test_json_lines_carry_event_project_service_attempt_and_host(stream):
 def test_the_level_replaces_the_one_dramatiq_set_and_text_lines_end_with_the_context(stream):
     configure_logging("WARNING", "text")
     token = logcontext.start(event_id="e-2")
-    logging.getLogger("workers.delivery").info("hidden")
-    logging.getLogger("workers.delivery").warning("shown")
+    logging.getLogger("deskmail.workers.delivery").info("hidden")
+    logging.getLogger("deskmail.workers.delivery").warning("shown")
     logcontext.end(token)
     [line] = stream.getvalue().splitlines()
-    assert line.endswith("workers.delivery: shown [event_id=e-2]")
+    assert line.endswith("deskmail.workers.delivery: shown [event_id=e-2]")
 
 
 def test_a_message_holding_a_newline_stays_one_json_line(stream):

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-import schemas
-from workers.message import Sender, build, message_id_for
+from deskmail import schemas
+from deskmail.workers.message import Sender, build, message_id_for
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
@@ -150,7 +150,7 @@ def test_domains_go_into_headers_as_punycode_and_local_parts_as_given():
 
 
 def test_graph_and_ews_see_a_unicode_domain_recipient_in_to_as_named_not_as_a_blind_copy():
-    from workers.transports.base import Envelope
+    from deskmail.workers.transports.base import Envelope
     ev = event(text="x", to=[{"address": "a@bücher.ch"}], bcc=[{"address": "hidden@bücher.ch"}])
     data = build(ev, Sender("d@example.org"), "<x@e.org>", NOW)
     envelope = Envelope(uuid.uuid4(), "d@example.org", ("a@bücher.ch", "hidden@bücher.ch"), data, "<x@e.org>")

@@ -12,14 +12,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-import schemas
-from producers.publisher import batches, prepare
-from schemas.mail_parts import AttachmentCaps, decoded_size, size_problems
-from workers.attachments import Attachment, MissingAttachment, attachments_of, extract
-from workers.message import Sender, build
-from workers.mime_parts import thread_root, threading
-from workers.transports.base import Envelope, TransportFailure
-from workers.transports.gmail_oauth2 import MAX_ATTACHMENT_BYTES, check_gmail_cap
+from deskmail import schemas
+from deskmail.producers.publisher import batches, prepare
+from deskmail.schemas.mail_parts import AttachmentCaps, decoded_size, size_problems
+from deskmail.workers.attachments import Attachment, MissingAttachment, attachments_of, extract
+from deskmail.workers.message import Sender, build
+from deskmail.workers.mime_parts import thread_root, threading
+from deskmail.workers.transports.base import Envelope, TransportFailure
+from deskmail.workers.transports.gmail_oauth2 import MAX_ATTACHMENT_BYTES, check_gmail_cap
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 SENDER = Sender("desk@example.org", "Service Desk")

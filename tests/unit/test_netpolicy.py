@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from workers.transports import netpolicy
-from workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports import netpolicy
+from deskmail.workers.transports.base import Outcome, TransportFailure
 
 REFUSED = [
     "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "255.255.255.255",

@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 from aiosmtpd.smtp import Envelope
 
-from producers.sink import MailSink
+from deskmail.producers.sink import MailSink
 from tests.peers.smtp import SmtpPeer
 from tests.peers.tlsca import TestCA
 

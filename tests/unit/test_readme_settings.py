@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.config import SETTINGS
+from deskmail.workers.config import SETTINGS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.compiled import EVENT, SETTINGS, _FORMATS, _Validator, inlined, schema, validator
+from deskmail.schemas.compiled import EVENT, SETTINGS, _FORMATS, _Validator, inlined, schema, validator
 
 
 def errors(checker, payload) -> list[tuple[str, str]]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-import schemas
-from schemas import InvalidPayload, Problem
+from deskmail import schemas
+from deskmail.schemas import InvalidPayload, Problem
 
 EVENT = "notification-event.v1"
 CONTROL = "control-message.v1"

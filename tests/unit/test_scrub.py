@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from workers.scrub import MASK, Scrubber, scrubbed
-from workers.settings import ProjectSettings
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
+from deskmail.workers.scrub import MASK, Scrubber, scrubbed
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, TransportFailure
 
 SECRET = "Tr0ub4dor&3-Canary"
 

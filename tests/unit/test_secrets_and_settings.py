@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
-from workers.errors import ConfigurationError, SecretError
-from workers.secrets import SecretBox
-from workers.settings import merge_secrets, redact, split_secrets
+from deskmail.workers.errors import ConfigurationError, SecretError
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.settings import merge_secrets, redact, split_secrets
 
 DOC = {"mail_service": "smtp", "from_address": "d@example.org",
        "smtp": {"host": "mail.example.org", "port": 587, "username": "u", "password": "pw-123"}}

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from schemas.compiled import schema
-from workers.service_settings import CLASSES, SmtpSettings, typed
-from workers.settings import ProjectSettings
+from deskmail.schemas.compiled import schema
+from deskmail.workers.service_settings import CLASSES, SmtpSettings, typed
+from deskmail.workers.settings import ProjectSettings
 
 
 def test_a_missing_field_takes_the_schema_default():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.transports.base import Outcome
-from workers.transports.replies import Scope
-from workers.transports.smtp_replies import RULES, classify, enhanced_status, rule_for
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.replies import Scope
+from deskmail.workers.transports.smtp_replies import RULES, classify, enhanced_status, rule_for
 
 ANSWERS = [  # (code, text, outcome, scope), the answers providers document (notes/providers.md)
     (432, "432 4.3.2 Concurrent connections limit exceeded.", Outcome.TRANSIENT, Scope.SESSION),

@@ -7,7 +7,7 @@ import contextvars
 import dramatiq
 from dramatiq.broker import MessageProxy
 
-from workers import logcontext
+from deskmail.workers import logcontext
 
 
 def _about(message: MessageProxy) -> dict[str, object]:

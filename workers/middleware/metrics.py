@@ -14,8 +14,8 @@ from pathlib import Path
 
 import dramatiq
 
-from workers import metrics
-from workers.config import Config
+from deskmail.workers import metrics
+from deskmail.workers.config import Config
 
 GROUP_PREFIX = "deskmail-metrics-"
 
@@ -47,7 +47,7 @@ def _remove_dead_groups() -> None:
 
 def serve_group() -> int:
     """Serve the group's endpoint until the group stops (runs in a process of its own)."""
-    from workers.endpoint import ledger_store, server
+    from deskmail.workers.endpoint import ledger_store, server
     config = Config.from_env()
     if not config.metrics_dir:
         _remove_dead_groups()

@@ -23,11 +23,11 @@ from exchangelib import Configuration
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, UnauthorizedError
 
-from workers.transports.steps import DISCOVER
-from workers.transports import https, tls
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.ews_auth import Password
-from workers.transports.ews_http import HttpAnswer, PinnedSessions, policy
+from deskmail.workers.transports.steps import DISCOVER
+from deskmail.workers.transports import https, tls
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.ews_auth import Password
+from deskmail.workers.transports.ews_http import HttpAnswer, PinnedSessions, policy
 
 PATH = "/autodiscover/autodiscover.svc"
 MAX_HOPS = 10

@@ -12,11 +12,11 @@ from email.policy import compat32
 from contextlib import AbstractContextManager
 from typing import Any, Callable, NoReturn, Protocol
 
-from schemas.addresses import ascii_domain_form
-from workers.attachments import Attachment
-from workers.constants import MailService
-from workers.errors import DeskmailError
-from workers.settings import ProjectSettings
+from deskmail.schemas.addresses import ascii_domain_form
+from deskmail.workers.attachments import Attachment
+from deskmail.workers.constants import MailService
+from deskmail.workers.errors import DeskmailError
+from deskmail.workers.settings import ProjectSettings
 
 
 

@@ -24,13 +24,13 @@ from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, R
     UnauthorizedError
 from exchangelib.protocol import Protocol
 
-from workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER
-from workers.transports import ews_replies, phase, tls
-from workers.transports.base import Delivered, Envelope, Outcome, Recorder, TransportFailure
-from workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
-from workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
-from workers.transports.https import ANSWER_LOST, Refused, causes
-from workers.transports.replies import Scope
+from deskmail.workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER
+from deskmail.workers.transports import ews_replies, phase, tls
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Recorder, TransportFailure
+from deskmail.workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
+from deskmail.workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
+from deskmail.workers.transports.https import ANSWER_LOST, Refused, causes
+from deskmail.workers.transports.replies import Scope
 
 VERSION = Build(15, 20)  # Exchange 2016 and later: with the version preset, exchangelib sends no ConvertId probe
 MAX_CONNECTIONS = 4      # per account and process; Exchange throttles concurrent EWS connections per user

@@ -11,7 +11,7 @@ import requests
 from exchangelib import BASIC, DELEGATE, IMPERSONATION, NTLM, OAUTH2, Credentials
 from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
 
-from workers.transports.ews_http import Endpoint
+from deskmail.workers.transports.ews_http import Endpoint
 
 EXCHANGE_ONLINE = ("outlook.office365.com", "outlook.office.com")
 

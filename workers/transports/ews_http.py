@@ -18,7 +18,7 @@ from exchangelib.errors import SessionPoolMinSizeReached, TransportError, Unauth
 from exchangelib.protocol import CachingProtocol, Protocol
 from exchangelib.util import is_xml
 
-from workers.transports import https, tls
+from deskmail.workers.transports import https, tls
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ first match wins. Sender refusals fail the sender step; codes that say "busy" or
 
 from __future__ import annotations
 
-from workers.transports.base import Outcome
-from workers.transports.replies import Rule, Scope, first
-from workers.transports.steps import SENDER
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.replies import Rule, Scope, first
+from deskmail.workers.transports.steps import SENDER
 
 EXCHANGE = "Exchange"
 _SENDERS = "|".join((

@@ -11,14 +11,14 @@ import threading
 import time
 from typing import Iterable
 
-from workers import diagnosis
-from workers.constants import MailService
-from workers.scrub import scrubbed
-from workers.service_settings import ExchangeSettings
-from workers.settings import ProjectSettings
-from workers.transports import autodiscover, ews, probes
-from workers.transports.base import Delivered, Envelope, Outcome, Recorder, Transport, TransportFailure
-from workers.transports.ews_http import Endpoint
+from deskmail.workers import diagnosis
+from deskmail.workers.constants import MailService
+from deskmail.workers.scrub import scrubbed
+from deskmail.workers.service_settings import ExchangeSettings
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import autodiscover, ews, probes
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Recorder, Transport, TransportFailure
+from deskmail.workers.transports.ews_http import Endpoint
 
 DISCOVERY_TTL = 3600.0  # seconds; Outlook asks Autodiscover again about as often
 NO_EWS_URL = "set ews_url to the server's EWS endpoint, or autodiscover: true"

@@ -7,20 +7,20 @@ from typing import Iterable
 
 import msal
 
-from workers.constants import MailService
-from workers.scrub import scrubbed
-from workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN
-from workers.service_settings import ExchangeOAuth2Settings
-from workers.settings import ProjectSettings
-from workers.transports import ews, graph, probes, smtp_session
-from workers.transports.base import Delivered, Envelope, Recorder, Transport, TransportFailure
-from workers.transports.ews_http import Endpoint as EwsEndpoint
-from workers.transports.graph import GraphClient, Mailbox
-from workers.transports.https import PolicySession
-from workers.transports.microsoft_tokens import AppRegistration, MicrosoftTokens, acquire, build_app, close_app, \
-    scope_for
-from workers.transports.smtp import SmtpSender, submission_endpoint
-from workers.transports.tokens import Bound
+from deskmail.workers.constants import MailService
+from deskmail.workers.scrub import scrubbed
+from deskmail.workers.diagnosis import AUTHENTICATION, SEND, SENDER, TOKEN
+from deskmail.workers.service_settings import ExchangeOAuth2Settings
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import ews, graph, probes, smtp_session
+from deskmail.workers.transports.base import Delivered, Envelope, Recorder, Transport, TransportFailure
+from deskmail.workers.transports.ews_http import Endpoint as EwsEndpoint
+from deskmail.workers.transports.graph import GraphClient, Mailbox
+from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.microsoft_tokens import (AppRegistration, MicrosoftTokens, acquire, build_app,
+                                                        close_app, scope_for)
+from deskmail.workers.transports.smtp import SmtpSender, submission_endpoint
+from deskmail.workers.transports.tokens import Bound
 
 
 def scope_of(microsoft: ExchangeOAuth2Settings) -> str:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from workers.constants import MailService
-from workers.scrub import scrubbed
-from workers.service_settings import GmailSettings
-from workers.settings import ProjectSettings
-from workers.transports import smtp_session
-from workers.transports.steps import TOKEN, Recorder
-from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
-from workers.transports.google_tokens import GoogleTokens, token_advice
-from workers.transports.smtp import SmtpSender, submission_endpoint
+from deskmail.workers.constants import MailService
+from deskmail.workers.scrub import scrubbed
+from deskmail.workers.service_settings import GmailSettings
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import smtp_session
+from deskmail.workers.transports.steps import TOKEN, Recorder
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
+from deskmail.workers.transports.google_tokens import GoogleTokens, token_advice
+from deskmail.workers.transports.smtp import SmtpSender, submission_endpoint
 
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # Gmail's cap on one mail's attachments together (its SIZE is larger)

@@ -11,11 +11,11 @@ import google.auth.transport.requests
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from workers import metrics
-from workers.service_settings import GmailSettings
-from workers.transports.base import Outcome, TransportFailure
-from workers.transports.https import PolicySession
-from workers.transports.tokens import Bound
+from deskmail.workers import metrics
+from deskmail.workers.service_settings import GmailSettings
+from deskmail.workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.tokens import Bound
 
 SCOPES = ["https://mail.google.com/"]
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"

@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
-from schemas.addresses import ascii_domain_form
-from workers.attachments import Attachment
-from workers.transports import graph_replies, https, phase, tls
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
-from workers.transports.https import PolicySession, root_cause
+from deskmail.schemas.addresses import ascii_domain_form
+from deskmail.workers.attachments import Attachment
+from deskmail.workers.transports import graph_replies, https, phase, tls
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
+from deskmail.workers.transports.https import PolicySession, root_cause
 
 GRAPH_URL = "https://graph.microsoft.com"
 MIME_LIMIT = 4_000_000  # bytes of a sendMail request body; Graph refuses requests over about 4 MB

@@ -6,9 +6,9 @@ Advice may name {sender} (the mailbox) and {send_as} (what to add when the from 
 
 from __future__ import annotations
 
-from workers.transports.base import Outcome
-from workers.transports.replies import Rule, Scope, first
-from workers.transports.steps import AUTHENTICATION, SENDER
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.replies import Rule, Scope, first
+from deskmail.workers.transports.steps import AUTHENTICATION, SENDER
 
 GRAPH = "Microsoft Graph"
 _MAIL_SEND = "grant the app registration the Mail.Send application permission (Microsoft Graph) with admin " \

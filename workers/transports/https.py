@@ -24,8 +24,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
-from workers.transports import netpolicy, tls
-from workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports import netpolicy, tls
+from deskmail.workers.transports.base import Outcome, TransportFailure
 
 MAX_RETRY_AFTER = 86400.0
 

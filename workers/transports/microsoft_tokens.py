@@ -16,13 +16,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from workers import metrics
-from workers.scrub import Scrubber
-from workers.service_settings import ExchangeOAuth2Settings
-from workers.transports import https, tls
-from workers.transports.base import Outcome, TransportFailure, advised
-from workers.transports.https import PolicySession, root_cause
-from workers.transports.tokens import Bound
+from deskmail.workers import metrics
+from deskmail.workers.scrub import Scrubber
+from deskmail.workers.service_settings import ExchangeOAuth2Settings
+from deskmail.workers.transports import https, tls
+from deskmail.workers.transports.base import Outcome, TransportFailure, advised
+from deskmail.workers.transports.https import PolicySession, root_cause
+from deskmail.workers.transports.tokens import Bound
 
 AUTHORITY_URL = "https://login.microsoftonline.com"
 Key = tuple[str, int]  # (project, settings version): new settings get a new app, the old one is closed

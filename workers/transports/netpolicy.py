@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from typing import Iterable
 
-from workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.base import Outcome, TransportFailure
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

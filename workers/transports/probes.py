@@ -11,9 +11,9 @@ from typing import Iterable
 
 import requests.utils
 
-from workers.transports import https, netpolicy, tls
-from workers.transports.base import Outcome, TransportFailure, advised
-from workers.transports.steps import CONNECT, RESOLVE, TLS, Recorder
+from deskmail.workers.transports import https, netpolicy, tls
+from deskmail.workers.transports.base import Outcome, TransportFailure, advised
+from deskmail.workers.transports.steps import CONNECT, RESOLVE, TLS, Recorder
 
 
 def connect(steps: Recorder, host: str, port: int, *, allow: Iterable = (), timeout: float = 30.0) -> socket.socket:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from workers.transports.base import Outcome
+from deskmail.workers.transports.base import Outcome
 
 
 class Scope(enum.StrEnum):

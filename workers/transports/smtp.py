@@ -5,14 +5,14 @@ from __future__ import annotations
 import smtplib
 from typing import Iterable
 
-from workers.constants import MailService
-from workers.scrub import scrubbed
-from workers.service_settings import ExchangeOAuth2Settings, GmailSettings, SmtpSettings
-from workers.settings import ProjectSettings
-from workers.transports import smtp_session
-from workers.transports.steps import Recorder
-from workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
-from workers.transports.sessions import SessionCache
+from deskmail.workers.constants import MailService
+from deskmail.workers.scrub import scrubbed
+from deskmail.workers.service_settings import ExchangeOAuth2Settings, GmailSettings, SmtpSettings
+from deskmail.workers.settings import ProjectSettings
+from deskmail.workers.transports import smtp_session
+from deskmail.workers.transports.steps import Recorder
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
+from deskmail.workers.transports.sessions import SessionCache
 
 
 def endpoint_of(smtp: SmtpSettings, final_reply_timeout: float) -> smtp_session.Endpoint:

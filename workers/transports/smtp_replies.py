@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from workers.transports.base import Outcome
-from workers.transports.replies import Rule, Scope, first
+from deskmail.workers.transports.base import Outcome
+from deskmail.workers.transports.replies import Rule, Scope, first
 
 MICROSOFT, GOOGLE = "Exchange Online", "Gmail"
 _NO_BASIC = "the provider no longer accepts passwords (Basic authentication) here: use the exchange_oauth2 " \

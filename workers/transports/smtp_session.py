@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NoReturn, Protocol
 
-from schemas.addresses import ascii_domain_form
-from workers.transports import phase, probes
-from workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
-from workers.transports.smtp_replies import classify, rule_for
-from workers.transports.tokens import TokenSource
-from workers.transports.steps import AUTHENTICATION, CAPABILITIES, QUIET, SEND, SENDER, TLS, Recorder
+from deskmail.schemas.addresses import ascii_domain_form
+from deskmail.workers.transports import phase, probes
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
+from deskmail.workers.transports.smtp_replies import classify, rule_for
+from deskmail.workers.transports.tokens import TokenSource
+from deskmail.workers.transports.steps import AUTHENTICATION, CAPABILITIES, QUIET, SEND, SENDER, TLS, Recorder
 
 GREETING_TIMEOUT = 10.0  # a server that says nothing this long is not speaking SMTP in clear on this port
 IMPLICIT_TLS_PORT, SUBMISSION_PORT = 465, 587

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, NoReturn
 
-from workers.transports.base import Recorder, TransportFailure  # noqa: F401 - the recorder's interface
+from deskmail.workers.transports.base import Recorder, TransportFailure  # noqa: F401 - the recorder's interface
 
 DISCOVER = "autodiscover"
 RESOLVE, CONNECT, TLS, CAPABILITIES = "name resolution", "TCP connect", "TLS", "capabilities"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from workers.transports.base import Outcome, TransportFailure
+from deskmail.workers.transports.base import Outcome, TransportFailure
 
 
 def context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:

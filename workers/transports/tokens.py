@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from workers.transports.base import TransportFailure
-from workers.transports.steps import TOKEN, attributed
+from deskmail.workers.transports.base import TransportFailure
+from deskmail.workers.transports.steps import TOKEN, attributed
 
 
 class TokenSource(Protocol):

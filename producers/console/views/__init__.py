@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from producers.console.views import audit, global_settings, jobs, login, mail, mails, projects, smtp
+from deskmail.producers.console.views import audit, global_settings, jobs, login, mail, mails, projects, smtp
 
 
 def routes() -> list[Route]:

@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from producers.console.auth import form_action, viewer
-from producers.console.pages import render
-from workers.records import ConsoleSession
+from deskmail.producers.console.auth import form_action, viewer
+from deskmail.producers.console.pages import render
+from deskmail.workers.records import ConsoleSession
 
 NAMES = {"per_day": "MAIL_LIMIT_PER_DAY_SMTP", "recipients_per_mail": "RECIPIENTS_LIMIT_PER_MAIL_SMTP"}
 

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from producers.console.auth import viewer
-from producers.console.pages import render
+from deskmail.producers.console.auth import viewer
+from deskmail.producers.console.pages import render
 
 
 @viewer

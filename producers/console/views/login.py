@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from producers.console import auth, oidc
-from producers.console.pages import render
-from workers.records import ConsoleSession
+from deskmail.producers.console import auth, oidc
+from deskmail.producers.console.pages import render
+from deskmail.workers.records import ConsoleSession
 
 
 def _next(raw: str | None) -> str:

@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from producers.console.actions import available
-from producers.console.auth import form_action, viewer
-from producers.console.jobs import STATE_OF
-from producers.console.pages import render
-from workers.records import ConsoleSession
+from deskmail.producers.console.actions import available
+from deskmail.producers.console.auth import form_action, viewer
+from deskmail.producers.console.jobs import STATE_OF
+from deskmail.producers.console.pages import render
+from deskmail.workers.records import ConsoleSession
 
 PAGE = 50
 FILTERS = ("project", "reason", "kind", "text")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-import schemas
-from schemas.addresses import normalized_address
+from deskmail import schemas
+from deskmail.schemas.addresses import normalized_address
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from producers import control
-from producers.console import fields
-from producers.console.auth import form_action, viewer
-from producers.console.pages import render
-from workers.errors import DeskmailError
-from workers.records import ConsoleSession
+from deskmail.producers import control
+from deskmail.producers.console import fields
+from deskmail.producers.console.auth import form_action, viewer
+from deskmail.producers.console.pages import render
+from deskmail.workers.errors import DeskmailError
+from deskmail.workers.records import ConsoleSession
 
 
 def _context(request: Request, key: str, service: str | None = None) -> dict[str, Any]:
