@@ -17,6 +17,7 @@ It never says "valid" where jsonschema or schemas.shape would find a problem:
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from jsonschema import FormatChecker
 from deskmail.schemas.compiled import ecma_regex, validator
 from deskmail.schemas.shape import MAX_DEPTH, carriable
 
+log = logging.getLogger(__name__)
 Check = Callable[[Any], bool]
 
 _TYPES: dict[str, type] = {"string": str, "object": dict, "array": list, "boolean": bool}
@@ -41,7 +43,19 @@ class NotProvable(ValueError):
 
 @lru_cache(maxsize=None)
 def quick_check(name: str) -> Check:
-    """The compiled quick check of schema `name`: True proves a payload valid, False says nothing."""
+    """The quick check of schema `name`: True proves a payload valid, False says nothing.
+
+    A schema it cannot compile gets a check that never tells, so every payload goes to the full validation.
+    """
+    try:
+        return compiled_check(name)
+    except NotProvable as exc:
+        log.warning("schema %s has no quick check (%s): every payload goes through jsonschema", name, exc)
+        return _cannot_tell
+
+
+def compiled_check(name: str) -> Check:
+    """The quick check compiled from the full validator of schema `name` (NotProvable when it cannot be)."""
     full = validator(name)
     if full.format_checker is None:
         raise NotProvable(f"{name}: the full validator checks no formats")
@@ -69,11 +83,11 @@ class _Compiler:
         if member and types & {dict, list} and depth >= MAX_DEPTH:
             raise NotProvable(f"containers nested {depth} deep")
         checks: dict[type, list[Check]] = {kind: [] for kind in types}
-        if member and str in checks:
-            checks[str].append(carriable)
         for kind, check in self.keyword_checks(schema, depth, member):
             for target in (types if kind is None else types & {kind}):
                 checks[target].append(check)
+        if member and str in checks:
+            checks[str].append(carriable)  # after the length: an over-long text is not scanned
         return _dispatch(checks)
 
     def types(self, schema: dict[str, Any]) -> frozenset[type]:
@@ -181,6 +195,10 @@ def _combined(combine: Callable[[Any], bool], branches: tuple[Check, ...]) -> Ch
 
 def _anything(value: Any) -> bool:
     return True
+
+
+def _cannot_tell(value: Any) -> bool:
+    return False
 
 
 def _entries(properties: dict[str, Check], others: Check | None, names: Check | None) -> Check:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from deskmail import schemas
 from deskmail.schemas.compiled import EVENT, EVENT_V1, schema, validator
 from deskmail.schemas.mail_parts import decoded_size, is_base64
-from deskmail.schemas.quick import NotProvable, _Compiler, quick_check
+from deskmail.schemas.quick import NotProvable, _Compiler, compiled_check, quick_check
 from deskmail.schemas.shape import carriable, shape_problems
 from deskmail.schemas.validation import validate_fully
 
@@ -308,6 +308,16 @@ def nested(depth: int) -> dict[str, Any]:
     for _ in range(depth):
         document = {"type": "array", "items": document}
     return document
+
+
+def test_both_event_schemas_compile_and_a_schema_that_does_not_is_left_to_the_full_validation() -> None:
+    for name in NAMES:
+        assert compiled_check(name)
+    settings = {"mail_service": "smtp", "from_address": "desk@example.com",
+                "smtp": {"host": "mail.example.com", "port": 587, "username": "desk", "password": "s3cret"}}
+    with pytest.raises(NotProvable):
+        compiled_check(schemas.SETTINGS)
+    assert not quick_check(schemas.SETTINGS)(settings) and schemas.validate(schemas.SETTINGS, settings) == []
 
 
 def test_a_schema_nested_past_the_shape_limit_is_refused() -> None:
