@@ -21,10 +21,10 @@ import requests
 import requests.auth
 from exchangelib import Configuration
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
-from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, UnauthorizedError
+from exchangelib.errors import EWSError, ErrorServerBusy, UnauthorizedError
 
 from deskmail.workers.transports.steps import DISCOVER
-from deskmail.workers.transports import https, tls
+from deskmail.workers.transports import https, https_failures, tls
 from deskmail.workers.transports.base import Outcome, TransportFailure
 from deskmail.workers.transports.ews_auth import Password
 from deskmail.workers.transports.ews_http import HttpAnswer, PinnedSessions, policy
@@ -221,17 +221,8 @@ def _http_answer(answer: HttpAnswer, url: str) -> _Answer:
 
 def _connection_failure(exc: BaseException, url: str) -> _Failed | None:
     """No answer: the name, the policy, the connection or TLS failed (the walk goes on to the next URL)."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
-    chain = list(https.causes(exc))
-    for cause in chain:
-        if isinstance(cause, https.Refused):
-            return _Failed(cause.failure.detail, cause.failure.outcome)
-        if isinstance(cause, (ssl.SSLError, ssl.CertificateError)):
-            return _Failed(tls.problem(host, port, cause)[0])
-    if isinstance(exc, ErrorTimeoutExpired) or any(isinstance(c, (requests.RequestException, OSError)) for c in chain):
-        return _Failed(f"no answer ({' '.join(str(chain[-1]).split())[:200]})", Outcome.TRANSIENT)
-    return None
+    found = https_failures.connection_failure(exc, *https.host_port(url), sends=False, noun="Autodiscover")
+    return None if found is None else _Failed(found.problem, found.outcome)
 
 
 def _service_error(exc: BaseException) -> _Failed:

@@ -11,7 +11,6 @@ all or nothing (EWS never reports recipients deferred one by one).
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from exchangelib.errors import EWSError, ErrorServerBusy, ErrorTimeoutExpired, R
 from exchangelib.protocol import Protocol
 
 from deskmail.workers.diagnosis import ADVICE, AUTHENTICATION, SEND, SENDER
-from deskmail.workers.transports import ews_replies, phase, tls
+from deskmail.workers.transports import ews_replies, phase
 from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Recorder, TransportFailure
 from deskmail.workers.transports.ews_auth import Auth, Password, Token, TokenCredentials  # noqa: F401 - the module's API
 from deskmail.workers.transports.ews_http import Endpoint, EwsProtocol, HttpAnswer, policy
-from deskmail.workers.transports.https import ANSWER_LOST, Refused, causes
+from deskmail.workers.transports.https_failures import Broke, connection_failure
 from deskmail.workers.transports.replies import Scope
 
 VERSION = Build(15, 20)  # Exchange 2016 and later: with the version preset, exchangelib sends no ConvertId probe
@@ -97,25 +96,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 def _connection_failure(exc: BaseException, endpoint: Endpoint) -> EwsFailure | None:
-    """A failed connection, told apart by whether the request had been sent whole."""
-    where = f"{endpoint.host}:{endpoint.port}"
+    """A failed connection (https_failures), at the send step when the message may have gone out."""
     if isinstance(exc, ResponseMessageError) and not isinstance(exc, REWRAPPED):
         return None  # an answer of EWS itself
-    chain = list(causes(exc))
-    for cause in chain:
-        if isinstance(cause, Refused):
-            return EwsFailure(cause.failure.outcome, cause.failure.detail, AUTHENTICATION)
-        if isinstance(cause, ANSWER_LOST):
-            return EwsFailure(Outcome.AMBIGUOUS, f"no answer from {where} after the message was sent "
-                                                 f"({_short(cause, 160)}); Exchange may or may not have sent it")
-        if isinstance(cause, (ssl.SSLError, ssl.CertificateError)):
-            what, change = tls.problem(endpoint.host, endpoint.port, cause)
-            return EwsFailure(Outcome.CONFIGURATION, f"{what}; {change}", AUTHENTICATION, advice=change)
-    if any(isinstance(c, (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError, OSError))
-           for c in chain):
-        return EwsFailure(Outcome.TRANSIENT, f"connection to {where} failed before the message was sent: "
-                                             f"{_short(chain[-1], 200)}", AUTHENTICATION)
-    return None
+    found = connection_failure(exc, endpoint.host, endpoint.port, sends=True, noun="Exchange")
+    if found is None:
+        return None
+    step = SEND if found.kind is Broke.ANSWER_LOST else AUTHENTICATION
+    return EwsFailure(found.outcome, found.detail, step, advice=found.advice)
 
 
 def _http_failure(answer: HttpAnswer, endpoint: Endpoint) -> EwsFailure:

@@ -14,7 +14,8 @@ from google.oauth2 import service_account
 from deskmail.workers import metrics
 from deskmail.workers.service_settings import GmailSettings
 from deskmail.workers.transports.base import Outcome, TransportFailure
-from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.https import PolicySession, host_port
+from deskmail.workers.transports.https_failures import connection_failure
 from deskmail.workers.transports.tokens import Bound
 
 SCOPES = ["https://mail.google.com/"]
@@ -73,11 +74,15 @@ def credentials_for(gmail: GmailSettings) -> google.auth.credentials.Credentials
                                         scopes=SCOPES)
 
 
-def _refresh_failure(exc: google.auth.exceptions.GoogleAuthError) -> TransportFailure:
+def _refresh_failure(exc: google.auth.exceptions.GoogleAuthError, token_uri: str) -> TransportFailure:
     text = str(exc)
     code = next((c for c in GOOGLE_ERRORS if c in text), None)
     if code:
         return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint: {code}: {GOOGLE_ERRORS[code]}")
+    found = connection_failure(exc, *host_port(token_uri), sends=False, noun="Google's token endpoint") \
+        if isinstance(exc, google.auth.exceptions.TransportError) else None
+    if found is not None:
+        return found.failure()
     if getattr(exc, "retryable", False) or isinstance(exc, google.auth.exceptions.TransportError):
         return TransportFailure(Outcome.TRANSIENT, f"Google token endpoint unavailable: {text[:300]}")
     return TransportFailure(Outcome.CONFIGURATION, f"Google token endpoint refused: {text[:300]}")
@@ -110,7 +115,7 @@ class GoogleTokens:
                 creds.refresh(_TimedRequest(session, timeout))
             except google.auth.exceptions.GoogleAuthError as exc:
                 metrics.token_refresh_failed("gmail_oauth2")
-                raise _refresh_failure(exc) from None
+                raise _refresh_failure(exc, gmail.token_uri or DEFAULT_TOKEN_URI) from None
 
     def source(self, key: Hashable, gmail: GmailSettings) -> Bound:
         """The account's token source (workers.transports.tokens)."""

@@ -16,9 +16,10 @@ import requests
 
 from deskmail.schemas.addresses import ascii_domain_form
 from deskmail.workers.attachments import Attachment
-from deskmail.workers.transports import graph_replies, https, phase, tls
+from deskmail.workers.transports import graph_replies, https, phase
 from deskmail.workers.transports.base import Delivered, Envelope, Outcome, TransportFailure, advised
-from deskmail.workers.transports.https import PolicySession, root_cause
+from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.https_failures import connection_failure
 
 GRAPH_URL = "https://graph.microsoft.com"
 MIME_LIMIT = 4_000_000  # bytes of a sendMail request body; Graph refuses requests over about 4 MB
@@ -148,20 +149,14 @@ def _call(session: requests.Session, mailbox: Mailbox, method: str, url: str, *,
     try:
         return session.request(method, url, data=data, json=json, headers=headers, allow_redirects=False,
                                timeout=(mailbox.timeout, mailbox.final_reply_timeout))
-    except requests.exceptions.SSLError as exc:
-        parts = urllib.parse.urlsplit(url)
-        detail, _ = tls.problem(parts.hostname or "", parts.port or 443, root_cause(exc))
-        raise TransportFailure(Outcome.CONFIGURATION, detail) from None
     except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
-        lost = any(isinstance(cause, https.ANSWER_LOST) for cause in https.causes(exc))
-        if lost and sending and not isinstance(exc, requests.exceptions.ConnectTimeout):
-            # PolicySession raises a refused connect as its TransportFailure: here a connection was made, and
-            # what matters is whether the request went out whole, when Graph may have taken the message
-            raise TransportFailure(Outcome.AMBIGUOUS, f"no answer from Graph after the message was sent "
-                                                      f"({type(root_cause(exc)).__name__}); it may or may not "
-                                                      "have been taken") from None
-        raise TransportFailure(Outcome.TRANSIENT, f"{method} {urllib.parse.urlsplit(url).path} failed before the "
-                                                  f"message was sent ({type(root_cause(exc)).__name__})") from None
+        # PolicySession raises a refused connect as its TransportFailure: here a connection was tried, and what
+        # matters is whether the request that sends went out whole, when Graph may have taken the message
+        found = connection_failure(exc, *https.host_port(url), sends=sending,
+                                   noun=f"Graph ({method} {urllib.parse.urlsplit(url).path})")
+        if found is None:
+            raise
+        raise found.failure() from None
 
 
 def _delete_quietly(session: requests.Session, mailbox: Mailbox, message_url: str, token: Callable[[], str]) -> None:

@@ -5,7 +5,8 @@ and the Test action trust: the project's ca_file, else the system store, never a
 (requests would prefer REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE to the system store). The one thing taken from the
 environment is a proxy (HTTPS_PROXY, ALL_PROXY, NO_PROXY): through it, the proxy resolves, connects and decides
 what may be reached, and TLS still runs end to end with the project's trust. A connection that fails while
-waiting for an answer says so, because a request that went out may have been acted on.
+waiting for an answer says so, because a request that went out may have been acted on; https_failures tells
+every transport what such a failure means.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import http.client
 import socket
 import ssl
 import time
+import urllib.parse
 from typing import Any, Iterable, Iterator
 
 import requests
@@ -156,6 +158,12 @@ class PolicySession(requests.Session):
 def _https_only(url: object) -> None:
     if not str(url).lower().startswith("https://"):
         raise TransportFailure(Outcome.CONFIGURATION, f"{url} is not an https URL; tokens go over https only")
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port a URL connects to."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "", parts.port or (80 if parts.scheme.lower() == "http" else 443)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

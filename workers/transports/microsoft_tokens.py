@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from deskmail.workers import metrics
 from deskmail.workers.scrub import Scrubber
 from deskmail.workers.service_settings import ExchangeOAuth2Settings
-from deskmail.workers.transports import https, tls
+from deskmail.workers.transports import https
 from deskmail.workers.transports.base import Outcome, TransportFailure, advised
-from deskmail.workers.transports.https import PolicySession, root_cause
+from deskmail.workers.transports.https import PolicySession
+from deskmail.workers.transports.https_failures import connection_failure
 from deskmail.workers.transports.tokens import Bound
 
 AUTHORITY_URL = "https://login.microsoftonline.com"
@@ -209,14 +210,11 @@ def _translated(registration: AppRegistration) -> Iterator[None]:
 
 def _failure(registration: AppRegistration, exc: Exception) -> TransportFailure:
     """The failure for an exception out of msal: network, TLS, a missing tenant, an unusable answer."""
-    parts = urllib.parse.urlsplit(registration.authority_url)
-    host, port = parts.hostname or "", parts.port or 443
-    if isinstance(exc, requests.exceptions.SSLError):
-        return advised(Outcome.CONFIGURATION, *tls.problem(host, port, root_cause(exc)))
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return advised(Outcome.TRANSIENT, f"Microsoft login at {host}:{port} did not answer "
-                                          f"({type(root_cause(exc)).__name__})",
-                       "try again later; check that this host may reach it")
+    host, port = https.host_port(registration.authority_url)
+    found = connection_failure(exc, host, port, sends=False, noun="Microsoft login")
+    if found is not None:
+        return advised(found.outcome, found.problem, found.advice or "try again later; check that this host may "
+                                                                     "reach it")
     if isinstance(exc, ValueError) and "authority configuration" in str(exc):
         return advised(Outcome.CONFIGURATION, registration.fill(
             "tenant {tenant_id} was not found: {authority_url}/{tenant_id} has no OpenID configuration "
