@@ -136,6 +136,22 @@ def test_a_read_timeout_after_the_message_went_out_is_ambiguous(peer, ca):
     assert found is not None and (found.kind, found.outcome) == (Broke.ANSWER_LOST, Outcome.AMBIGUOUS)
 
 
+def broken_body(conn: socket.socket) -> None:
+    """Take the whole request, answer 200 and break off inside the chunked body."""
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n<soap")
+
+
+def test_an_answer_whose_body_breaks_off_after_the_message_went_out_is_ambiguous(peer, ca):
+    server = peer(broken_body)
+    exc = raised(post(ca.ca_path, server.port))
+    assert isinstance(exc, requests.exceptions.ChunkedEncodingError)
+    found = classify(exc, server.port)
+    assert found is not None and (found.kind, found.outcome) == (Broke.ANSWER_LOST, Outcome.AMBIGUOUS)
+    sends_nothing = classify(exc, server.port, sends=False)
+    assert sends_nothing is not None and sends_nothing.outcome is Outcome.TRANSIENT
+
+
 def test_an_answer_lost_to_a_request_that_sends_nothing_is_transient(peer, ca):
     server = peer(hang_up)
     found = classify(raised(post(ca.ca_path, server.port)), server.port, sends=False)
