@@ -22,13 +22,18 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Mapping
 from zoneinfo import ZoneInfo
 
+from deskmail.workers.config import Config
 from deskmail.workers.constants import MailService
+from deskmail.workers.delivery import Deliverer
 from deskmail.workers.errors import DataRefused
+from deskmail.workers.leases import LeaseKeeper
 from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim, GlobalLimits, Mail, MoveBatch,
                                       Project, Requeue)
+from deskmail.workers.secrets import SecretBox
+from deskmail.workers.settings import SettingsService
 from deskmail.workers.store import MOVED, _outcome_rows
 from deskmail.workers.transports import phase
-from deskmail.workers.transports.base import Delivered, Envelope, Transport, TransportFailure
+from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 MOVABLE = ("backlog", "suspended", "failed", "ambiguous")
@@ -886,3 +891,36 @@ def configure(store: Any, project: str = "alpha", *, service: str = "smtp", per_
                 service: {}}
     limits = {"per_day": per_day, "recipients_per_mail": recipients} if per_day or recipients else None
     store.save_settings(project, service, document, None, time_zone, limits)
+
+
+BOX = SecretBox(["p8q5cF2F8l8o0z6Xq2Yb7mJx3mO0d3k1tV9g4h5JrQ0="])
+FAILURES = {  # each outcome as a server would answer: (outcome, detail, refused recipients)
+    "transient": (Outcome.TRANSIENT, "451 4.3.0 try again later", None),
+    "permanent": (Outcome.PERMANENT, "550 5.1.1 no such user", {"user@example.com": "550"}),
+    "ambiguous": (Outcome.AMBIGUOUS, "no reply after the end of DATA", None),
+    "quota": (Outcome.QUOTA, "550 5.4.5 Daily user sending limit exceeded", None),
+    "configuration": (Outcome.CONFIGURATION, "535 5.7.8 bad credentials", None),
+}
+
+
+def failure(name: str) -> TransportFailure:
+    """A fresh transport failure of one of FAILURES."""
+    outcome, detail, refused = FAILURES[name]
+    return TransportFailure(outcome, detail, refused=refused)
+
+
+def deliverer(store: Any, transport: FakeTransport, *, worker: str = "host:1", handed: Handed | None = None,
+              clock: Callable[[], datetime] | None = None, **config: Any) -> Deliverer:
+    """A transport actor's callable on the store (on the fake's clock unless told), its lease renewer idle
+    (tests move the clock instead)."""
+    cfg = Config(database_url="", amqp_url="", **{"retry_base": 10, "retry_cap": 100, **config})
+    return Deliverer(MailService.SMTP, store, SettingsService(store, lambda: BOX), {"smtp": transport}, cfg,
+                     LeaseKeeper(store, cfg.lease_seconds, 3600), worker, handed or Handed(),
+                     clock=clock or store.clock)
+
+
+def deliver(store: Any, ids: list[str], *answers: Answer, **options: Any) -> FakeTransport:
+    """Run one transport message of these ids through a transport answering as scripted."""
+    transport = FakeTransport(*answers)
+    deliverer(store, transport, **options)(ids)
+    return transport
