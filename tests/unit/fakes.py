@@ -27,8 +27,7 @@ from deskmail.workers.constants import MailService
 from deskmail.workers.delivery import Deliverer
 from deskmail.workers.errors import DataRefused
 from deskmail.workers.leases import LeaseKeeper
-from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim, GlobalLimits, Mail, MoveBatch,
-                                      Project, Requeue)
+from deskmail.workers.records import Admission, Attempt, AttemptOutcome, Claim, Mail, MoveBatch, Project, Requeue
 from deskmail.workers.secrets import SecretBox
 from deskmail.workers.settings import SettingsService
 from deskmail.workers.store import MOVED, _outcome_rows
@@ -36,7 +35,6 @@ from deskmail.workers.transports import phase
 from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
-MOVABLE = ("backlog", "suspended", "failed", "ambiguous")
 
 
 class Clock:
@@ -527,11 +525,6 @@ class FakeStore:
         return True
 
     @_port
-    def global_limits(self) -> GlobalLimits:
-        """The global limits."""
-        return GlobalLimits(**self.db.global_limits)
-
-    @_port
     def set_global_limits(self, **limits: int | None) -> None:
         """Set the global per_day and/or recipients_per_mail."""
         self.db.global_limits.update({k: v for k, v in limits.items() if k in ("per_day", "recipients_per_mail")})
@@ -560,19 +553,11 @@ class FakeStore:
     @_port
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""
-        return self._set_pause(project, reason)
-
-    def _set_pause(self, project: str, reason: str | None) -> bool:
         row = self.db.projects.get(project)
         if row is None or (row.paused_reason is None) == (reason is None):
             return False
         row.paused_reason, row.paused_at, row.updated_at = reason, reason and self.clock(), self.clock()
         return True
-
-    @_port
-    def pause_project(self, project: str, reason: str) -> None:
-        """Pause a project unless it is paused already."""
-        self._set_pause(project, reason)
 
     @_port
     def unpause(self, project: str | None) -> None:
@@ -581,13 +566,6 @@ class FakeStore:
             if (project is None or row.key == project) and row.paused_reason is not None:
                 row.paused_reason = row.paused_at = None
                 row.updated_at = self.clock()
-
-    @_port
-    def record_config_error(self, project: str, detail: str) -> None:
-        """Show a configuration error on the project."""
-        row = self.db.projects.get(project)
-        if row is not None:
-            row.config_error, row.config_error_at = detail[:2000], self.clock()
 
     @_port
     def auto_resume(self, now: datetime, project: str | None = None, batch: int = 1000) -> dict[str, int]:
@@ -770,11 +748,6 @@ class FakeStore:
         """Keep the ids a bulk action moved."""
         for event_id in ids:
             self.db.moved.append((_rid(request_id), len(self.db.moved) + 1, event_id))
-
-    @_port
-    def moved_ids(self, request_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """One page of the ids a bulk action kept."""
-        return [{"n": n, "event_id": e} for rid, n, e in self.db.moved if rid == _rid(request_id) and n > after][:limit]
 
     @_port
     def add_control_test(self, message: dict[str, Any], project: str, service: str) -> None:
