@@ -290,7 +290,7 @@ def daily_limit_run(demo: Demo, store, factory, sink_port: int, n: int) -> dict:
             "states": counts, "exact": exact, "seconds": round(elapsed, 2), "mails_per_s": round(n / elapsed, 1)}
 
 
-def latency_run(store, factory, events: int, rate: float) -> tuple[float, float]:
+def latency_run(store, factory, events: int, rate: float) -> tuple[float, float, dict]:
     """p50 and p99 publish -> accepted (ms) at `rate` events/s, published one at a time."""
     light = [sample(i) for i in range(events)]
     with factory() as pub:
@@ -302,7 +302,28 @@ def latency_run(store, factory, events: int, rate: float) -> tuple[float, float]
             time.sleep(max(0.0, next_at - time.monotonic()))
     wait_sent(store, [e["event_id"] for e in light], 120)
     lat = sorted((s - c) * 1000 for c, s in sent_times(store, [e["event_id"] for e in light]))
-    return statistics.median(lat), lat[max(0, int(len(lat) * 0.99) - 1)]
+    return statistics.median(lat), lat[max(0, int(len(lat) * 0.99) - 1)], latency_stages(store, light)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * q) - 1)]
+
+
+def latency_stages(store, events: list[dict]) -> dict[str, dict[str, float]]:
+    """p50/p99 (ms) of each stage the ledger timestamps: publish -> admitted (received_at), admitted ->
+    claimed by a transport worker, claimed -> accepted by the server (sent_at)."""
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT created_at, received_at, claimed_at, sent_at FROM mail WHERE event_id = ANY(%s)",
+                            ([e["event_id"] for e in events],)).fetchall()
+    stages = {"publish_to_admitted": ("created_at", "received_at"),
+              "admitted_to_claimed": ("received_at", "claimed_at"),
+              "claimed_to_accepted": ("claimed_at", "sent_at")}
+    out = {}
+    for name, (a, b) in stages.items():
+        ms = [(r[b] - r[a]).total_seconds() * 1000 for r in rows if r[a] and r[b]]
+        out[name] = {"p50": round(statistics.median(ms), 1), "p99": round(percentile(ms, 0.99), 1)}
+    return out
 
 
 def pause(store, config, factory, project: str) -> None:
@@ -515,11 +536,12 @@ def main() -> int:
             if not limit["exact"]:
                 failures.append(f"daily limit not exact: {limit['states']}")
         if "latency" not in args.skip:
-            p50, p99 = latency_run(store, factory, args.latency_events, args.latency_rate)
+            p50, p99, stages = latency_run(store, factory, args.latency_events, args.latency_rate)
             print(f"latency publish -> accepted at {args.latency_rate:.0f} events/s: p50 {p50:.1f} ms, "
-                  f"p99 {p99:.1f} ms")
+                  f"p99 {p99:.1f} ms; by stage (p50/p99 ms): "
+                  + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in stages.items()))
             figures.update(latency_p50_ms=round(p50, 1), latency_p99_ms=round(p99, 1),
-                           latency_rate=args.latency_rate)
+                           latency_rate=args.latency_rate, latency_stages=stages)
         if "drain" not in args.skip:
             figures["drain"] = drain = backlog_drain(demo, store, config, factory, sink_port, args.drain_n, profile)
             drain["vs_steady"] = round(drain["drain_mails_per_s"] / throughput, 3)

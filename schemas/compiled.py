@@ -83,12 +83,12 @@ def inlined(document: dict[str, Any]) -> dict[str, Any]:
 
 def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
     """`pattern` with ECMA-262 semantics, as publishers in other languages read it."""
-    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
         yield ValidationError(f"does not match {pattern}")
 
 
 @lru_cache(maxsize=256)
-def _ecma_regex(pattern: str) -> re.Pattern[str]:
+def ecma_regex(pattern: str) -> re.Pattern[str]:
     """Compiles a schema pattern so that `$` means end of text, never "before a final newline"."""
     out, in_class, escaped = [], False, False
     for char in pattern:

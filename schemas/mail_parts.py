@@ -8,6 +8,7 @@ which are the operator's (DESKMAIL_* settings) and so are checked apart from the
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from deskmail.schemas.header_text import header_text_problems
 from deskmail.schemas.problems import Problem
 
 MB = 1024 * 1024
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+BASE64_ALPHABET = (string.ascii_letters + string.digits + "+/").encode("ascii")
 _PATH_SEPARATOR = re.compile(r"[/\\]")
 
 
@@ -30,7 +31,21 @@ class AttachmentCaps:
 
 def decoded_size(content: str) -> int:
     """The number of bytes a valid, padded base64 text decodes to, without decoding it."""
-    return len(content) * 3 // 4 - (len(content) - len(content.rstrip("=")))
+    padding = len(content) - len(content.rstrip("=")) if content.endswith("===") else \
+        2 if content.endswith("==") else 1 if content.endswith("=") else 0  # no copy of a valid text
+    return len(content) * 3 // 4 - padding
+
+
+def is_base64(content: str) -> bool:
+    """RFC 4648 base64 with padding and nothing else, i.e. `[A-Za-z0-9+/]*={0,2}` in a multiple of 4 characters.
+
+    Deleting the alphabet from the bytes leaves at most the padding: C loops, a few times quicker than that
+    pattern on an attachment's megabytes.
+    """
+    if len(content) % 4 or not content.isascii():
+        return False
+    rest = content.encode("ascii").translate(None, BASE64_ALPHABET)
+    return rest in (b"", b"=", b"==") and content.endswith(rest.decode("ascii"))
 
 
 def mail_part_problems(event: dict[str, Any]) -> list[Problem]:
@@ -52,7 +67,7 @@ def _attachment_problems(path: str, attachment: dict[str, Any], seen: set[str]) 
     problems = header_text_problems(f"{path}.filename", name)
     if isinstance(name, str) and _PATH_SEPARATOR.search(name):
         problems.append(Problem(f"{path}.filename", "must be a file name without / or \\"))
-    if isinstance(content, str) and (len(content) % 4 or not _BASE64.fullmatch(content)):
+    if isinstance(content, str) and not is_base64(content):
         problems.append(Problem(f"{path}.content", f"of {_shown(name)} is not base64 (RFC 4648 alphabet, padded "
                                                    "to a multiple of 4 characters, no line breaks)"))
     if isinstance(content_id, str):

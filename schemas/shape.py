@@ -46,6 +46,11 @@ def shape_problems(payload: Any) -> list[Problem]:
     return problems
 
 
+def carriable(text: str) -> bool:
+    """True when text holds neither NUL nor a lone surrogate (an ASCII text can only hold the NUL)."""
+    return "\x00" not in text if text.isascii() else _UNCARRIABLE.search(text) is None
+
+
 def _text(problems: list[Problem], text: str, parts: tuple[str | int, ...], what: str) -> None:
     """Adds a problem when text holds a character that PostgreSQL, UTF-8 or SMTP cannot carry."""
     found = _UNCARRIABLE.search(text)

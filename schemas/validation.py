@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 from typing import Any
 
-from deskmail.schemas.compiled import CONTROL, EVENT, SCHEMA_NAMES, SETTINGS, load_schema, schema, validator
+from deskmail.schemas.compiled import (
+    CONTROL, EVENT, EVENT_V1, SCHEMA_NAMES, SETTINGS, load_schema, schema, validator,
+)
 from deskmail.schemas.messages import problems_from
 from deskmail.schemas.problems import InvalidPayload, Problem, sort_key
+from deskmail.schemas.quick import quick_check
 from deskmail.schemas.recipients import RECIPIENT_FIELDS, normalized_recipient, unique_recipients
 from deskmail.schemas.semantics import semantic_problems
 from deskmail.schemas.shape import FATAL, shape_problems
+
+QUICK = (EVENT, EVENT_V1)  # the hot path; settings and control messages are rare, and use numbers
 
 __all__ = [
     "CONTROL", "EVENT", "SCHEMA_NAMES", "SETTINGS", "InvalidPayload", "Problem", "load_schema",
@@ -21,6 +25,13 @@ __all__ = [
 
 def validate(name: str, payload: Any) -> list[Problem]:
     """Every problem of `payload` against schema `name`, sorted by path; empty when valid."""
+    if name in QUICK and quick_check(name)(payload):  # the schema and shape hold: only the semantics to check
+        return sorted(semantic_problems(name, payload), key=sort_key)
+    return validate_fully(name, payload)
+
+
+def validate_fully(name: str, payload: Any) -> list[Problem]:
+    """What validate finds, always through jsonschema (the quick check is proven against it)."""
     shape = shape_problems(payload)
     if any(problem.message in FATAL for problem in shape):
         return sorted(shape, key=sort_key)  # the schema's own checks recurse, and read keys as text
@@ -35,11 +46,20 @@ def normalize_event(payload: dict[str, Any]) -> dict[str, Any]:
     problems = validate(EVENT, payload)
     if problems:
         raise InvalidPayload(problems)
-    event = copy.deepcopy(payload)
+    event = _copied(payload)
     for field in RECIPIENT_FIELDS:
         if field in event:
             event[field] = [normalized_recipient(recipient) for recipient in event[field]]
     return event
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a valid event's objects and lists; its strings and booleans, immutable, are shared."""
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return value
 
 
 @lru_cache(maxsize=None)

@@ -46,6 +46,15 @@ def own_event_id(body: Any) -> uuid.UUID | None:
     return None
 
 
+def admissible(body: dict[str, Any], caps: AttachmentCaps) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The normalized event with its attachments' bytes moved out into blobs {sha256: bytes}
+    (InvalidPayload when it breaks the contract or the caps)."""
+    event = schemas.normalize_event(body)
+    if too_large := size_problems(event, caps):
+        raise schemas.InvalidPayload(too_large)
+    return attachments.extract(event)  # the bytes leave the event here: the ledger keeps references
+
+
 class AdmissionStore(RejectStore, Protocol):
     """What admission needs of the store: Store's methods of the same names (or a fake with their rules)."""
 
@@ -92,16 +101,11 @@ class Admitter:
             self._reject((body,), {}, "(root): an event must be a JSON object")
             return None
         try:
-            event = schemas.normalize_event(body)
+            event, stored = admissible(body, self.caps)
         except schemas.InvalidPayload as exc:
             self._reject((body,), {}, capped(exc.problems))
             return None
-        if too_large := size_problems(event, self.caps):
-            self._reject((body,), {}, capped(too_large))
-            return None
-        if event.get("attachments"):  # the bytes leave the event here: the ledger keeps references
-            event, stored = attachments.extract(event)
-            blobs.update(stored)
+        blobs.update(stored)
         return event, Kind(event["kind"]).priority, len(schemas.unique_recipients(event))
 
     def _admit(self, items: list[tuple[dict, int, int]], blobs: dict[str, bytes]) -> list[Admission]:

@@ -21,6 +21,7 @@ from deskmail.workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from deskmail.workers.control import declare_control_actor
 from deskmail.workers.delivery import Deliverer
 from deskmail.workers.logs import configure_logging
+from deskmail.workers.middleware.lifecycle import Lifecycle
 from deskmail.workers.middleware.logcontext import LogContext
 from deskmail.workers.middleware.metrics import MetricsEndpoint
 from deskmail.workers.middleware.queue_guard import QueueGuard
@@ -124,6 +125,7 @@ def setup(config: Config | None = None) -> dramatiq.Broker:
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)
+    broker.add_middleware(Lifecycle(runtime))
     broker.add_middleware(CurrentMessage())  # rejected events are keyed by their message's id
     declare_actors(broker, runtime, control=control_here)
     log.info("deskmail worker ready: %s", config.redacted())
@@ -145,6 +147,7 @@ def control(config: Config | None = None) -> dramatiq.Broker:
     dramatiq.set_broker(broker)
     runtime = Runtime(config)
     guard(broker, runtime)
+    broker.add_middleware(Lifecycle(runtime))
     data = build_broker(config) if config.control_url != config.amqp_url else broker
     declare_control_actor(broker, runtime, enqueuer(data), self_test_dispatcher(data))
     log.info("deskmail control worker ready: %s", config.redacted())

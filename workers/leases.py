@@ -62,7 +62,15 @@ class LeaseKeeper:
             return set()
         return self.store.renew_leases(held, self.lease)
 
+    def stop(self) -> None:
+        """Stop the renewer (when the worker's threads have finished: no lease is held any more)."""
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.every + 1)
+
     def _start(self) -> None:
+        if self._wake.is_set():
+            return  # stopped: a late claim keeps its lease only until the scheduler's takeover
         if self._thread is None:
             with self._lock:
                 if self._thread is None:

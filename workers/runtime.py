@@ -61,7 +61,18 @@ class Runtime:
         from deskmail.workers.transports import registry
         return registry.build(self.config)
 
+    def close_thread(self) -> None:
+        """Close the connections the calling thread's transports keep open (when a worker thread stops)."""
+        for transport in self.__dict__.get("transports", {}).values():
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001 - a session that fails to say goodbye must not stop the shutdown
+                log.warning("closing the %s transport's connections failed", transport.service, exc_info=True)
+
     def close(self) -> None:
-        """Close the pool."""
+        """Close everything this process holds: the transports' connections, the lease renewer, the pool."""
+        self.close_thread()
+        if "leases" in self.__dict__:
+            self.leases.stop()
         if self._store is not None:
             self._store.pool.close()

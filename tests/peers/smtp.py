@@ -129,6 +129,11 @@ class _Handler:
             envelope.mail_options.extend(options)
         return reply
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Count the client's goodbyes (a worker that stops closes its cached sessions)."""
+        self.peer.quit_count += 1
+        return "221 Bye"
+
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
@@ -327,6 +332,7 @@ class SmtpPeer:
         self.echo_auth = echo_auth
         self.data_size_limit = data_size_limit  # offered as SIZE; a larger message is refused after DATA
         self.mail_from_count = 0  # MAIL commands received, whatever their answer
+        self.quit_count = 0  # QUIT commands received: sessions the client closed politely
         self.mail_options: list[list[str]] = []  # the parameters of each MAIL command (e.g. SIZE=n)
         self.ready_timeout = ready_timeout
         unknown = set(step_replies or ()) - set(STEPS)
