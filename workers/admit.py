@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from dramatiq.middleware import CurrentMessage
 
@@ -17,8 +17,8 @@ from deskmail.workers.constants import Kind, State
 from deskmail.workers.errors import DataRefused
 from deskmail.workers.handing import Enqueue, hand_on
 from deskmail.workers.records import Admission, Requeue
-from deskmail.workers.rejects import Rejects, capped
-from deskmail.workers.store import Store, patiently
+from deskmail.workers.rejects import Rejects, RejectStore, capped
+from deskmail.workers.store import patiently
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,21 @@ def admissible(body: dict[str, Any], caps: AttachmentCaps) -> tuple[dict[str, An
     return attachments.extract(event)  # the bytes leave the event here: the ledger keeps references
 
 
+class AdmissionStore(RejectStore, Protocol):
+    """What admission needs of the store: Store's methods of the same names (or a fake with their rules)."""
+
+    def admit_many(self, items: list[tuple[dict[str, Any], int, int]]) -> list[Admission]: ...
+
+    def admit_with_attachments(self, items: list[tuple[dict[str, Any], int, int]],
+                               blobs: Mapping[str, bytes]) -> list[Admission]: ...
+
+    def reachable(self) -> bool: ...  # the dead-letter drain tells a refused statement from a database away
+
+
 class Admitter:
     """Callable behind the `deskmail.admit` actor."""
 
-    def __init__(self, store: Store, enqueue: Enqueue, caps: AttachmentCaps | None = None) -> None:
+    def __init__(self, store: AdmissionStore, enqueue: Enqueue, caps: AttachmentCaps | None = None) -> None:
         self.store = store
         self.enqueue = enqueue
         self.caps = caps or AttachmentCaps()

@@ -15,17 +15,22 @@ import hmac
 import json
 import logging
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
 
 from deskmail import schemas
 from deskmail.workers.constants import MailService, State
 from deskmail.workers.errors import SecretError
-from deskmail.workers.handing import Enqueue, hand_on
+from deskmail.workers.handing import DueStore, Enqueue, hand_on
+from deskmail.workers.records import MoveBatch, Project
 from deskmail.workers.rejects import claimed_fields
 from deskmail.workers.secrets import SecretBox
 from deskmail.workers.settings import merge_secrets, split_secrets
-from deskmail.workers.store import MOVED, Store
+from deskmail.workers.store import MOVED
+
+if TYPE_CHECKING:
+    from deskmail.workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
@@ -39,6 +44,59 @@ MOVES = {"backlog.resume": (State.BACKLOG, State.QUEUED), "backlog.suspend": (St
 DEFAULT_PROJECT = "default"
 _STAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
                     r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+class ControlStore(DueStore, Protocol):
+    """What the control actor needs of the store: Store's methods of the same names (or a fake with their rules).
+
+    `atomic()` gives a store of the same kind whose calls run in one transaction.
+    """
+
+    def atomic(self) -> ContextManager["ControlStore"]: ...
+
+    def claim_control_request(self, request_id: str, action: str) -> bool: ...
+
+    def control_answer(self, request_id: str) -> dict | None: ...
+
+    def lock_control_progress(self, request_id: str) -> dict[str, Any] | None: ...
+
+    def control_progress(self, request_id: str, progress: dict[str, Any]) -> None: ...
+
+    def record_control(self, message: dict[str, Any], answer: dict[str, Any]) -> None: ...
+
+    def record_control_refusal(self, message: dict[str, Any], reason: str) -> None: ...
+
+    def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
+                   detail: str, limit: int = 5000) -> MoveBatch: ...
+
+    def keep_moved_ids(self, request_id: str, ids: list[uuid.UUID]) -> None: ...
+
+    def project_known(self, project: str) -> bool: ...
+
+    def count_in_state(self, state: str, project: str | None) -> int: ...
+
+    def unpause(self, project: str | None) -> None: ...
+
+    def get_project(self, key: str) -> Project | None: ...
+
+    def list_projects(self) -> list[Project]: ...
+
+    def set_pause(self, project: str, reason: str | None) -> bool: ...
+
+    def set_global_limits(self, **limits: int | None) -> None: ...
+
+    def set_project_limits(self, project: str, **limits: int | None) -> bool: ...
+
+    def set_auto_resume(self, project: str, enabled: bool) -> bool: ...
+
+    def auto_resume(self, now: datetime, project: str | None = None, batch: int = 1000) -> dict[str, int]: ...
+
+    def save_settings(self, key: str, service: str, settings: dict, secrets: bytes | None, time_zone: str,
+                      limits: dict[str, int | None] | None) -> None: ...
+
+    def replace_secrets(self, key: str, old: bytes, new: bytes) -> bool: ...
+
+    def add_control_test(self, message: dict[str, Any], project: str, service: str) -> None: ...
 
 
 def canonical(message: dict[str, Any]) -> bytes:
@@ -77,7 +135,7 @@ def parse_requested_at(text: object) -> datetime | None:
 class Controller:
     """Callable behind the `deskmail.control` actor."""
 
-    def __init__(self, store: Store, key: str, max_age: float, enqueue: Enqueue,
+    def __init__(self, store: ControlStore, key: str, max_age: float, enqueue: Enqueue,
                  box: Callable[[], SecretBox] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  dispatch_test: DispatchTest | None = None, batch: int = BULK_BATCH) -> None:
@@ -128,7 +186,7 @@ class Controller:
         while self._bulk_step(message, from_state, to_state):
             pass
 
-    def _bulk_start(self, store: Store, message: dict[str, Any], from_state: str) -> dict[str, Any]:
+    def _bulk_start(self, store: ControlStore, message: dict[str, Any], from_state: str) -> dict[str, Any]:
         project, everything = message.get("project"), bool(message.get("all"))
         if project and not store.project_known(project):
             return _unknown(project)
@@ -192,14 +250,14 @@ class Controller:
                     refusal.encode("unicode_escape").decode("ascii")[:1000])
         self.store.record_control_refusal(fields, refusal)
 
-    def _apply(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         action = message["action"]
         handler = getattr(self, "_" + action.replace(".", "_"), None)
         if handler is None:
             return {"ok": False, "error": f"action: {action} is not available in this version", "touched": 0}
         return handler(store, message)
 
-    def _limits_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _limits_set(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         limits = {k: message[k] for k in ("per_day", "recipients_per_mail") if k in message}
         if message.get("global"):
             store.set_global_limits(**limits)
@@ -208,25 +266,25 @@ class Controller:
         resumed = store.auto_resume(self.clock(), None if message.get("global") else message["project"])
         return {"ok": True, "touched": sum(resumed.values()), "limits": limits, "auto_resumed": resumed}
 
-    def _auto_resume_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _auto_resume_set(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         if not store.set_auto_resume(message["project"], message["enabled"]):
             return _unknown(message["project"])
         resumed = store.auto_resume(self.clock(), message["project"]) if message["enabled"] else {}
         return {"ok": True, "touched": sum(resumed.values()), "auto_resume": message["enabled"],
                 "auto_resumed": resumed}
 
-    def _project_pause(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _project_pause(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         return self._set_pause(store, message["project"], "admin")
 
-    def _project_unpause(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _project_unpause(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         return self._set_pause(store, message["project"], None)
 
-    def _set_pause(self, store: Store, project: str, reason: str | None) -> dict[str, Any]:
+    def _set_pause(self, store: ControlStore, project: str, reason: str | None) -> dict[str, Any]:
         if store.get_project(project) is None:
             return _unknown(project)
         return {"ok": True, "touched": 0, "changed": store.set_pause(project, reason)}
 
-    def _settings_set(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _settings_set(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         project, public = message["project"], dict(message["settings"])
         if split_secrets(public)[1]:
             return {"ok": False, "touched": 0, "error": "settings: holds a secret in clear text; the command "
@@ -251,7 +309,7 @@ class Controller:
         return {"ok": True, "touched": 0, "mail_service": public["mail_service"],
                 "secret_names": public["secret_names"]}
 
-    def _settings_test(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _settings_test(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         """Hand a Test action to a worker of the project's transport queue; it answers step by step."""
         project, document = message["project"], message.get("settings")
         if document is not None:
@@ -286,7 +344,7 @@ class Controller:
                                             "error": f"the Test message could not be published to "
                                                      f"{answer['queue']}: {type(exc).__name__}: {exc}"})
 
-    def _keys_rotate(self, store: Store, message: dict[str, Any]) -> dict[str, Any]:
+    def _keys_rotate(self, store: ControlStore, message: dict[str, Any]) -> dict[str, Any]:
         if not self.box:
             return {"ok": False, "touched": 0, "error": "this worker has no DESKMAIL_SECRET_KEYS"}
         box, replacements = self.box(), []
@@ -310,7 +368,7 @@ def _unknown(project: str) -> dict[str, Any]:
     return {"ok": False, "error": f"project: unknown project {project!r}", "touched": 0}
 
 
-def declare_control_actor(broker, runtime, enqueue: Enqueue,  # noqa: ANN001 - dramatiq, Runtime
+def declare_control_actor(broker, runtime: Runtime, enqueue: Enqueue,  # noqa: ANN001 - dramatiq
                           dispatch_test: DispatchTest | None = None) -> None:
     """Declare the `deskmail.control` actor on broker."""
     import dramatiq

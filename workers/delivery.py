@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from deskmail import schemas
 from deskmail.workers import logcontext, metrics
@@ -23,9 +23,9 @@ from deskmail.workers.errors import StoreError
 from deskmail.workers.handing import Enqueue, hand_on
 from deskmail.workers.leases import LeaseKeeper
 from deskmail.workers.message import Sender, build, message_id_for
-from deskmail.workers.records import AttemptOutcome, Claim
+from deskmail.workers.records import AttemptOutcome, Claim, Requeue
 from deskmail.workers.settings import ProjectSettings, SettingsService
-from deskmail.workers.store import Store, patiently
+from deskmail.workers.store import patiently
 from deskmail.workers.transports import phase
 from deskmail.workers.transports.base import Delivered, Envelope, Outcome, Transport, TransportFailure
 
@@ -53,10 +53,25 @@ def envelope_for(event: dict, settings: ProjectSettings, now: datetime,
     return Envelope(uuid.UUID(str(event["event_id"])), sender.address, recipients, data, message_id, files, bare)
 
 
+class DeliveryStore(Protocol):
+    """What delivery needs of the store: Store's methods of the same names (or a fake with their rules)."""
+
+    def claim(self, event_ids: list[str], worker: str, lease: float, service: str) -> list[Claim]: ...
+
+    def reroute(self, event_ids: list[str], service: str) -> list[Requeue]: ...
+
+    def attachment_contents(self, event: dict[str, Any]) -> dict[str, bytes]: ...
+
+    def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]: ...
+
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
+                         worker: str) -> tuple[set[uuid.UUID], bool]: ...
+
+
 class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
-    def __init__(self, service: MailService, store: Store, settings: SettingsService,
+    def __init__(self, service: MailService, store: DeliveryStore, settings: SettingsService,
                  transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
                  enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.service, self.store, self.settings, self.transports = service, store, settings, transports
@@ -180,7 +195,7 @@ class DataGate:
     after it leaves at most that mail and the ones finished since unwritten, each marked.
     """
 
-    def __init__(self, store: Store, worker: str,
+    def __init__(self, store: DeliveryStore, worker: str,
                  recorded: Callable[[list[tuple[Claim, AttemptOutcome]], set[uuid.UUID]], None]) -> None:
         self.store, self.worker, self.recorded = store, worker, recorded
         self._pending: list[tuple[Claim, AttemptOutcome]] = []

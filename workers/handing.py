@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from deskmail.workers.constants import TRANSPORT_BATCH, MailService
 from deskmail.workers.records import Requeue
-from deskmail.workers.store import Store
 
 Enqueue = Callable[[MailService, list[str], int], None]
+
+
+class DueStore(Protocol):
+    """What handing due mails on needs of the store."""
+
+    def take_due_retries(self, limit: int = 500) -> list[Requeue]: ...
 
 
 def hand_on(enqueue: Enqueue, mails: Iterable[Requeue], batch: int = TRANSPORT_BATCH) -> int:
@@ -25,6 +30,6 @@ def hand_on(enqueue: Enqueue, mails: Iterable[Requeue], batch: int = TRANSPORT_B
     return count
 
 
-def hand_on_due(store: Store, enqueue: Enqueue, limit: int = 1000) -> int:
+def hand_on_due(store: DueStore, enqueue: Enqueue, limit: int = 1000) -> int:
     """Hand at most `limit` due mails (retries, resumed backlog) to the broker."""
     return hand_on(enqueue, store.take_due_retries(limit))

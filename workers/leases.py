@@ -12,19 +12,24 @@ import contextlib
 import logging
 import threading
 import uuid
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from deskmail.workers.errors import StoreError
 from deskmail.workers.records import Claim
-from deskmail.workers.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class LeaseStore(Protocol):
+    """What renewing leases needs of the store."""
+
+    def renew_leases(self, held: list[tuple[uuid.UUID, uuid.UUID]], lease: float) -> set[uuid.UUID]: ...
 
 
 class LeaseKeeper:
     """Renews the leases of the mails this process is sending."""
 
-    def __init__(self, store: Store, lease: float, every: float) -> None:
+    def __init__(self, store: LeaseStore, lease: float, every: float) -> None:
         self.store, self.lease, self.every = store, lease, every
         self._held: dict[uuid.UUID, uuid.UUID] = {}
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from deskmail.workers.store import Store
 
@@ -46,10 +46,17 @@ def capped(problems: Iterable[object], limit: int = MAX_PROBLEMS) -> str:
     return "; ".join(shown) + (f"; ... and {more:,} more problems" if more else "")
 
 
+class RejectStore(Protocol):
+    """What keeping rejected messages needs of the store (Store, or a fake with the same rules)."""
+
+    def keep_rejected(self, event_id: uuid.UUID, reason: str, detail: str, excerpt: str, size: int,
+                      project: str | None = None, kind: str | None = None) -> None: ...
+
+
 class Rejects:
     """Keeps rejected messages in the ledger as `rejected`, bounded."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: RejectStore) -> None:
         self.store = store
 
     def keep(self, event_id: uuid.UUID | None, raw: bytes, reason: str, detail: str,
