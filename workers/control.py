@@ -23,7 +23,7 @@ from deskmail import schemas
 from deskmail.workers.constants import MailService, State
 from deskmail.workers.errors import SecretError, StoreUnavailable
 from deskmail.workers.handing import Enqueue, hand_on
-from deskmail.workers.records import Requeue
+from deskmail.workers.records import MoveBatch
 from deskmail.workers.rejects import claimed_fields
 from deskmail.workers.secrets import SecretBox
 from deskmail.workers.settings import merge_secrets, split_secrets
@@ -147,24 +147,30 @@ class Controller:
         if everything and message["action"] == "backlog.resume":
             store.unpause(project)  # resuming the whole backlog unpauses (new mail goes out behind it)
         if not everything:
-            return {"ok": True, "running": True, "total": len(message["ids"]), "done": 0, "touched": 0,
-                    "counts": {}, "outcomes": {}}
+            return {"ok": True, "running": True, "accepted": True, "total": len(message["ids"]), "done": 0,
+                    "touched": 0, "counts": {}, "outcomes": {}}
         total, through = store.bulk_selection(from_state, project)
         return {"ok": True, "running": True, "accepted": True, "total": total, "through_seq": through, "done": 0,
                 "touched": 0, "counts": {}}
 
-    def _bulk_batches(self, message: dict[str, Any], from_state: str, to_state: str) -> None:
-        """Batches until the request is answered. Each batch's mails go to the broker (records first) while
-        the next batch moves; that next batch commits only once they are all handed, so a hand-on that
-        fails rolls it back and stops the action (to go on when the message is redelivered), and a worker
-        lost at any point leaves at most one committed batch not handed (stale_queued hands it)."""
+    def _bulk_batches(self, message: dict[str, Any], from_state: str, to_state: str) -> int:
+        """Batches until the request is answered; returns how many mails they moved. Each batch's mails go
+        to the broker (records first) while the next batch moves; that next batch commits only once they
+        are all handed, so a hand-on that fails rolls it back and stops the action (to go on when the
+        message is redelivered), and a worker lost at any point leaves at most one committed batch not
+        handed (stale_queued hands it)."""
         handing: Future[int] | None = None
+        moved = 0
         try:
             while True:
-                moved, more = self._bulk_step(message, from_state, to_state, handing.result if handing else None)
+                batch, more = self._bulk_step(message, from_state, to_state, handing.result if handing else None)
                 if handing is not None:
                     handing.result()  # waited for inside the batch's transaction, unless it had nothing to do
-                handing = self._hands().submit(hand_on, self.enqueue, moved) if moved else None
+                handing = None
+                if batch is not None:
+                    moved += batch.counts.get(MOVED[to_state], 0)
+                    if to_state == State.QUEUED and batch.moved:  # a lost wake-up is caught by stale_queued
+                        handing = self._hands().submit(hand_on, self.enqueue, batch.moved)
                 if not more:
                     break
         finally:
@@ -172,6 +178,7 @@ class Controller:
                 wait([handing])  # however this ends, the batch committed last is handed before it returns
         if handing is not None:
             handing.result()
+        return moved
 
     def _hands(self) -> ThreadPoolExecutor:
         """The one thread that hands moved mails to the broker (its own broker connection, kept for reuse)."""
@@ -180,14 +187,14 @@ class Controller:
         return self._hand_on
 
     def _bulk_step(self, message: dict[str, Any], from_state: str, to_state: str,
-                   before_commit: Callable[[], object] | None = None) -> tuple[list[Requeue], bool]:
-        """One batch: (the mails it queued, for the broker; False once the request is answered). `before_commit`
-        runs last inside its transaction: an exception there rolls the batch back."""
+                   before_commit: Callable[[], object] | None = None) -> tuple[MoveBatch | None, bool]:
+        """One batch: (what it moved, None when there was nothing left to do; False once the request is
+        answered). `before_commit` runs last inside its transaction: an exception there rolls the batch back."""
         rid, everything = message["request_id"], bool(message.get("all"))
         with self.store.atomic() as tx:
             answer = tx.lock_control_progress(rid)
             if not answer or not answer.get("running"):
-                return [], False
+                return None, False
             ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
             batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
                                   f"{message['action']} by {message['requested_by']}", self.batch,
@@ -213,24 +220,23 @@ class Controller:
                 tx.control_progress(rid, answer)
             if before_commit is not None:
                 before_commit()
-        # a lost wake-up is caught by the scheduler's stale_queued step
-        return (batch.moved if to_state == State.QUEUED else []), not finished
+        return batch, not finished
 
     def finish_stalled(self, seconds: float) -> int:
         """Go on with accepted bulk actions nobody reported progress on for `seconds` (the scheduler's
-        backstop for a control worker that stopped and a message that will not come back); returns how many."""
-        finished = 0
+        backstop for a control worker that stopped and a message that will not come back); returns how many
+        mails it moved."""
+        moved = 0
         for work in self.store.stalled_control_work(seconds):
             log.warning("control request %s made no progress for %.0f s; going on with it here", work["request_id"],
                         seconds)
             try:
-                self._bulk_batches(work, *MOVES[work["action"]])
-                finished += 1
+                moved += self._bulk_batches(work, *MOVES[work["action"]])
             except StoreUnavailable:
                 raise
             except Exception:  # noqa: BLE001 - one that fails again must not hold up the others
                 log.exception("control request %s could not be finished here; tried again later", work["request_id"])
-        return finished
+        return moved
 
     def _accepted(self, message: dict[str, Any]) -> bool:
         """True for a bulk action accepted before and still running: going on with it is no new request."""

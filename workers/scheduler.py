@@ -44,7 +44,7 @@ def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datet
 
 def stalled_control_step(controller: Controller, seconds: float = BULK_STALLED_AFTER) -> Extra:
     """The backstop of accepted bulk actions: one nobody reported progress on for `seconds` goes on here."""
-    return lambda: {"control_taken_over": controller.finish_stalled(seconds)}
+    return lambda: {"control_moved": controller.finish_stalled(seconds)}
 
 
 @dataclass
