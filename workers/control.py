@@ -5,7 +5,10 @@ It is refused when malformed, unsigned or mis-signed (DESKMAIL_CONTROL_KEY), or 
 DESKMAIL_CONTROL_MAX_AGE; a refusal is kept apart (control_refusals and the audit) and never
 takes the request id it carries. An accepted command is applied in ONE transaction that first
 takes its request id, then applies the action and writes its answer and audit row: a duplicate
-delivered at the same time waits for that transaction and finds the request applied.
+delivered at the same time waits for that transaction and finds the request applied. A bulk
+move (MOVES) is accepted in such a transaction instead (request id, selection fixed and counted,
+the work kept with the request) and then applied batch by batch, by this worker, the redelivered
+message (never refused for its age once accepted) or the scheduler (`finish_stalled`).
 """
 
 from __future__ import annotations
