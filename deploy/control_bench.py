@@ -6,6 +6,13 @@ control worker in a process of its own (on a control vhost, as deployed), then r
 the command and reports, as one JSON line: the seconds until the command had its answer, the
 seconds until the first mail reached the sink, and how many had arrived by the answer.
 
+The command runs as an admin runs it, in text mode: `answer_seconds` is when its first line (the
+answer) was printed, `done_seconds` when it exited, and the counts are those of the request's
+recorded answer. `cpu_seconds` is what each process group spent from the command's start to its
+exit: the control worker, the PostgreSQL backends serving it, every backend of the bench's
+database, the sending workers, the bench process itself (the sink runs in it), the command, and
+the whole machine (other users' load included).
+
     .venv/bin/python deploy/control_bench.py [--mails 100000] [--processes 2] [--threads 8]
 """
 
@@ -25,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_proc import backend_client_port, cmdline, machine_busy, process_table, tcp_ports, tree  # noqa: E402
 
 from deskmail.producers.sink import MailSink  # noqa: E402
-from deskmail.workers.config import Config
-from deskmail.workers.runtime import Runtime
-from deskmail.workers.secrets import generate_key
+from deskmail.workers.config import Config  # noqa: E402
+from deskmail.workers.runtime import Runtime  # noqa: E402
+from deskmail.workers.secrets import generate_key  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -87,21 +94,22 @@ def main() -> int:
         t0 = time.time()
         run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert run.stdout is not None and run.stderr is not None
-        lines = [(time.time() - t0, line.rstrip("\n")) for line in run.stdout]
+        lines = [(time.time() - t0, line.rstrip("\n"), sink.count - before) for line in run.stdout]
         error = run.stderr.read()
         status = run.wait()
         finished = time.time() - t0
         spent = cpu.spent()
         answered = lines[0][0] if lines else finished
-        arrived = sink.count - before
+        arrived = sink.count - before  # by the command's end
         first = min((at for at in sink.accepted_at.values() if at >= t0), default=None)
         answer = recorded_answer(env["DESKMAIL_DATABASE_URL"]) or {"error": error.strip()}
         print(json.dumps({"mails_in_backlog": backlog, "admission_seconds": round(admitted, 1),
                           "command": " ".join(["deskmail", *command[3:]]), "exit": status,
                           "answer_seconds": round(answered, 2), "done_seconds": round(finished, 2),
-                          "lines": [f"{at:.2f}s {text}" for at, text in lines],
+                          "lines": [f"{at:.2f}s {text}" for at, text, _ in lines],
                           "first_mail_seconds": round(first - t0, 2) if first else None,
-                          "arrived_by_answer": arrived, "touched": answer.get("touched"),
+                          "arrived_by_answer": lines[0][2] if lines else arrived, "arrived_by_done": arrived,
+                          "touched": answer.get("touched"),
                           "counts": answer.get("counts"), "cpu_seconds": spent,
                           "worker_processes": args.processes, "threads": args.threads}))
         return 0 if status == 0 else 1
