@@ -188,3 +188,39 @@ class CpuProfile:
         lines.append("(total: the bench's own processes, workers, broker, PostgreSQL and sink; postgres_bench_db is "
                      "part of postgres; machine_other is other load on this shared machine)")
         return "\n".join(lines)
+
+
+def tcp_ports(pids: list[int]) -> set[int]:
+    """The local ports of the TCP sockets these processes hold (to tell whose PostgreSQL backend is whose)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                rows = f.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            parts = row.split()
+            if parts[9] in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def backend_client_port(pid: int) -> int | None:
+    """The client port a PostgreSQL backend serves, from its title (`postgres: ... 127.0.0.1(PORT) ...`)."""
+    title = cmdline(pid)
+    start = title.find("(")
+    end = title.find(")", start)
+    return int(title[start + 1:end]) if 0 <= start < end and title[start + 1:end].isdigit() else None

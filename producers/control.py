@@ -99,6 +99,10 @@ def _silence(message: dict[str, Any], timeout: float, seen: dict[str, Any] | Non
     if seen is not None and seen.get("queue"):
         return (f"no worker of {seen['queue']} ran the Test action within {timeout:.0f} s (is a worker consuming "
                 f"{seen['queue']}?); request {rid} waits there and is not run after DESKMAIL_CONTROL_MAX_AGE")
+    if seen is not None and seen.get("accepted"):
+        return (f"the control worker stopped reporting progress for {timeout:.0f} s; request {rid} was accepted "
+                f"and is {seen.get('done', 0)} of {seen.get('total', '?')} done: a control worker, or the scheduler "
+                "after a minute without progress, finishes it (its result: `deskmail audit`)")
     if seen is not None:
         return (f"the control worker stopped reporting progress for {timeout:.0f} s; request {rid} is "
                 f"{seen.get('done', 0)} of {seen.get('total', '?')} done (`deskmail control pending`)")

@@ -5,7 +5,10 @@ It is refused when malformed, unsigned or mis-signed (DESKMAIL_CONTROL_KEY), or 
 DESKMAIL_CONTROL_MAX_AGE; a refusal is kept apart (control_refusals and the audit) and never
 takes the request id it carries. An accepted command is applied in ONE transaction that first
 takes its request id, then applies the action and writes its answer and audit row: a duplicate
-delivered at the same time waits for that transaction and finds the request applied.
+delivered at the same time waits for that transaction and finds the request applied. A bulk
+move (MOVES) is accepted in such a transaction instead (request id, selection fixed and counted,
+the work kept with the request) and then applied batch by batch, by this worker, the redelivered
+message (never refused for its age once accepted) or the scheduler (`finish_stalled`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import json
 import logging
 import re
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
 
 from deskmail import schemas
 from deskmail.workers.constants import MailService, State
-from deskmail.workers.errors import SecretError
+from deskmail.workers.errors import SecretError, StoreUnavailable
 from deskmail.workers.handing import DueStore, Enqueue, hand_on
 from deskmail.workers.records import MoveBatch, Project
 from deskmail.workers.rejects import claimed_fields
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 CONTROL_SCHEMA = "control-message.v1"
 BULK_BATCH = 5000
 """Mails one transaction of a bulk action moves: its progress is committed (and shown) after each."""
+BULK_STALLED_AFTER = 60.0
+"""Seconds without progress after which the scheduler goes on with an accepted bulk action (a batch takes
+well under one; a live worker and the scheduler going on at once share the batches)."""
 DispatchTest = Callable[[MailService, str], None]
 """Publishes a Test message (a request id) to the transport queue of a mail service."""
 MOVES = {"backlog.resume": (State.BACKLOG, State.QUEUED), "backlog.suspend": (State.BACKLOG, State.SUSPENDED),
@@ -67,7 +74,13 @@ class ControlStore(DueStore, Protocol):
     def record_control_refusal(self, message: dict[str, Any], reason: str) -> None: ...
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000) -> MoveBatch: ...
+                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch: ...
+
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]: ...
+
+    def accept_control_work(self, message: dict[str, Any], answer: dict[str, Any]) -> None: ...
+
+    def stalled_control_work(self, seconds: float, limit: int = 10) -> list[dict[str, Any]]: ...
 
     def keep_moved_ids(self, request_id: str, ids: list[uuid.UUID]) -> None: ...
 
@@ -141,6 +154,7 @@ class Controller:
                  dispatch_test: DispatchTest | None = None, batch: int = BULK_BATCH) -> None:
         self.store, self.key, self.max_age, self.enqueue, self.clock = store, key, max_age, enqueue, clock
         self.box, self.dispatch_test, self.batch = box, dispatch_test, batch
+        self._hand_on: ThreadPoolExecutor | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Apply one control message, or record why it was refused."""
@@ -149,6 +163,8 @@ class Controller:
             self._refuse(args[0] if args else {}, "(root): a control message must carry exactly one object")
             return
         refusal = self._refusal(message)
+        if refusal is None and (expired := self._expired(message)) and not self._accepted(message):
+            refusal = expired  # an accepted bulk action goes on however long its message took to come back
         if refusal:
             self._refuse(message, refusal)
             return
@@ -173,18 +189,22 @@ class Controller:
     # -- bulk moves ---------------------------------------------------------------------------
 
     def _bulk(self, message: dict[str, Any], from_state: str, to_state: str) -> None:
-        """Move the selected mails in batches, each committed with the request's progress and handed to
-        the broker at once; the answer (counts) and audit entry go with the last batch."""
+        """Accept the action (its selection fixed and counted, committed with the work left to do: the
+        command answers with the count at once), then move the selected mails in batches, each committed
+        with the request's progress and handed to the broker while the next one moves; the answer (counts)
+        and audit entry go with the last batch."""
         rid = message["request_id"]
         with self.store.atomic() as tx:
             if tx.claim_control_request(rid, message["action"]):
                 answer = self._bulk_start(tx, message, from_state)
-                (tx.control_progress(rid, answer) if answer.get("running") else tx.record_control(message, answer))
+                if answer.get("running"):
+                    tx.accept_control_work(message, answer)
+                else:
+                    tx.record_control(message, answer)
             elif not (tx.control_answer(rid) or {}).get("running"):
                 log.info("control request %s applied before; not applied again", rid)
                 return
-        while self._bulk_step(message, from_state, to_state):
-            pass
+        self._bulk_batches(message, from_state, to_state)
 
     def _bulk_start(self, store: ControlStore, message: dict[str, Any], from_state: str) -> dict[str, Any]:
         project, everything = message.get("project"), bool(message.get("all"))
@@ -192,20 +212,59 @@ class Controller:
             return _unknown(project)
         if everything and message["action"] == "backlog.resume":
             store.unpause(project)  # resuming the whole backlog unpauses (new mail goes out behind it)
-        total = store.count_in_state(from_state, project) if everything else len(message["ids"])
-        return {"ok": True, "running": True, "total": total, "done": 0, "touched": 0, "counts": {},
-                **({} if everything else {"outcomes": {}})}
+        if not everything:
+            return {"ok": True, "running": True, "accepted": True, "total": len(message["ids"]), "done": 0,
+                    "touched": 0, "counts": {}, "outcomes": {}}
+        total, through = store.bulk_selection(from_state, project)
+        return {"ok": True, "running": True, "accepted": True, "total": total, "through_seq": through, "done": 0,
+                "touched": 0, "counts": {}}
 
-    def _bulk_step(self, message: dict[str, Any], from_state: str, to_state: str) -> bool:
-        """One batch; False once the request is answered."""
+    def _bulk_batches(self, message: dict[str, Any], from_state: str, to_state: str) -> int:
+        """Batches until the request is answered; returns how many mails they moved. Each batch's mails go
+        to the broker (records first) while the next batch moves; that next batch commits only once they
+        are all handed, so a hand-on that fails rolls it back and stops the action (to go on when the
+        message is redelivered), and a worker lost at any point leaves at most one committed batch not
+        handed (stale_queued hands it)."""
+        handing: Future[int] | None = None
+        moved = 0
+        try:
+            while True:
+                batch, more = self._bulk_step(message, from_state, to_state, handing.result if handing else None)
+                if handing is not None:
+                    handing.result()  # waited for inside the batch's transaction, unless it had nothing to do
+                handing = None
+                if batch is not None:
+                    moved += batch.counts.get(MOVED[to_state], 0)
+                    if to_state == State.QUEUED and batch.moved:  # a lost wake-up is caught by stale_queued
+                        handing = self._hands().submit(hand_on, self.enqueue, batch.moved)
+                if not more:
+                    break
+        finally:
+            if handing is not None:
+                wait([handing])  # however this ends, the batch committed last is handed before it returns
+        if handing is not None:
+            handing.result()
+        return moved
+
+    def _hands(self) -> ThreadPoolExecutor:
+        """The one thread that hands moved mails to the broker (its own broker connection, kept for reuse)."""
+        if self._hand_on is None:
+            self._hand_on = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deskmail-hand-on")
+        return self._hand_on
+
+    def _bulk_step(self, message: dict[str, Any], from_state: str, to_state: str,
+                   before_commit: Callable[[], object] | None = None) -> tuple[MoveBatch | None, bool]:
+        """One batch: (what it moved, None when there was nothing left to do; False once the request is
+        answered). `before_commit` runs last inside its transaction: an exception there rolls the batch back."""
         rid, everything = message["request_id"], bool(message.get("all"))
         with self.store.atomic() as tx:
             answer = tx.lock_control_progress(rid)
             if not answer or not answer.get("running"):
-                return False
+                return None, False
             ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
             batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
-                                  f"{message['action']} by {message['requested_by']}", self.batch)
+                                  f"{message['action']} by {message['requested_by']}", self.batch,
+                                  answer.get("through_seq"))
             answer["done"] += batch.examined
             answer["touched"] += batch.counts.get(MOVED[to_state], 0)
             answer["projects"] = sorted(set(answer.get("projects", [])) | batch.projects)
@@ -213,9 +272,8 @@ class Controller:
                 answer["counts"][value] = answer["counts"].get(value, 0) + n
             if batch.outcomes is not None:
                 answer["outcomes"].update(batch.outcomes)
-            moved = batch.moved
             if message.get("with_ids"):
-                tx.keep_moved_ids(rid, [m.event_id for m in moved])
+                tx.keep_moved_ids(rid, [m.event_id for m in batch.moved])
             finished = (batch.examined < self.batch) if everything else answer["done"] >= len(message["ids"])
             if finished:
                 answer["running"] = False
@@ -226,9 +284,30 @@ class Controller:
             else:
                 answer["total"] = max(answer["total"], answer["done"])
                 tx.control_progress(rid, answer)
-        if to_state == State.QUEUED:
-            hand_on(self.enqueue, moved)  # a lost wake-up is caught by the scheduler's stale_queued step
-        return not finished
+            if before_commit is not None:
+                before_commit()
+        return batch, not finished
+
+    def finish_stalled(self, seconds: float) -> int:
+        """Go on with accepted bulk actions nobody reported progress on for `seconds` (the scheduler's
+        backstop for a control worker that stopped and a message that will not come back); returns how many
+        mails it moved."""
+        moved = 0
+        for work in self.store.stalled_control_work(seconds):
+            log.warning("control request %s made no progress for %.0f s; going on with it here", work["request_id"],
+                        seconds)
+            try:
+                moved += self._bulk_batches(work, *MOVES[work["action"]])
+            except StoreUnavailable:
+                raise
+            except Exception:  # noqa: BLE001 - one that fails again must not hold up the others
+                log.exception("control request %s could not be finished here; tried again later", work["request_id"])
+        return moved
+
+    def _accepted(self, message: dict[str, Any]) -> bool:
+        """True for a bulk action accepted before and still running: going on with it is no new request."""
+        return message["action"] in MOVES and bool((self.store.control_answer(message["request_id"]) or {})
+                                                   .get("running"))
 
     def _refusal(self, message: dict[str, Any]) -> str | None:
         problems = schemas.validate(CONTROL_SCHEMA, message)
@@ -237,10 +316,13 @@ class Controller:
                                                          else "")
         if self.key and not hmac.compare_digest(str(message.get("signature", "")), sign(message, self.key)):
             return "signature: missing or wrong (DESKMAIL_CONTROL_KEY differs between the command and the worker?)"
-        requested = parse_requested_at(message["requested_at"])
-        if requested is None:
+        if parse_requested_at(message["requested_at"]) is None:
             return "requested_at: not an RFC 3339 date-time with an offset"
-        if abs((self.clock() - requested).total_seconds()) > self.max_age:
+        return None
+
+    def _expired(self, message: dict[str, Any]) -> str | None:
+        requested = parse_requested_at(message["requested_at"])
+        if requested is not None and abs((self.clock() - requested).total_seconds()) > self.max_age:
             return f"requested_at: older than {self.max_age:.0f} s; the request expired and was not applied"
         return None
 

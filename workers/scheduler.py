@@ -15,6 +15,7 @@ from typing import Callable
 
 from deskmail.workers import metrics
 from deskmail.workers.config import Config
+from deskmail.workers.control import BULK_STALLED_AFTER, Controller
 from deskmail.workers.errors import StoreUnavailable
 from deskmail.workers.handing import Enqueue, hand_on, hand_on_due  # noqa: F401 - hand_on_due stays importable here
 from deskmail.workers.runtime import Runtime
@@ -41,6 +42,11 @@ def auto_resume_step(store: Store, clock: Callable[[], datetime] = lambda: datet
     return lambda: {"auto_resumed": sum(store.auto_resume(clock()).values())}
 
 
+def stalled_control_step(controller: Controller, seconds: float = BULK_STALLED_AFTER) -> Extra:
+    """The backstop of accepted bulk actions: one nobody reported progress on for `seconds` goes on here."""
+    return lambda: {"control_moved": controller.finish_stalled(seconds)}
+
+
 @dataclass
 class Scheduler:
     """One pass hands due retries, lost wake-ups and mails of lost workers back to their transport queues."""
@@ -61,10 +67,12 @@ class Scheduler:
         broker = build_broker(config)
         enqueue = enqueuer(broker)
         store = runtime.store
+        controller = Controller(store, config.control_key, config.control_max_age, enqueue)
         return cls(store, enqueue, config,
                    [heartbeat_step(store), auto_resume_step(store),
                     drain_step(config.amqp_url, Admitter(store, enqueue)),
-                    clean_up_step(store, config.attachment_retention)])
+                    clean_up_step(store, config.attachment_retention),
+                    stalled_control_step(controller)])
 
     def tick(self) -> dict[str, int]:
         """One pass; returns how many mails each step touched. A step that fails is logged and

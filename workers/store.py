@@ -22,7 +22,8 @@ from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim,
 
 __all__ = ["Store", "open_pool"]
 MOVED = {"queued": "resumed", "suspended": "suspended", "sent": "closed"}
-MOVE_QUERY = {"queued": "requeue_resumed", "suspended": "suspend_selected", "sent": "close_ambiguous"}
+MAX_SEQ = 2**63 - 1  # a bound on seq that every mail is within
+MOVE_ATTEMPTS = 3  # times a bulk batch is taken again when a row changed under its lock
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATION_LOCK = 7_305_417_201  # pg_advisory_lock key: one migrator at a time
@@ -287,35 +288,42 @@ class Store:
     # -- admin control ------------------------------------------------------------------------
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000) -> MoveBatch:
-        """Move one batch of mails between states in one transaction.
+                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch:
+        """Move one batch of mails between states in one transaction (one statement, see move_batch in the SQL).
 
         To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
         hold no unit take one of today (an admin override of the limit); they are returned for the
         caller to hand to the broker at once. To `suspended`: suspend. To `sent`: close an ambiguous
         mail the admin checked was delivered. `ids=None` takes the next `limit` mails in from_state
-        (of the project, if given), records first, and answers with counts only; given ids are taken
-        all (the caller pages them), with an outcome per id.
+        (of the project, if given) whose seq is at most `through`, records first, and answers with
+        counts only; given ids are taken all (the caller pages them), with an outcome per id.
         """
-        done = MOVED[to_state]
+        done, given = MOVED[to_state], None if ids is None else [uuid.UUID(str(i)) for i in ids]
+        params = {"ids": given, "project": project, "state": from_state, "to": to_state, "detail": detail,
+                  "limit": limit, "through": MAX_SEQ if through is None else through}
         with self._conn() as conn, conn.transaction():
-            rows = self._lock(conn, ids, project, from_state, limit)
-            if ids is None:  # locked in from_state and of the project: every one of them moves
-                outcomes, chosen, taken = None, [r["event_id"] for r in rows], rows
+            for _ in range(MOVE_ATTEMPTS):
+                with conn.transaction():
+                    rows = conn.execute(self.q["move_batch"], params).fetchall()
+                    moved = [r for r in rows if r["event_id"] is not None]
+                    if rows[0]["picked"] == len(moved):
+                        break
+                    raise psycopg.Rollback()  # a locked row changed under its lock and kept its state: again
             else:
-                outcomes = _outcomes(rows, ids, project, from_state, done)
-                taken = [r for r in rows if outcomes.get(str(r["event_id"])) == done]
-                chosen = [r["event_id"] for r in taken]
-            moved: list[Requeue] = []
-            if chosen:
-                cur = conn.execute(self.q[MOVE_QUERY[to_state]], {"ids": chosen, "detail": detail})
-                moved = [Requeue(r["event_id"], r["priority"], r["mail_service"]) for r in cur.fetchall()]
-        counts: dict[str, int] = {done: len(chosen)} if chosen else {}
+                raise StoreError(f"a batch of {from_state} mails kept changing under its locks; tried {MOVE_ATTEMPTS} "
+                                 "times")
+            outcomes = None
+            if given is not None:
+                taken = {r["event_id"] for r in moved}
+                left = conn.execute(self.q["selected_states"], {"ids": [g for g in given if g not in taken]})
+                outcomes = _outcomes(left.fetchall(), [str(i) for i in ids or ()], project, from_state, done, taken)
+        counts: dict[str, int] = {done: len(moved)} if moved else {}
         for value in (outcomes or {}).values():
             if value != done:
                 counts[value] = counts.get(value, 0) + 1
-        return MoveBatch(len(rows) if ids is None else len(ids), counts, outcomes, moved,
-                         frozenset(r["project"] for r in taken if r["project"]))
+        return MoveBatch(rows[0]["picked"] if given is None else len(given), counts, outcomes,
+                         [Requeue(r["event_id"], r["priority"], r["mail_service"]) for r in moved],
+                         frozenset(r["project"] for r in moved if r["project"]))
 
     def move(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
              detail: str) -> dict[str, int]:
@@ -342,13 +350,6 @@ class Store:
     def project_known(self, project: str) -> bool:
         """True when the project has a row or any mail."""
         return bool(self._single("project_known", {"project": project})["known"])
-
-    def _lock(self, conn: Conn, ids: list[str] | None, project: str | None,
-              state: str, limit: int) -> list[dict[str, Any]]:
-        if ids is None:
-            return conn.execute(self.q["lock_batch_in_state"], {"state": state, "project": project,
-                                                                "limit": limit}).fetchall()
-        return conn.execute(self.q["lock_selected"], {"ids": [uuid.UUID(str(i)) for i in ids]}).fetchall()
 
     def set_pause(self, project: str, reason: str | None) -> bool:
         """Pause (reason) or unpause (None) a project; False if nothing changed."""
@@ -397,6 +398,24 @@ class Store:
         with self._conn() as conn, conn.transaction():
             conn.execute(self.q["answer_control_request"], {"request_id": request_id, "answer": Jsonb(progress)})
             conn.execute(self.q["notify_control"], {"request_id": str(request_id)})
+
+    def accept_control_work(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Record a bulk action as accepted (its answer so far, and the work left for whoever goes on with it),
+        notifying the waiting command on commit (use inside atomic())."""
+        work = {k: v for k, v in message.items() if k != "signature"}
+        with self._conn() as conn, conn.transaction():
+            conn.execute(self.q["accept_control_work"], {"request_id": message["request_id"], "answer": Jsonb(answer),
+                                                        "work": Jsonb(work)})
+            conn.execute(self.q["notify_control"], {"request_id": str(message["request_id"])})
+
+    def stalled_control_work(self, seconds: float, limit: int = 10) -> list[dict[str, Any]]:
+        """The work of accepted bulk actions without progress for `seconds`, oldest first."""
+        return [r["work"] for r in self._all("stalled_control_work", {"seconds": seconds, "limit": limit})]
+
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]:
+        """(how many mails are in `state`, of the project if given; the newest one's seq): a bulk action's selection."""
+        row = self._single("bulk_selection", {"state": state, "project": project})
+        return int(row["n"]), int(row["through"])
 
     def lock_control_progress(self, request_id: str) -> dict[str, Any] | None:
         """A claimed request's answer so far, locked until the transaction ends (use inside atomic())."""
@@ -723,21 +742,21 @@ def _translated(health: Health) -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL: no connection available: {exc}") from exc
 
 
-def _outcomes(rows: list[dict[str, Any]], ids: list[str] | None, project: str | None, state: str,
-              done: str) -> dict[str, str]:
-    """What happens to each selected id: `done`, or why not."""
-    found = {str(r["event_id"]): r for r in rows}
+def _outcomes(rows: list[dict[str, Any]], ids: list[str], project: str | None, state: str, done: str,
+              moved: set[uuid.UUID]) -> dict[str, str]:
+    """What happened to each given id: `done` for the moved ones, else why not (`rows`: where the others are)."""
+    found = {r["event_id"]: r for r in rows}
     out: dict[str, str] = {}
-    for key in ([str(r["event_id"]) for r in rows] if ids is None else [str(i) for i in ids]):
-        row = found.get(key)
-        if row is None:
+    for key in ids:
+        row = found.get(uuid.UUID(key))
+        if uuid.UUID(key) in moved:
+            out[key] = done
+        elif row is None:
             out[key] = "unknown id"
         elif project and row["project"] != project:
             out[key] = f"belongs to project {row['project']}"
-        elif row["state"] != state:
-            out[key] = f"not {state} (it is {row['state']})"
         else:
-            out[key] = done
+            out[key] = f"not {state} (it is {row['state']})"
     return out
 
 

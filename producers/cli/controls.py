@@ -100,16 +100,45 @@ def _limits(commands: argparse._SubParsersAction) -> None:
     put.set_defaults(func=set_limits)
 
 
-def send_control(ctx: Context, action: str, **fields) -> dict:
+ACCEPTED = {"backlog.resume": "resuming", "backlog.suspend": "suspending", "suspended.resume": "resuming",
+            "failed.retry": "retrying", "ambiguous.resend": "resending", "ambiguous.close": "closing"}
+"""How the answer to a bulk action over a whole list names what is under way once it is accepted."""
+
+
+def send_control(ctx: Context, action: str, announce: bool | None = None, **fields) -> dict:
     """Send one control action to the control vhost and return the worker's answer (a progress bar on a
-    terminal while a bulk action runs)."""
+    terminal while a bulk action runs). With `announce`, a bulk action over a whole list is answered on
+    stdout as soon as the worker accepted it (its selection fixed and counted), before its final line."""
     message = control.control_message(action, ctx.config.control_key, **fields)
+    told = False
+
+    def progress(answer: dict) -> None:
+        nonlocal told
+        if announce and not told and answer.get("accepted"):
+            print(accepted_line(action, message, answer), flush=True)
+            told = True
+        report(answer)
+
     with progress_bar(f"{action}") as report:
         try:
-            answer = control.send(ctx.control_publisher, ctx.store, message, ctx.config.control_timeout, report)
+            answer = control.send(ctx.control_publisher, ctx.store, message, ctx.config.control_timeout, progress)
         except control.NoAnswer as exc:
             raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            if told:  # accepted: it goes on without us
+                print(f"deskmail: stopped following request {message['request_id']}; it goes on (its result: "
+                      "`deskmail audit`)", file=sys.stderr)
+            raise
+    if announce and not told and answer.get("ok") and answer.get("accepted"):
+        print(accepted_line(action, message, answer))  # finished before the command saw it running
     return {"request_id": message["request_id"], **answer}
+
+
+def accepted_line(action: str, message: dict, answer: dict) -> str:
+    """The answer to an accepted bulk action: how many mails it takes, and that it completes by itself."""
+    project = f" of project {printable(message['project'])}" if message.get("project") else ""
+    return (f"{ACCEPTED.get(action, action)} {answer.get('total', 0)} mail(s){project}: accepted as request "
+            f"{message['request_id']}, it completes even if this command or the control worker stops")
 
 
 def print_answer(answer: dict, as_json: bool) -> int:
@@ -155,8 +184,8 @@ def run_control(ctx: Context, args: argparse.Namespace) -> int:
         if not args.yes and not confirm(f"{args.action} --all touches {total} mail(s) of {len(counts)} project(s) "
                                         f"({', '.join(f'{p}: {n}' for p, n in counts.items()) or 'none'})"):
             raise CommandError("not confirmed; nothing was sent (give --yes, or --project P)")
-    answer = send_control(ctx, args.action, ids=args.ids or None, all=use_all or None, project=args.project,
-                          with_ids=args.with_ids or None)
+    answer = send_control(ctx, args.action, announce=use_all and not args.json, ids=args.ids or None,
+                          all=use_all or None, project=args.project, with_ids=args.with_ids or None)
     return print_answer(answer, args.json)
 
 

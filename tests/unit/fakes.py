@@ -613,13 +613,15 @@ class FakeStore:
 
     @_port
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000) -> MoveBatch:
-        """Move one batch of mails between states, as Store.move_batch (an outcome per given id)."""
+                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch:
+        """Move one batch of mails between states, as Store.move_batch (an outcome per given id; without ids,
+        the oldest of the state up to seq `through`, records first)."""
         done = MOVED[to_state]
         with self.atomic():
             if ids is None:
                 rows = sorted((m for m in self.db.mails.values()
-                               if m.state == from_state and project in (None, m.project)),
+                               if m.state == from_state and project in (None, m.project)
+                               and (through is None or m.seq <= through)),
                               key=lambda m: (-m.priority, m.seq))[:limit]
                 outcomes, taken = None, rows
             else:
@@ -677,6 +679,28 @@ class FakeStore:
             row.detail, row.updated_at = detail, now
 
     @_port
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]:
+        """(how many mails are in `state`, of the project if given; the newest one's seq)."""
+        seqs = [m.seq for m in self.db.mails.values() if m.state == state and project in (None, m.project)]
+        return len(seqs), max(seqs, default=0)
+
+    @_port
+    def accept_control_work(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Record a bulk action as accepted: its answer so far and the work left."""
+        row = self.db.requests.get(_rid(message["request_id"]))
+        if row is not None:
+            row.update(answer=_json(answer), answered_at=self.clock(),
+                       work=_json({k: v for k, v in message.items() if k != "signature"}))
+
+    @_port
+    def stalled_control_work(self, seconds: float, limit: int = 10) -> list[dict[str, Any]]:
+        """The work of accepted bulk actions without progress for `seconds`, oldest first."""
+        since = self.clock() - timedelta(seconds=seconds)
+        stalled = sorted((r for r in self.db.requests.values() if r.get("work") is not None
+                          and r["answered_at"] < since), key=lambda r: r["answered_at"])
+        return [_json(r["work"]) for r in stalled[:limit]]
+
+    @_port
     def claim_control_request(self, request_id: str, action: str) -> bool:
         """Take a request id for applying it now; False if it was taken before."""
         rid = _rid(request_id)
@@ -711,9 +735,12 @@ class FakeStore:
         return _json(row["answer"]) if row is not None else None
 
     def _set_answer(self, request_id: str, answer: dict[str, Any]) -> None:
+        """As answer_control_request: a request answered for good (not `running`) has no work left."""
         row = self.db.requests.get(_rid(request_id))
         if row is not None:
-            row["answer"] = _json(answer)
+            row.update(answer=_json(answer), answered_at=self.clock())
+            if not answer.get("running"):
+                row["work"] = None
 
     @_port
     def record_control_refusal(self, message: dict[str, Any], reason: str) -> None:

@@ -183,68 +183,75 @@ SELECT seq, event_id, project, kind, recipients, subject, reason, detail, receiv
    AND (%(reason)s::text IS NULL OR reason = %(reason)s)
  ORDER BY seq LIMIT %(limit)s;
 
--- name: lock_selected
-SELECT m.event_id, m.project, m.state FROM mail m
- WHERE m.event_id = ANY(%(ids)s)
- ORDER BY m.priority DESC, m.seq FOR UPDATE;
-
--- name: lock_all_in_state
-SELECT m.event_id, m.project, m.state FROM mail m
- WHERE m.state = %(state)s AND (%(project)s::text IS NULL OR m.project = %(project)s)
- ORDER BY m.priority DESC, m.seq FOR UPDATE;
-
--- name: requeue_resumed
--- Resumed mails are handed to the broker by the control actor in the same breath, so they are not
--- due for the scheduler (next_attempt_at NULL); a lost wake-up is still caught by take_stale_queued.
--- Mails that hold no unit (backlog, suspended, failed) take one, of today, as an admin override;
--- an ambiguous mail sent again keeps the one it holds, and is flagged: a copy may exist. One
--- statement per batch: every CTE reads the rows as they were before the UPDATE.
-WITH old AS (
-    SELECT o.event_id, o.project, o.quota_day IS NULL AS takes, o.global_quota_day IS NULL AS takes_global,
-           (now() AT TIME ZONE coalesce(p.time_zone, 'UTC'))::date AS day
-      FROM mail o LEFT JOIN projects p ON p.key = o.project
-     WHERE o.event_id = ANY(%(ids)s)
-), global_day AS (
-    SELECT (now() AT TIME ZONE g.time_zone)::date AS day FROM global_limits g
+-- name: move_batch
+-- One batch of a bulk action, in one statement. The batch is the next `limit` mails of the selection:
+-- the mails of `state` (of the project) up to seq `through`, records first, rows another transaction
+-- holds left to it; or, when `ids` are given, those of them still in `state` (and of the project),
+-- waited for. They are locked, then moved to `to` through their row addresses (a TID scan: the lock
+-- keeps each row where it is, and no join lets the planner read the whole ledger): resumed, retried
+-- or resent (queued), suspended, or closed as sent. A queued mail that holds no unit takes one of its
+-- project's today and one of the global today, as an admin override; an ambiguous mail sent again
+-- keeps the one it holds and is flagged (a copy may exist). Queued mails are handed to the broker by
+-- the control actor right after the commit, so they are not due for the scheduler (next_attempt_at
+-- NULL); a lost wake-up is still caught by take_stale_queued. The units are counted from the locked
+-- rows: the caller takes the batch again when fewer moved than were locked (a row that changed under
+-- its lock and kept its state; see Store.move_batch).
+WITH today AS (
+    SELECT (now() AT TIME ZONE g.time_zone)::date AS global_day FROM global_limits g
+), picked AS (
+    SELECT * FROM (SELECT m.ctid AS at, m.project, m.quota_day IS NULL AS takes,
+                          m.global_quota_day IS NULL AS takes_global FROM mail m
+                    WHERE %(ids)s::uuid[] IS NULL AND m.state = %(state)s AND m.seq <= %(through)s
+                      AND (%(project)s::text IS NULL OR m.project = %(project)s)
+                    ORDER BY m.priority DESC, m.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS next_in_state
+    UNION ALL
+    SELECT * FROM (SELECT m.ctid, m.project, m.quota_day IS NULL, m.global_quota_day IS NULL
+                     FROM unnest(%(ids)s::uuid[]) AS given(event_id) JOIN mail m ON m.event_id = given.event_id
+                    WHERE %(ids)s::uuid[] IS NOT NULL AND m.state = %(state)s
+                      AND (%(project)s::text IS NULL OR m.project = %(project)s)
+                    ORDER BY m.priority DESC, m.seq FOR UPDATE OF m) AS given_ids
 ), moved AS (
     UPDATE mail m
-       SET state = 'queued', reason = NULL, detail = %(detail)s, next_attempt_at = NULL, updated_at = now(),
-           duplicate_risk = m.duplicate_risk OR m.state = 'ambiguous', lifetime_from = now(), deferred = NULL,
-           quota_day = coalesce(m.quota_day, old.day),
-           global_quota_day = coalesce(m.global_quota_day, (SELECT day FROM global_day))
-      FROM old WHERE m.event_id = old.event_id
-    RETURNING m.event_id, m.priority, m.mail_service
+       SET state = %(to)s::text, detail = %(detail)s, updated_at = now(),
+           reason = CASE %(to)s::text WHEN 'queued' THEN NULL WHEN 'sent' THEN 'closed_by_admin' ELSE m.reason END,
+           next_attempt_at = CASE WHEN %(to)s::text = 'queued' THEN NULL ELSE m.next_attempt_at END,
+           lifetime_from = CASE WHEN %(to)s::text = 'queued' THEN now() ELSE m.lifetime_from END,
+           deferred = CASE WHEN %(to)s::text = 'queued' THEN NULL ELSE m.deferred END,
+           duplicate_risk = m.duplicate_risk OR (%(to)s::text = 'queued' AND m.state = 'ambiguous'),
+           sent_at = CASE WHEN %(to)s::text = 'sent' THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
+           quota_day = CASE WHEN %(to)s::text = 'queued' AND m.quota_day IS NULL
+                            THEN deskmail_project_today(m.project) ELSE m.quota_day END,
+           global_quota_day = CASE WHEN %(to)s::text = 'queued' AND m.global_quota_day IS NULL
+                                   THEN (SELECT global_day FROM today) ELSE m.global_quota_day END
+     WHERE m.ctid = ANY(ARRAY(SELECT at FROM picked)) AND m.state = %(state)s
+    RETURNING m.event_id, m.priority, m.mail_service, m.project
 ), quota AS (
     SELECT deskmail_add_quota(scope, day, n) FROM (
-        SELECT project AS scope, day, count(*)::int AS n FROM old WHERE takes GROUP BY project, day
+        SELECT project AS scope, deskmail_project_today(project) AS day, count(*)::int AS n FROM picked
+         WHERE takes AND %(to)s::text = 'queued' GROUP BY project
         UNION ALL
-        SELECT '*', (SELECT day FROM global_day), count(*)::int FROM old WHERE takes_global HAVING count(*) > 0
+        SELECT '*', (SELECT global_day FROM today), count(*)::int FROM picked
+         WHERE takes_global AND %(to)s::text = 'queued' HAVING count(*) > 0
     ) AS units
 )
-SELECT moved.event_id, moved.priority, moved.mail_service, (SELECT count(*) FROM quota) AS scopes FROM moved;
+SELECT (SELECT count(*) FROM picked)::int AS picked, (SELECT count(*) FROM quota) AS scopes,
+       moved.event_id, moved.priority, moved.mail_service, moved.project
+  FROM (SELECT 1) AS one LEFT JOIN moved ON true;  -- one row even when nothing moved, for `picked`
+
+-- name: selected_states
+-- Where the given mails are now (after a batch): the command hears why those not moved were not.
+SELECT m.event_id, m.project, m.state FROM unnest(%(ids)s::uuid[]) AS given(event_id)
+  JOIN mail m ON m.event_id = given.event_id;
 
 -- name: make_due
 -- Moved mails nobody hands to the broker right away: the scheduler's due step takes them.
 UPDATE mail SET next_attempt_at = now() WHERE event_id = ANY(%(ids)s) AND state = 'queued';
 
--- name: close_ambiguous
--- The admin checked that the mail was delivered: it is closed as sent, and keeps its unit.
-UPDATE mail SET state = 'sent', reason = 'closed_by_admin', detail = %(detail)s, updated_at = now(),
-       sent_at = coalesce(sent_at, now())
- WHERE event_id = ANY(%(ids)s)
-RETURNING event_id, priority, mail_service;
-
--- name: suspend_selected
-UPDATE mail SET state = 'suspended', detail = %(detail)s, updated_at = now()
- WHERE event_id = ANY(%(ids)s)
-RETURNING event_id, priority, mail_service;
-
--- name: lock_batch_in_state
--- One batch of a bulk action: the oldest mails of the state, records first (mail_movable); rows
--- another transaction holds are left to it.
-SELECT m.event_id, m.project, m.state FROM mail m
- WHERE m.state = %(state)s AND (%(project)s::text IS NULL OR m.project = %(project)s)
- ORDER BY m.priority DESC, m.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
+-- name: bulk_selection
+-- What a bulk action over a whole list takes, fixed when it is accepted: the mails of the state (of
+-- the project) up to the newest one now; mails that arrive later are not part of it.
+SELECT count(*)::int AS n, coalesce(max(seq), 0) AS through FROM mail
+ WHERE state = %(state)s AND (%(project)s::text IS NULL OR project = %(project)s);
 
 -- name: count_in_state
 SELECT count(*)::int AS n FROM mail
@@ -361,8 +368,23 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id;
 
 -- name: answer_control_request
--- The answer, or the progress of a request still running; the NOTIFY goes out when it commits.
-UPDATE control_requests SET answer = %(answer)s, answered_at = now() WHERE request_id = %(request_id)s;
+-- The answer, or the progress of a request still running; the NOTIFY goes out when it commits. A
+-- request answered for good has no work left.
+UPDATE control_requests
+   SET answer = %(answer)s, answered_at = now(),
+       work = CASE WHEN (%(answer)s::jsonb ->> 'running')::boolean THEN work END
+ WHERE request_id = %(request_id)s;
+
+-- name: accept_control_work
+-- A bulk action accepted: its selection counted in the answer, its work kept until its last batch.
+UPDATE control_requests SET answer = %(answer)s, answered_at = now(), work = %(work)s
+ WHERE request_id = %(request_id)s;
+
+-- name: stalled_control_work
+-- Accepted bulk actions nobody reported progress on for `seconds`: the scheduler goes on with them.
+SELECT request_id, work FROM control_requests
+ WHERE work IS NOT NULL AND answered_at < now() - make_interval(secs => %(seconds)s)
+ ORDER BY answered_at LIMIT %(limit)s;
 
 -- name: listen_control
 LISTEN deskmail_control;

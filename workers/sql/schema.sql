@@ -12,6 +12,7 @@
 --   0010_console
 --   0011_control_scale
 --   0012_console_filter
+--   0013_bulk_accepted
 
 CREATE FUNCTION public.deskmail_add_quota(p_scope text, p_day date, p_n integer) RETURNS void
     LANGUAGE sql
@@ -146,6 +147,12 @@ CREATE FUNCTION public.deskmail_mail_mentions(p_subject text, p_event jsonb, p_t
                                                       || coalesce(p_event->'bcc', '[]')) AS r(v)
                     WHERE coalesce(r.v->>'address', r.v #>> '{}') ILIKE '%' || p_text || '%'
                        OR r.v->>'name' ILIKE '%' || p_text || '%')
+$$;
+
+CREATE FUNCTION public.deskmail_project_today(p_project text) RETURNS date
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT (now() AT TIME ZONE coalesce((SELECT time_zone FROM projects WHERE key = p_project), 'UTC'))::date
 $$;
 
 CREATE FUNCTION public.deskmail_record_outcome(p_event_id uuid, p_token uuid, p_attempt integer, p_worker text, p_started timestamp with time zone, p_outcome text, p_state text, p_reason text, p_detail text, p_refused jsonb, p_deferred text[], p_message_id text, p_delay double precision, p_refund boolean, p_config_error text, p_pause text) RETURNS boolean
@@ -417,7 +424,8 @@ CREATE TABLE public.control_requests (
     request_id uuid NOT NULL,
     action text NOT NULL,
     answered_at timestamp with time zone DEFAULT now() NOT NULL,
-    answer jsonb NOT NULL
+    answer jsonb NOT NULL,
+    work jsonb
 );
 
 CREATE TABLE public.control_sent (
@@ -615,6 +623,8 @@ CREATE INDEX console_login_attempts_user ON public.console_login_attempts USING 
 CREATE INDEX console_sessions_expiry ON public.console_sessions USING btree (expires_at);
 
 CREATE INDEX control_refusals_request ON public.control_refusals USING btree (request_id) WHERE (request_id IS NOT NULL);
+
+CREATE INDEX control_requests_unfinished ON public.control_requests USING btree (answered_at) WHERE (work IS NOT NULL);
 
 CREATE INDEX control_sent_at ON public.control_sent USING btree (sent_at);
 
