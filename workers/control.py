@@ -74,9 +74,10 @@ class ControlStore(DueStore, Protocol):
     def record_control_refusal(self, message: dict[str, Any], reason: str) -> None: ...
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch: ...
+                   detail: str, limit: int = 5000, through: int | None = None,
+                   since: str | None = None) -> MoveBatch: ...
 
-    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]: ...
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int, str]: ...
 
     def accept_control_work(self, message: dict[str, Any], answer: dict[str, Any]) -> None: ...
 
@@ -213,11 +214,11 @@ class Controller:
         if everything and message["action"] == "backlog.resume":
             store.unpause(project)  # resuming the whole backlog unpauses (new mail goes out behind it)
         if not everything:
-            return {"ok": True, "running": True, "accepted": True, "total": len(message["ids"]), "done": 0,
+            return {"ok": True, "running": True, "accepted": True, "total": len(_given(message)), "done": 0,
                     "touched": 0, "counts": {}, "outcomes": {}}
-        total, through = store.bulk_selection(from_state, project)
-        return {"ok": True, "running": True, "accepted": True, "total": total, "through_seq": through, "done": 0,
-                "touched": 0, "counts": {}}
+        total, through, since = store.bulk_selection(from_state, project)
+        return {"ok": True, "running": True, "accepted": True, "total": total, "through_seq": through,
+                "accepted_at": since, "done": 0, "touched": 0, "counts": {}}
 
     def _bulk_batches(self, message: dict[str, Any], from_state: str, to_state: str) -> int:
         """Batches until the request is answered; returns how many mails they moved. Each batch's mails go
@@ -261,10 +262,10 @@ class Controller:
             answer = tx.lock_control_progress(rid)
             if not answer or not answer.get("running"):
                 return None, False
-            ids = None if everything else message["ids"][answer["done"]:answer["done"] + self.batch]
+            ids = None if everything else _given(message)[answer["done"]:answer["done"] + self.batch]
             batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
                                   f"{message['action']} by {message['requested_by']}", self.batch,
-                                  answer.get("through_seq"))
+                                  answer.get("through_seq"), answer.get("accepted_at"))
             answer["done"] += batch.examined
             answer["touched"] += batch.counts.get(MOVED[to_state], 0)
             answer["projects"] = sorted(set(answer.get("projects", [])) | batch.projects)
@@ -274,7 +275,7 @@ class Controller:
                 answer["outcomes"].update(batch.outcomes)
             if message.get("with_ids"):
                 tx.keep_moved_ids(rid, [m.event_id for m in batch.moved])
-            finished = (batch.examined < self.batch) if everything else answer["done"] >= len(message["ids"])
+            finished = (batch.examined < self.batch) if everything else answer["done"] >= len(_given(message))
             if finished:
                 answer["running"] = False
                 answer["total"] = answer["done"] if everything else answer["total"]
@@ -439,6 +440,12 @@ class Controller:
                             "re-encrypted"}
         rotated = [key for key, old, new in replacements if store.replace_secrets(key, old, new)]
         return {"ok": True, "touched": 0, "rotated": rotated}
+
+
+def _given(message: dict[str, Any]) -> list[str]:
+    """The ids a bulk action names, each once whatever its letter case (the schema's uniqueItems compares
+    texts), in the order given."""
+    return list(dict.fromkeys(str(uuid.UUID(i)) for i in message["ids"]))
 
 
 def applies(action: str) -> bool:

@@ -70,8 +70,14 @@ class Runtime:
                 log.warning("closing the %s transport's connections failed", transport.service, exc_info=True)
 
     def close(self) -> None:
-        """Close everything this process holds: the transports' connections, the lease renewer, the pool."""
+        """Close everything this process holds (once its worker threads have stopped): the transports'
+        connections, the lease renewer, the pool."""
         self.close_thread()
+        for transport in self.__dict__.get("transports", {}).values():
+            try:
+                transport.close_shared()
+            except Exception:  # noqa: BLE001 - a session that fails to say goodbye must not stop the shutdown
+                log.warning("closing the %s transport's shared connections failed", transport.service, exc_info=True)
         if "leases" in self.__dict__:
             self.leases.stop()
         if self._store is not None:

@@ -288,19 +288,23 @@ class Store:
     # -- admin control ------------------------------------------------------------------------
 
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch:
+                   detail: str, limit: int = 5000, through: int | None = None,
+                   since: str | None = None) -> MoveBatch:
         """Move one batch of mails between states in one transaction (one statement, see move_batch in the SQL).
 
         To `queued`: resume (backlog, suspended), retry (failed) or resend (ambiguous); mails that
         hold no unit take one of today (an admin override of the limit); they are returned for the
         caller to hand to the broker at once. To `suspended`: suspend. To `sent`: close an ambiguous
         mail the admin checked was delivered. `ids=None` takes the next `limit` mails in from_state
-        (of the project, if given) whose seq is at most `through`, records first, and answers with
-        counts only; given ids are taken all (the caller pages them), with an outcome per id.
+        (of the project, if given) whose seq is at most `through` and that did not change after `since`,
+        records first, and answers with counts only; given ids are taken all (the caller pages them), with
+        an outcome per id (an id given twice, in any letter case, counts once).
         """
-        done, given = MOVED[to_state], None if ids is None else [uuid.UUID(str(i)) for i in ids]
+        if ids is not None:
+            ids = list(dict.fromkeys(str(uuid.UUID(str(i))) for i in ids))
+        done, given = MOVED[to_state], None if ids is None else [uuid.UUID(i) for i in ids]
         params = {"ids": given, "project": project, "state": from_state, "to": to_state, "detail": detail,
-                  "limit": limit, "through": MAX_SEQ if through is None else through}
+                  "limit": limit, "through": MAX_SEQ if through is None else through, "since": since}
         with self._conn() as conn, conn.transaction():
             for _ in range(MOVE_ATTEMPTS):
                 with conn.transaction():
@@ -409,13 +413,15 @@ class Store:
             conn.execute(self.q["notify_control"], {"request_id": str(message["request_id"])})
 
     def stalled_control_work(self, seconds: float, limit: int = 10) -> list[dict[str, Any]]:
-        """The work of accepted bulk actions without progress for `seconds`, oldest first."""
+        """The work of accepted bulk actions still running without progress for `seconds`, oldest first; taking
+        one counts as progress (one that keeps failing goes behind the others)."""
         return [r["work"] for r in self._all("stalled_control_work", {"seconds": seconds, "limit": limit})]
 
-    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]:
-        """(how many mails are in `state`, of the project if given; the newest one's seq): a bulk action's selection."""
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int, str]:
+        """(how many mails are in `state`, of the project if given; the newest one's seq; the database's time
+        now, ISO): a bulk action's selection."""
         row = self._single("bulk_selection", {"state": state, "project": project})
-        return int(row["n"]), int(row["through"])
+        return int(row["n"]), int(row["through"]), row["since"].isoformat()
 
     def lock_control_progress(self, request_id: str) -> dict[str, Any] | None:
         """A claimed request's answer so far, locked until the transaction ends (use inside atomic())."""

@@ -198,3 +198,33 @@ def test_the_command_answers_with_the_count_once_accepted_and_ends_with_its_fina
     assert done.returncode == 0, done.stderr
     assert lines[0].startswith(f"suspending {more} mail(s) of project alpha: accepted as request ")
     assert lines[-1] == f"done: {more} mail(s)" and len(lines) == 2
+
+
+def test_a_mail_that_comes_back_into_the_state_during_the_action_is_not_taken_again(runtime, store):
+    """A retried mail that fails again at once is not retried a second time by the same `retry --all`."""
+    backlog = admit_backlog(runtime, store, 12)
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE mail SET state = 'failed', updated_at = now() - interval '1 hour' "
+                     "WHERE event_id = ANY(%s::uuid[])", (backlog,))
+
+    class FailingAgain(Handed):
+        def __call__(self, service, ids, priority):
+            super().__call__(service, ids, priority)
+            assert len(self.ids) <= 100, "the same mails were handed on again and again"
+            with store.pool.connection() as conn:
+                conn.execute("UPDATE mail SET state = 'failed', updated_at = now() WHERE event_id = ANY(%s::uuid[])",
+                             ([str(i) for i in ids],))
+    handed = FailingAgain()
+    message = signed("failed.retry", all=True, project="alpha")
+    Controller(store, KEY, 600, handed, batch=5)(message)
+    answer = store.control_answer(message["request_id"])
+    assert sorted(map(str, handed.ids)) == sorted(backlog)
+    assert answer["counts"] == {"resumed": 12} and not answer["running"]
+
+
+def test_an_id_given_twice_in_other_letter_case_ends_the_action(runtime, store):
+    [one, _] = admit_backlog(runtime, store, 2)
+    message = signed("backlog.resume", ids=[one, one.upper()], project="alpha")
+    Controller(store, KEY, 600, Handed(), batch=5)(message)
+    answer = store.control_answer(message["request_id"])
+    assert not answer["running"] and answer["counts"] == {"resumed": 1}

@@ -613,7 +613,8 @@ class FakeStore:
 
     @_port
     def move_batch(self, ids: list[str] | None, project: str | None, from_state: str, to_state: str,
-                   detail: str, limit: int = 5000, through: int | None = None) -> MoveBatch:
+                   detail: str, limit: int = 5000, through: int | None = None,
+                   since: str | None = None) -> MoveBatch:
         """Move one batch of mails between states, as Store.move_batch (an outcome per given id; without ids,
         the oldest of the state up to seq `through`, records first)."""
         done = MOVED[to_state]
@@ -621,7 +622,9 @@ class FakeStore:
             if ids is None:
                 rows = sorted((m for m in self.db.mails.values()
                                if m.state == from_state and project in (None, m.project)
-                               and (through is None or m.seq <= through)),
+                               and (through is None or m.seq <= through)
+                               and (since is None or m.updated_at is None
+                                    or m.updated_at <= datetime.fromisoformat(since))),
                               key=lambda m: (-m.priority, m.seq))[:limit]
                 outcomes, taken = None, rows
             else:
@@ -679,10 +682,10 @@ class FakeStore:
             row.detail, row.updated_at = detail, now
 
     @_port
-    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int]:
-        """(how many mails are in `state`, of the project if given; the newest one's seq)."""
+    def bulk_selection(self, state: str, project: str | None) -> tuple[int, int, str]:
+        """(how many mails are in `state`, of the project if given; the newest one's seq; the time now)."""
         seqs = [m.seq for m in self.db.mails.values() if m.state == state and project in (None, m.project)]
-        return len(seqs), max(seqs, default=0)
+        return len(seqs), max(seqs, default=0), self.clock().isoformat()
 
     @_port
     def accept_control_work(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
@@ -697,8 +700,11 @@ class FakeStore:
         """The work of accepted bulk actions without progress for `seconds`, oldest first."""
         since = self.clock() - timedelta(seconds=seconds)
         stalled = sorted((r for r in self.db.requests.values() if r.get("work") is not None
-                          and r["answered_at"] < since), key=lambda r: r["answered_at"])
-        return [_json(r["work"]) for r in stalled[:limit]]
+                          and r["answer"].get("running") and r["answered_at"] < since),
+                         key=lambda r: r["answered_at"])[:limit]
+        for row in stalled:
+            row["answered_at"] = self.clock()  # taking one counts as progress
+        return [_json(r["work"]) for r in stalled]
 
     @_port
     def claim_control_request(self, request_id: str, action: str) -> bool:

@@ -204,3 +204,38 @@ def test_pause_and_unpause_say_whether_anything_changed():
     assert state(store, mail["event_id"]) == "backlog"
     assert command(store, "project.unpause", project="alpha")["changed"] is True
     assert not command(store, "project.unpause", project="nobody")["ok"]
+
+
+def test_an_id_given_twice_in_other_letter_case_is_moved_once_and_the_action_ends():
+    store = FakeStore()
+    backlog = over_limit(store, 3)
+    answer = command(store, "backlog.resume", ids=[backlog[0], backlog[0].upper()], project="alpha")
+    assert not answer["running"] and answer["counts"] == {"resumed": 1} and answer["total"] == 1
+    assert state(store, backlog[0]) == "queued"
+
+
+class FailingAgain(Handed):
+    """A hand-on after which each mail fails again at once (a recipient the server refuses for good)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def __call__(self, service, ids, priority) -> None:
+        super().__call__(service, ids, priority)
+        assert len(self.ids) <= 100, "the same mails were handed on again and again"
+        self.store.clock.advance(1)
+        for event_id in ids:
+            row = next(m for m in self.store.db.mails.values() if str(m.event_id) == str(event_id))
+            row.state, row.updated_at = "failed", self.store.clock()
+
+
+def test_retry_all_takes_each_failed_mail_once_even_when_it_fails_again_during_the_action():
+    store = FakeStore()
+    backlog = over_limit(store, 7)
+    command(store, "backlog.resume", ids=backlog, project="alpha", handed=FailingAgain(store))
+    assert [state(store, i) for i in backlog] == ["failed"] * 6
+    handed = FailingAgain(store)
+    answer = command(store, "failed.retry", all=True, project="alpha", handed=handed, batch=2)
+    assert sorted(handed.ids) == sorted(backlog)  # each once: a mail failed again is not the selection's
+    assert answer["counts"] == {"resumed": 6} and not answer["running"]

@@ -202,6 +202,7 @@ WITH today AS (
     SELECT * FROM (SELECT m.ctid AS at, m.project, m.quota_day IS NULL AS takes,
                           m.global_quota_day IS NULL AS takes_global FROM mail m
                     WHERE %(ids)s::uuid[] IS NULL AND m.state = %(state)s AND m.seq <= %(through)s
+                      AND (%(since)s::timestamptz IS NULL OR m.updated_at <= %(since)s::timestamptz)
                       AND (%(project)s::text IS NULL OR m.project = %(project)s)
                     ORDER BY m.priority DESC, m.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS next_in_state
     UNION ALL
@@ -249,8 +250,10 @@ UPDATE mail SET next_attempt_at = now() WHERE event_id = ANY(%(ids)s) AND state 
 
 -- name: bulk_selection
 -- What a bulk action over a whole list takes, fixed when it is accepted: the mails of the state (of
--- the project) up to the newest one now; mails that arrive later are not part of it.
-SELECT count(*)::int AS n, coalesce(max(seq), 0) AS through FROM mail
+-- the project) up to the newest one now, as they are now (`since`): mails that arrive later, and mails
+-- that come back into the state while the action runs (a retried mail that fails again, a resent one that
+-- ends ambiguous again), are not part of it.
+SELECT count(*)::int AS n, coalesce(max(seq), 0) AS through, now() AS since FROM mail
  WHERE state = %(state)s AND (%(project)s::text IS NULL OR project = %(project)s);
 
 -- name: count_in_state
@@ -381,10 +384,15 @@ UPDATE control_requests SET answer = %(answer)s, answered_at = now(), work = %(w
  WHERE request_id = %(request_id)s;
 
 -- name: stalled_control_work
--- Accepted bulk actions nobody reported progress on for `seconds`: the scheduler goes on with them.
-SELECT request_id, work FROM control_requests
- WHERE work IS NOT NULL AND answered_at < now() - make_interval(secs => %(seconds)s)
- ORDER BY answered_at LIMIT %(limit)s;
+-- Accepted bulk actions still running that nobody reported progress on for `seconds`: the scheduler
+-- goes on with them. Taking one counts as progress, so one that keeps failing waits its turn again
+-- behind the others instead of being taken first at every step.
+UPDATE control_requests SET answered_at = now()
+ WHERE request_id IN (SELECT request_id FROM control_requests
+                       WHERE work IS NOT NULL AND (answer ->> 'running')::boolean
+                         AND answered_at < now() - make_interval(secs => %(seconds)s)
+                       ORDER BY answered_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING request_id, work;
 
 -- name: listen_control
 LISTEN deskmail_control;

@@ -124,5 +124,8 @@ class Transport(abc.ABC):
         reporting each step to checkup (a workers.diagnosis.Checkup, whose failed step raises diagnosis.Stop)."""
         raise NotImplementedError(f"the {self.service} transport has no Test action")
 
+    def close_shared(self) -> None:
+        """Close what every thread of the process shares (once they have all stopped)."""
+
     def close(self) -> None:
         """Close the connections this transport keeps open in the calling thread."""

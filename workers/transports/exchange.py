@@ -111,6 +111,6 @@ class ExchangeTransport(Transport):
                                  allow=self.sender.allow, timeout=endpoint.timeout)
         ews.diagnose(checkup, endpoint, password_of(exchange), mailbox, envelope, self.sender.allow)
 
-    def close(self) -> None:
-        """Close the connections of every cached account."""
+    def close_shared(self) -> None:
+        """Close the connections of every cached account (the process's threads share them)."""
         self.sender.close()

@@ -127,7 +127,10 @@ class ExchangeOAuth2Transport(Transport):
                            final_reply_timeout=self.smtp.final_reply_timeout)
 
     def close(self) -> None:
-        """Close this thread's SMTP sessions and Graph connections, and the EWS accounts (shared by threads)."""
+        """Close this thread's SMTP sessions and Graph connections."""
         self.smtp.sessions.clear()
         self.graph.close()
+
+    def close_shared(self) -> None:
+        """Close the EWS accounts (the process's threads share them)."""
         self.ews.close()
