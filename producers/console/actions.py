@@ -68,6 +68,10 @@ class Actions:
         try:
             answer = control.send(self.publisher, self.store, message, self.config.control_timeout)
         except control.NoAnswer as exc:
+            accepted = self.store.control_answer(message["request_id"]) or {}
+            if accepted.get("accepted"):  # committed to finish: a control worker or the scheduler goes on with it
+                return Answer(True, f"accepted, still under way ({exc})", int(accepted.get("touched", 0)),
+                              accepted.get("outcomes") or {})
             return Answer(False, str(exc))
         except Exception as exc:  # noqa: BLE001 - the broker is down: the page says so instead of a 500
             self._reset()
