@@ -142,6 +142,20 @@ def broken_body(conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n<soap")
 
 
+def corrupt_gzip(conn: socket.socket) -> None:
+    """Take the whole request, answer 200 with a gzip body that is not gzip."""
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 12\r\n\r\nnot gzip at!")
+
+
+def test_an_answer_whose_body_cannot_be_decoded_after_the_message_went_out_is_ambiguous(peer, ca):
+    server = peer(corrupt_gzip)
+    exc = raised(post(ca.ca_path, server.port))
+    assert isinstance(exc, requests.exceptions.ContentDecodingError)
+    found = classify(exc, server.port)
+    assert found is not None and (found.kind, found.outcome) == (Broke.ANSWER_LOST, Outcome.AMBIGUOUS)
+
+
 def test_an_answer_whose_body_breaks_off_after_the_message_went_out_is_ambiguous(peer, ca):
     server = peer(broken_body)
     exc = raised(post(ca.ca_path, server.port))

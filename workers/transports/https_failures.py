@@ -47,9 +47,10 @@ class Row:
 
 
 ROWS: tuple[Row, ...] = (
-    # A body that breaks off (chunked encoding, fewer bytes than announced) is read only after the server
-    # answered the request: it was taken whole, and may have been acted on.
-    Row(Broke.ANSWER_LOST, (*ANSWER_LOST, requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead),
+    # A body that breaks off (chunked encoding, fewer bytes than announced) or cannot be decoded (a corrupt
+    # gzip) is read only after the server answered the request: it was taken whole, and may have been acted on.
+    Row(Broke.ANSWER_LOST, (*ANSWER_LOST, requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead,
+                            requests.exceptions.ContentDecodingError),
         Outcome.AMBIGUOUS,
         "no answer from {noun} at {where} after the message was sent ({why}); it may or may not have been taken",
         sending_only=True),
