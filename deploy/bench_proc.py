@@ -9,6 +9,7 @@ the sum of (own + reaped children's) time over the group's live processes.
 from __future__ import annotations
 
 import os
+from typing import Iterator
 from dataclasses import dataclass, field
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -91,19 +92,21 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def listener(port: int) -> int | None:
-    """The pid of the process listening on a TCP port of this machine, or None."""
-    inodes = set()
+def _tcp_rows() -> Iterator[list[str]]:
+    """The fields of each row of this machine's TCP socket tables (IPv4 and IPv6)."""
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
                 rows = f.readlines()[1:]
         except OSError:
             continue
-        for row in rows:
-            parts = row.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{parts[9]}]")
+        yield from (row.split() for row in rows)
+
+
+def listener(port: int) -> int | None:
+    """The pid of the process listening on a TCP port of this machine, or None."""
+    inodes = {f"socket:[{parts[9]}]" for parts in _tcp_rows()
+              if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port}  # 0A: LISTEN
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -204,18 +207,7 @@ def tcp_ports(pids: list[int]) -> set[int]:
                     inodes.add(target[8:-1])
         except OSError:
             continue
-    ports = set()
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                rows = f.readlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            parts = row.split()
-            if parts[9] in inodes:
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {int(parts[1].rsplit(":", 1)[1], 16) for parts in _tcp_rows() if parts[9] in inodes}
 
 
 def backend_client_port(pid: int) -> int | None:
