@@ -262,7 +262,8 @@ class Controller:
             answer = tx.lock_control_progress(rid)
             if not answer or not answer.get("running"):
                 return None, False
-            ids = None if everything else _given(message)[answer["done"]:answer["done"] + self.batch]
+            given = None if everything else _given(message)
+            ids = None if given is None else given[answer["done"]:answer["done"] + self.batch]
             batch = tx.move_batch(ids, message.get("project"), from_state, to_state,
                                   f"{message['action']} by {message['requested_by']}", self.batch,
                                   answer.get("through_seq"), answer.get("accepted_at"))
@@ -275,7 +276,7 @@ class Controller:
                 answer["outcomes"].update(batch.outcomes)
             if message.get("with_ids"):
                 tx.keep_moved_ids(rid, [m.event_id for m in batch.moved])
-            finished = (batch.examined < self.batch) if everything else answer["done"] >= len(_given(message))
+            finished = batch.examined < self.batch if given is None else answer["done"] >= len(given)
             if finished:
                 answer["running"] = False
                 answer["total"] = answer["done"] if everything else answer["total"]

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Callable
 
 from deskmail.workers.config import Config
 from deskmail.workers.leases import LeaseKeeper
@@ -63,22 +64,22 @@ class Runtime:
 
     def close_thread(self) -> None:
         """Close the connections the calling thread's transports keep open (when a worker thread stops)."""
-        for transport in self.__dict__.get("transports", {}).values():
-            try:
-                transport.close()
-            except Exception:  # noqa: BLE001 - a session that fails to say goodbye must not stop the shutdown
-                log.warning("closing the %s transport's connections failed", transport.service, exc_info=True)
+        self._close_transports(lambda transport: transport.close())
 
     def close(self) -> None:
         """Close everything this process holds (once its worker threads have stopped): the transports'
         connections, the lease renewer, the pool."""
-        self.close_thread()
-        for transport in self.__dict__.get("transports", {}).values():
-            try:
-                transport.close_shared()
-            except Exception:  # noqa: BLE001 - a session that fails to say goodbye must not stop the shutdown
-                log.warning("closing the %s transport's shared connections failed", transport.service, exc_info=True)
+        self._close_transports(lambda transport: transport.close())
+        self._close_transports(lambda transport: transport.close_shared())
         if "leases" in self.__dict__:
             self.leases.stop()
         if self._store is not None:
             self._store.pool.close()
+
+    def _close_transports(self, close: Callable[[Transport], None]) -> None:
+        """Close each transport built so far; one that fails to say goodbye does not stop the others."""
+        for transport in self.__dict__.get("transports", {}).values():
+            try:
+                close(transport)
+            except Exception:  # noqa: BLE001 - a shutdown goes on whatever one session does
+                log.warning("closing the %s transport's connections failed", transport.service, exc_info=True)
