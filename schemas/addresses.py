@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, DOT_ATOM_TEXT
 
 from deskmail.schemas.header_text import address_text_problems
 from deskmail.schemas.problems import Problem
 
 MAX_LENGTH = 320  # longer ones are reported by the schema; email-validator would be slow on them
+ADDRESS_MAX = 254  # email-validator's limit on the whole address (RFC 5321's path, less its brackets)
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\Z")  # what a plain ASCII domain is made of (punycode included)
+_CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 def address_problem(path: str, value: object) -> Problem | None:
@@ -55,6 +60,38 @@ def _ascii_domain(domain: str) -> str:
 @lru_cache(maxsize=8192)
 def _checked(value: str) -> tuple[str, str]:
     """(normalised address, "") or ("", reason); cached as the same people get mail all day."""
+    return _plain(value) or _validated(value)
+
+
+def _plain(value: str) -> tuple[str, str] | None:
+    """The common address, a plain ASCII local part at a valid plain ASCII domain, without the full check.
+
+    email-validator's cost is in the domain (IDNA rules per character), which repeats across the people
+    of a customer: it is checked once per domain. The local part is checked by email-validator's own
+    dot-atom rule; the mailbox names it lowercases, lengths near the limit and every other form (quoted,
+    Unicode, literal, display name, invalid) go the full way, so the answer is the same as
+    `_validated`'s (tests/unit/test_addresses.py compares both).
+    """
+    local, at, domain = value.rpartition("@")
+    if not (at and value.isascii() and DOT_ATOM_TEXT.match(local) and _PLAIN_DOMAIN.match(domain)) \
+            or local.lower() in _CASE_INSENSITIVE:
+        return None
+    ascii_domain = _plain_domain(domain)
+    address = f"{local}@{ascii_domain}"
+    return (address, "") if ascii_domain and len(value) <= ADDRESS_MAX and len(address) <= ADDRESS_MAX else None
+
+
+@lru_cache(maxsize=4096)
+def _plain_domain(domain: str) -> str:
+    """The normalised form of a plain ASCII domain email-validator accepts, or "" (the full check tells why)."""
+    try:
+        return validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
+    except EmailNotValidError:
+        return ""
+
+
+def _validated(value: str) -> tuple[str, str]:
+    """email-validator's whole check."""
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
