@@ -10,7 +10,12 @@ from psycopg.types.json import Jsonb
 from tests.integration.helpers import event, smtp_settings
 from tests.peers.smtp import SmtpPeer
 
-ADMIT = "SELECT * FROM deskmail_admit(%s, 'alpha', 'notification', 1::smallint, %s, 'subject', 1, now())"
+ADMIT = "SELECT state, reason, detail, mail_service, is_new FROM deskmail_admit_batch(%s)"
+
+
+def batch(ev: dict) -> Jsonb:
+    return Jsonb([{"event_id": ev["event_id"], "project": "alpha", "kind": "notification", "priority": 1,
+                   "event": ev, "subject": "subject", "recipients": 1}])
 
 
 def test_the_loser_of_a_concurrent_admission_gives_its_quota_back(config, runtime, store):
@@ -18,9 +23,9 @@ def test_the_loser_of_a_concurrent_admission_gives_its_quota_back(config, runtim
         runtime.settings.save("alpha", smtp_settings(peer, per_day=5))
     ev = event()
     with psycopg.connect(config.database_url) as first, psycopg.connect(config.database_url, autocommit=True) as second:
-        assert first.execute(ADMIT, (ev["event_id"], Jsonb(ev))).fetchone()[4] is True  # not committed yet
+        assert first.execute(ADMIT, (batch(ev),)).fetchone()[4] is True  # not committed yet
         answer: list[tuple] = []
-        racer = threading.Thread(target=lambda: answer.append(second.execute(ADMIT, (ev["event_id"], Jsonb(ev)))
+        racer = threading.Thread(target=lambda: answer.append(second.execute(ADMIT, (batch(ev),))
                                                              .fetchone()))
         racer.start()
         racer.join(0.5)

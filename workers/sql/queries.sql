@@ -1,14 +1,9 @@
 -- Named queries: each block starts with `-- name: <name>`; loaded once by workers.sql.
 
 -- name: admit
--- A batch of events admitted in one transaction (one commit for all): each exactly as
--- deskmail_admit decides it, so quota is taken mail by mail and never overshot.
-SELECT a.event_id, d.state, d.reason, d.detail, d.mail_service, d.is_new
-  FROM jsonb_to_recordset(%(rows)s)
-       AS a(event_id uuid, project text, kind text, priority smallint, event jsonb, subject text,
-            recipients integer, created_at timestamptz)
- CROSS JOIN LATERAL deskmail_admit(a.event_id, a.project, a.kind, a.priority, a.event, a.subject,
-                                   a.recipients, a.created_at) AS d;
+-- A batch of events admitted in one transaction (one commit for all), decided in order as
+-- deskmail_admit_batch describes: quota taken unit by unit against locked counters, never overshot.
+SELECT event_id, state, reason, detail, mail_service, is_new FROM deskmail_admit_batch(%(rows)s);
 
 -- name: claim
 -- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
