@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from functools import cache
 from typing import Any, Mapping
 
 
@@ -12,7 +13,12 @@ class _FromRow:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]):
         """Build the record from a dict row, ignoring columns it does not name."""
-        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})  # type: ignore[arg-type]
+        return cls(**{name: row[name] for name in _field_names(cls) if name in row})  # type: ignore[arg-type]
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
