@@ -62,8 +62,6 @@ DECLARE
     v_gtaken integer := 0;
     v_lost   uuid[];                      -- decided here, but admitted first by another transaction
 BEGIN
-    SELECT coalesce(array_agg(m.event_id), '{}') INTO v_known
-      FROM mail m WHERE m.event_id IN (SELECT (x ->> 'event_id')::uuid FROM jsonb_array_elements(p_rows) x);
     SELECT * INTO glob FROM global_limits;
     v_gday := (now() AT TIME ZONE glob.time_zone)::date;
 
@@ -103,6 +101,9 @@ BEGIN
         INSERT INTO quota_counters AS q (scope, day, sent) VALUES ('*', v_gday, 0)
         ON CONFLICT (scope, day) DO UPDATE SET sent = q.sent RETURNING q.sent INTO v_gsent;
     END IF;
+    -- after the locks: a batch that held them (and admitted one of these events) has committed by now
+    SELECT coalesce(array_agg(m.event_id), '{}') INTO v_known
+      FROM mail m WHERE m.event_id IN (SELECT (x ->> 'event_id')::uuid FROM jsonb_array_elements(p_rows) x);
 
     FOR a IN SELECT r.ord, r.event_id, r.project, r.recipients
                FROM ROWS FROM (jsonb_to_recordset(p_rows) AS (event_id uuid, project text, recipients integer))

@@ -4,9 +4,12 @@
 -- The quota counters a batch may take from are locked first, projects in key order and the global
 -- counter last, so two batches never wait on each other in a cycle. The events are then decided in
 -- order against those locked counts (exact: a unit is taken only while the count is below its limit),
--- inserted in one statement, and the counters written once. A mail another transaction admitted first
--- (the same event redelivered at the same moment) takes nothing: its units are not written, and the
--- answer is that mail's own, marked not new. A project that reaches a limit is paused as before, so
+-- inserted in one statement, and the counters written once. Which events are in the ledger already is
+-- read once the locks are held, so a batch that admitted one of them under the same locks is seen. A
+-- mail another transaction admitted first all the same (one that took no lock: its project was paused
+-- or unknown there) takes nothing: its units are not written, and the answer is that mail's own, marked
+-- not new; the later events of this batch were decided with that unit counted, so they can only have
+-- been held back, never let past a limit. A project that reaches a limit is paused as before, so
 -- the later events of the batch find it paused.
 
 CREATE FUNCTION deskmail_admit_batch(p_rows jsonb)
@@ -49,8 +52,6 @@ DECLARE
     v_gtaken integer := 0;
     v_lost   uuid[];                      -- decided here, but admitted first by another transaction
 BEGIN
-    SELECT coalesce(array_agg(m.event_id), '{}') INTO v_known
-      FROM mail m WHERE m.event_id IN (SELECT (x ->> 'event_id')::uuid FROM jsonb_array_elements(p_rows) x);
     SELECT * INTO glob FROM global_limits;
     v_gday := (now() AT TIME ZONE glob.time_zone)::date;
 
@@ -90,6 +91,9 @@ BEGIN
         INSERT INTO quota_counters AS q (scope, day, sent) VALUES ('*', v_gday, 0)
         ON CONFLICT (scope, day) DO UPDATE SET sent = q.sent RETURNING q.sent INTO v_gsent;
     END IF;
+    -- after the locks: a batch that held them (and admitted one of these events) has committed by now
+    SELECT coalesce(array_agg(m.event_id), '{}') INTO v_known
+      FROM mail m WHERE m.event_id IN (SELECT (x ->> 'event_id')::uuid FROM jsonb_array_elements(p_rows) x);
 
     FOR a IN SELECT r.ord, r.event_id, r.project, r.recipients
                FROM ROWS FROM (jsonb_to_recordset(p_rows) AS (event_id uuid, project text, recipients integer))
