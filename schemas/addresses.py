@@ -45,16 +45,16 @@ def ascii_domain_form(address: str) -> str:
     if address.isascii():
         return address
     local, _, domain = address.rpartition("@")
-    return f"{local}@{_ascii_domain(domain)}"
+    return f"{local}@{_ascii_domain(domain) or domain}"  # an invalid one is not ours to fix: validated on the way in
 
 
 @lru_cache(maxsize=8192)
 def _ascii_domain(domain: str) -> str:
-    """The IDNA 2008 (UTS 46) form of a domain, as email-validator computes it."""
+    """The IDNA 2008 (UTS 46) form of a domain email-validator accepts, as it computes it, or "" (invalid)."""
     try:
         return validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
     except EmailNotValidError:
-        return domain  # not ours to fix here: the address was validated on the way in
+        return ""
 
 
 @lru_cache(maxsize=8192)
@@ -76,18 +76,9 @@ def _plain(value: str) -> tuple[str, str] | None:
     if not (at and value.isascii() and DOT_ATOM_TEXT.match(local) and _PLAIN_DOMAIN.match(domain)) \
             or local.lower() in _CASE_INSENSITIVE:
         return None
-    ascii_domain = _plain_domain(domain)
+    ascii_domain = _ascii_domain(domain)
     address = f"{local}@{ascii_domain}"
     return (address, "") if ascii_domain and len(value) <= ADDRESS_MAX and len(address) <= ADDRESS_MAX else None
-
-
-@lru_cache(maxsize=4096)
-def _plain_domain(domain: str) -> str:
-    """The normalised form of a plain ASCII domain email-validator accepts, or "" (the full check tells why)."""
-    try:
-        return validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
-    except EmailNotValidError:
-        return ""
 
 
 def _validated(value: str) -> tuple[str, str]:
