@@ -40,10 +40,11 @@ forbid_service_start() {
 
 install_postfix() {
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    local install=(apt-get install -y --no-install-recommends postfix)
+    # Another install holding the dpkg lock (a CI step, unattended upgrades) is waited for.
+    local install=(apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends postfix)
     if ! DEBIAN_FRONTEND=noninteractive "${install[@]}"; then
         log "install failed; refreshing package lists and trying once more"
-        DEBIAN_FRONTEND=noninteractive apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
         refuse_removals
         DEBIAN_FRONTEND=noninteractive "${install[@]}"
     fi
