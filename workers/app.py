@@ -20,6 +20,7 @@ from deskmail.workers.errors import ConfigurationError
 from deskmail.workers.constants import MAX_PRIORITY, Kind, MailService, Queue
 from deskmail.workers.control import declare_control_actor
 from deskmail.workers.delivery import Deliverer
+from deskmail.workers.gate import GroupWrites
 from deskmail.workers.logs import configure_logging
 from deskmail.workers.middleware.lifecycle import Lifecycle
 from deskmail.workers.middleware.logcontext import LogContext
@@ -88,9 +89,10 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
     for name, priority in ((Queue.ADMIT.record_actor, 0), (Queue.ADMIT, 10)):
         dramatiq.Actor(admitter, broker=broker, actor_name=name, queue_name=Queue.ADMIT, priority=priority,
                        options=dict(ACTOR_OPTIONS))
+    writes = GroupWrites(store, runtime.worker)  # the DATA phases of all the process's sending threads
     for service in MailService:  # in a worker, a lower priority number runs first
         deliverer = Deliverer(service, store, runtime.settings, runtime.transports, runtime.config, runtime.leases,
-                              runtime.worker, enqueue)
+                              runtime.worker, enqueue, writes=writes)
         for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
             dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
                            priority=priority, options=dict(ACTOR_OPTIONS))

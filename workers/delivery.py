@@ -12,14 +12,14 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from deskmail import schemas
 from deskmail.workers import logcontext, metrics
 from deskmail.workers.attachments import MissingAttachment, attachments_of
 from deskmail.workers.config import Config
 from deskmail.workers.constants import MailService, Reason, State
-from deskmail.workers.errors import StoreError
+from deskmail.workers.gate import DataGate, GroupWrites
 from deskmail.workers.handing import Enqueue, hand_on
 from deskmail.workers.leases import LeaseKeeper
 from deskmail.workers.message import Sender, build, message_id_for
@@ -64,8 +64,8 @@ class DeliveryStore(Protocol):
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]: ...
 
-    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
-                         worker: str) -> tuple[set[uuid.UUID], bool]: ...
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
+                         worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]: ...
 
 
 class Deliverer:
@@ -73,9 +73,11 @@ class Deliverer:
 
     def __init__(self, service: MailService, store: DeliveryStore, settings: SettingsService,
                  transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
-                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 writes: GroupWrites | None = None) -> None:
         self.service, self.store, self.settings, self.transports = service, store, settings, transports
         self.config, self.leases, self.worker, self.enqueue, self.clock = config, leases, worker, enqueue, clock
+        self.writes = writes or GroupWrites(store, worker)  # share one across a process's actors
 
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.
@@ -90,7 +92,7 @@ class Deliverer:
             self._not_claimed(ids, claims)
         claims.sort(key=lambda c: -c.priority)
         with self.leases.holding(claims):
-            gate = DataGate(self.store, self.worker, self._recorded)
+            gate = DataGate(self.writes, self._recorded)
             for claim in claims:
                 gate.finished(claim, self.attempt(claim, gate))
             self.record(gate.unwritten())
@@ -102,7 +104,7 @@ class Deliverer:
         log.info("%d of %d mails not sent here: %d now go through another mail service, the others are "
                  "taken, done or not due", len(rest), len(ids), moved)
 
-    def attempt(self, claim: Claim, gate: "DataGate") -> AttemptOutcome:
+    def attempt(self, claim: Claim, gate: DataGate) -> AttemptOutcome:
         """Prepare and send one claimed mail; what it came to."""
         # every line logged from here on is about this mail (the middleware restores the context after the call)
         logcontext.start(event_id=str(claim.event_id), project=claim.project, attempt=claim.attempt)
@@ -184,44 +186,3 @@ class Deliverer:
             if claim.event_id not in taken:
                 log.warning("mail %s: outcome %s kept in the attempt history only; the lease had been taken over",
                             claim.event_id, outcome.label)
-
-
-
-class DataGate:
-    """A worker's DATA phases and outcomes: before each mail is handed over, one round trip writes the
-    outcomes of the mails finished since the last one and marks this mail as entering the DATA window.
-
-    So a worker lost before a mail's DATA leaves it unmarked (safe to send again), and one lost
-    after it leaves at most that mail and the ones finished since unwritten, each marked.
-    """
-
-    def __init__(self, store: DeliveryStore, worker: str,
-                 recorded: Callable[[list[tuple[Claim, AttemptOutcome]], set[uuid.UUID]], None]) -> None:
-        self.store, self.worker, self.recorded = store, worker, recorded
-        self._pending: list[tuple[Claim, AttemptOutcome]] = []
-        self._entered: set[uuid.UUID] = set()
-
-    def enter(self, claim: Claim) -> None:
-        """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
-        try:
-            taken, held = self.store.record_and_enter(self._pending, claim, self.worker)
-        except StoreError as exc:  # the outcomes stay pending; this mail is not sent now
-            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
-                from exc
-        done, self._pending = self._pending, []
-        self.recorded(done, taken)
-        if not held:
-            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
-        self._entered.add(claim.event_id)
-
-    def entered(self, claim: Claim) -> bool:
-        """Whether claim's mail may have been handed over."""
-        return claim.event_id in self._entered
-
-    def finished(self, claim: Claim, outcome: AttemptOutcome) -> None:
-        """Keep claim's outcome to be written with the next DATA phase, or at the end."""
-        self._pending.append((claim, outcome))
-
-    def unwritten(self) -> list[tuple[Claim, AttemptOutcome]]:
-        """The outcomes not written yet."""
-        return self._pending

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow
@@ -204,14 +204,17 @@ class Store:
         return {r["event_id"] for r in self._all("record_outcomes", {"rows": _outcome_rows(done), "worker": worker})
                 if r["recorded"]}
 
-    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
-                         worker: str) -> tuple[set[uuid.UUID], bool]:
-        """Write outcomes and note that claim's mail is about to be handed over, in one round trip;
-        returns the ids whose mail took their outcome, and whether claim's lease still holds (else: do not send)."""
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
+                         worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Write outcomes and note that the `entering` mails are about to be handed over, in one round trip
+        (no mail in both); returns the ids whose mail took its outcome, and those whose lease still holds
+        among `entering` (the others must not be sent)."""
+        ordered = sorted(entering, key=lambda c: c.event_id)
         row = self._one("record_and_enter", {"rows": _outcome_rows(done), "worker": worker,
-                                             "event_id": claim.event_id, "token": claim.lease_token})
+                                             "ids": [c.event_id for c in ordered],
+                                             "tokens": [c.lease_token for c in ordered]})
         assert row is not None
-        return set(row["recorded"]), bool(row["entered"])
+        return set(row["recorded"]), set(row["entered"])
 
     def attempts_of(self, event_id: uuid.UUID | str) -> list[Attempt]:
         """Every delivery attempt of a mail, oldest first."""

@@ -82,7 +82,8 @@ def test_mail_lost_inside_the_data_window_is_sent_again_flagged_then_ambiguous(c
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
     [claim] = store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")
-    assert store.record_and_enter([], claim, WORKER) == (set(), True)  # the worker died after starting DATA
+    # the worker died after starting DATA
+    assert store.record_and_enter([], [claim], WORKER) == (set(), {claim.event_id})
     scheduler = Scheduler(store, enqueuer(worker()), config)
     take_over_all(scheduler, 1)
     wait_until(lambda: store.get_mail(ev["event_id"]).state == "sent")
@@ -94,7 +95,7 @@ def test_mail_lost_inside_the_data_window_is_sent_again_flagged_then_ambiguous(c
     idle = Scheduler(store, lambda *a: None, config)
     for _ in range(2):  # lost inside the DATA window twice: no third copy
         [claim] = store.claim([second["event_id"]], WORKER, config.lease_seconds, "smtp")
-        assert store.record_and_enter([], claim, WORKER)[1]
+        assert store.record_and_enter([], [claim], WORKER)[1] == {claim.event_id}
         wait_until(lambda: idle.tick() is not None and store.get_mail(second["event_id"]).state != "sending",
                    timeout=15, interval=0.2)
     mail = store.get_mail(second["event_id"])
@@ -129,7 +130,7 @@ def test_an_outcome_written_late_by_a_worker_whose_lease_was_taken_over_stops_th
     runtime.settings.save("alpha", smtp_settings(peer, tls_ca.ca_path))
     ev = admitted(store)
     [claim] = store.claim([ev["event_id"]], WORKER, config.lease_seconds, "smtp")
-    assert store.record_and_enter([], claim, WORKER)[1]
+    assert store.record_and_enter([], [claim], WORKER)[1] == {claim.event_id}
     take_over_all(Scheduler(store, lambda *a: None, config), 1)  # queued again, not yet claimed
     assert store.record_outcomes([(claim, AttemptOutcome("sent", "sent", "250 OK queued as 1"))], WORKER) \
         == {claim.event_id}

@@ -19,7 +19,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from deskmail.workers.config import Config
@@ -378,15 +378,17 @@ class FakeStore:
             return self._record_all(done, worker)
 
     @_port
-    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], claim: Claim,
-                         worker: str) -> tuple[set[uuid.UUID], bool]:
-        """Write outcomes and mark claim's mail as entering DATA if its lease still holds."""
+    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
+                         worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Write outcomes and mark the entering mails as in DATA where their lease still holds."""
         with self.atomic():
             recorded = self._record_all(done, worker)
-            row = self.db.mails.get(claim.event_id)
-            entered = row is not None and row.lease_token == claim.lease_token and row.state == "sending"
-            if row is not None and entered:
-                row.phase = "data"
+            entered = set()
+            for claim in entering:
+                row = self.db.mails.get(claim.event_id)
+                if row is not None and row.lease_token == claim.lease_token and row.state == "sending":
+                    row.phase = "data"
+                    entered.add(claim.event_id)
             return recorded, entered
 
     def _record_all(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:

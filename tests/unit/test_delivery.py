@@ -39,12 +39,13 @@ class FakeStore:
                          "alpha", 1)
         return [one(e) for e in self.event_ids]
 
-    def record_and_enter(self, done, claim, worker) -> tuple[set[uuid.UUID], bool]:  # noqa: ANN001
+    def record_and_enter(self, done, entering, worker) -> tuple[set[uuid.UUID], set[uuid.UUID]]:  # noqa: ANN001
         if isinstance(self.phase_answer, Exception):
             raise self.phase_answer
         self.recorded.extend(outcome for _, outcome in done)
+        [claim] = entering  # one sending thread: each write is its own
         self.writes.append(([c.event_id for c, _ in done], claim.event_id))
-        return {c.event_id for c, _ in done}, bool(self.phase_answer)
+        return {c.event_id for c, _ in done}, {claim.event_id} if self.phase_answer else set()
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]:
         self.record_calls += 1

@@ -9,27 +9,9 @@ SELECT event_id, state, reason, detail, mail_service, is_new FROM deskmail_admit
 -- The claim is a lease: a fresh token per mail, renewed while the exchange runs (renew_leases).
 -- A mail that was lost inside the DATA window carries duplicate_risk from here on. One statement
 -- claims a whole batch; mails not queued (taken, done, not due) are simply not returned.
-UPDATE mail m
-   SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = %(worker)s,
-       lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %(lease)s),
-       takeover_marked_at = NULL, duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
-       phase = NULL, updated_at = now()
-  -- Driven by the ids (one primary-key lookup each): with `event_id = ANY(ids) AND state = 'queued'`
-  -- the planner, on statistics taken before a burst, ANDs the whole queued index in (20,000 entries
-  -- read per claim in the benchmark).
-  FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
-          FROM unnest(%(ids)s::uuid[]) AS i(event_id)
-          JOIN mail x ON x.event_id = i.event_id
-          CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
-                               WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
-                               ORDER BY p.key = x.project DESC LIMIT 1) AS s
-         WHERE x.state = 'queued'
-         ORDER BY x.event_id FOR UPDATE OF x) AS s  -- rows locked in one order: concurrent batches never deadlock
- WHERE m.event_id = s.event_id AND m.state = 'queued' AND s.mail_service = %(service)s
-   AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts AS attempt, m.lease_token,
-          m.claimed_at, coalesce(m.lifetime_from, m.received_at) AS received_at, m.deferred,
-          s.key AS settings_key, s.settings_version;
+SELECT event_id, project, kind, priority, event, message_id, attempt, lease_token, claimed_at, received_at,
+       deferred, settings_key, settings_version
+  FROM deskmail_claim(%(ids)s::uuid[], %(worker)s, %(lease)s, %(service)s);
 
 -- name: reroute
 -- Queued mails whose project now sends through another mail service than the queue they came on
@@ -46,8 +28,9 @@ UPDATE mail m SET mail_service = s.mail_service, updated_at = now()
 RETURNING m.event_id, m.priority, m.mail_service;
 
 -- name: record_and_enter
--- The outcomes of the mails a worker finished since its last DATA, and the DATA phase of its next
--- mail, in one round trip (the two touch different rows). `entered` false: the lease was taken over.
+-- The outcomes of the mails workers finished since their last DATA, and the DATA phase of their next
+-- mails, in one round trip: a process's sending threads write together (workers.gate), and no mail is
+-- in both lists (the two touch different rows). A mail missing from `entered`: its lease was taken over.
 WITH recorded AS (
     SELECT r.event_id,
            deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
@@ -58,12 +41,10 @@ WITH recorded AS (
                                              deferred text[], message_id text, delay double precision,
                                              refund boolean, config_error text, pause text)
 ), entered AS (
-    UPDATE mail SET phase = 'data'
-     WHERE event_id = %(event_id)s AND lease_token = %(token)s AND state = 'sending'
-    RETURNING event_id
+    SELECT d AS event_id FROM deskmail_enter_data(%(ids)s::uuid[], %(tokens)s::uuid[]) AS d
 )
 SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
-       EXISTS (SELECT 1 FROM entered) AS entered;
+       coalesce((SELECT array_agg(event_id) FROM entered), '{}') AS entered;
 
 -- name: renew_leases
 -- Rows another statement holds are skipped (renewed next time): the renewer never waits, so it

@@ -14,6 +14,7 @@
 --   0012_console_filter
 --   0013_bulk_accepted
 --   0014_admit_batch
+--   0015_data_phase_by_key
 
 CREATE FUNCTION public.deskmail_add_quota(p_scope text, p_day date, p_n integer) RETURNS void
     LANGUAGE sql
@@ -306,6 +307,53 @@ BEGIN
          WHERE key = p_project AND paused_reason IS NOT NULL;
     END IF;
     RETURN n;
+END
+$$;
+
+CREATE FUNCTION public.deskmail_claim(p_ids uuid[], p_worker text, p_lease double precision, p_service text) RETURNS TABLE(event_id uuid, project text, kind text, priority smallint, event jsonb, message_id text, attempt integer, lease_token uuid, claimed_at timestamp with time zone, received_at timestamp with time zone, deferred text[], settings_key text, settings_version integer)
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
+    AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    UPDATE mail m
+       SET state = 'sending', attempts = m.attempts + 1, claimed_at = now(), claimed_by = p_worker,
+           lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => p_lease),
+           takeover_marked_at = NULL,
+           duplicate_risk = m.duplicate_risk OR m.phase IS NOT DISTINCT FROM 'lost_in_data',
+           phase = NULL, updated_at = now()
+      FROM (SELECT x.event_id, s.key, s.settings_version, s.mail_service
+              FROM unnest(p_ids) AS i(event_id)
+              JOIN mail x ON x.event_id = i.event_id
+              CROSS JOIN LATERAL (SELECT p.key, p.settings_version, p.mail_service FROM projects p
+                                   WHERE p.key IN (x.project, 'default') AND p.settings IS NOT NULL
+                                   ORDER BY p.key = x.project DESC LIMIT 1) AS s
+             WHERE x.state IS NOT DISTINCT FROM 'queued'
+             ORDER BY x.event_id FOR UPDATE OF x) AS s
+     WHERE m.event_id = s.event_id AND m.state IS NOT DISTINCT FROM 'queued' AND s.mail_service = p_service
+       AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
+    RETURNING m.event_id, m.project, m.kind, m.priority, m.event, m.message_id, m.attempts, m.lease_token,
+              m.claimed_at, coalesce(m.lifetime_from, m.received_at), m.deferred, s.key, s.settings_version;
+END
+$$;
+
+CREATE FUNCTION public.deskmail_enter_data(p_ids uuid[], p_tokens uuid[]) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
+    AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE mail m SET phase = 'data'
+      FROM unnest(p_ids, p_tokens) AS e(event_id, token)
+     WHERE m.event_id = e.event_id AND m.lease_token = e.token AND m.state IS NOT DISTINCT FROM 'sending'
+    RETURNING m.event_id;
 END
 $$;
 

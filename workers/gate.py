@@ -1,0 +1,161 @@
+"""The DATA gate: before a mail is handed over, its DATA phase and the outcomes of the mails its
+thread finished since the last one are written, under the lease, in one transaction.
+
+Each sending thread waits for its own write, so the guarantee is the same as one transaction per
+mail: a worker lost before a mail's DATA leaves it unmarked (safe to send again), one lost after it
+leaves at most that mail and the ones finished since unwritten, each marked. What threads of one
+process ask for at the same time is written together (group commit, leader and followers): while
+one write is in flight the others queue, and the first of them writes all that queued in one round
+trip and one commit. A single sender waits for no one; under load a commit carries many mails.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from deskmail.workers.errors import DataRefused, StoreError, StoreUnavailable
+from deskmail.workers.records import AttemptOutcome, Claim
+from deskmail.workers.transports.base import Outcome, TransportFailure
+
+Done = list[tuple[Claim, AttemptOutcome]]
+MAX_GROUP = 64  # threads' writes in one transaction; a process runs far fewer sending threads
+
+
+class GateStore(Protocol):
+    """Store.record_and_enter (or a fake with its rules)."""
+
+    def record_and_enter(self, done: Done, entering: Sequence[Claim],
+                         worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]: ...
+
+
+@dataclass(eq=False)
+class _Write:
+    """One thread's request: its pending outcomes and the mail it is about to hand over."""
+
+    done: Done
+    claim: Claim
+    recorded: set[uuid.UUID] = field(default_factory=set)
+    held: bool = False
+    error: BaseException | None = None
+    finished: bool = False
+
+    def ids(self) -> set[uuid.UUID]:
+        return {self.claim.event_id, *(c.event_id for c, _ in self.done)}
+
+
+class GroupWrites:
+    """A process's DATA marks and outcomes, written in groups (one per store and worker identity)."""
+
+    def __init__(self, store: GateStore, worker: str, max_group: int = MAX_GROUP) -> None:
+        self.store, self.worker, self.max_group = store, worker, max_group
+        self._cond = threading.Condition()
+        self._queue: list[_Write] = []
+        self._writing = False
+
+    def record_and_enter(self, done: Done, claim: Claim) -> tuple[set[uuid.UUID], bool]:
+        """Write done and mark claim's mail as entering DATA; the ids that took their outcome, and whether
+        claim's lease still holds. Raises StoreError when PostgreSQL did not take the write."""
+        write = _Write(list(done), claim)
+        with self._cond:
+            self._queue.append(write)
+        while True:
+            with self._cond:
+                while self._writing and not write.finished:
+                    self._cond.wait()
+                if write.finished:
+                    break
+                group, self._writing = self._take(), True
+            try:
+                self._write(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if isinstance(write.error, StoreError):  # one instance per thread: tracebacks are not shared
+            raise type(write.error)(*write.error.args) from write.error
+        if write.error is not None:
+            raise write.error
+        return write.recorded, write.held
+
+    def _take(self) -> list[_Write]:
+        """The queued writes that can share a transaction, oldest first: no mail in two of them (a stale
+        outcome of a mail taken over, and its new holder's mark, never meet in one statement)."""
+        group: list[_Write] = []
+        taken: set[uuid.UUID] = set()
+        for write in self._queue:
+            if len(group) == self.max_group:
+                break
+            ids = write.ids()
+            if taken.isdisjoint(ids):
+                group.append(write)
+                taken |= ids
+        self._queue = [w for w in self._queue if w not in group]
+        return group
+
+    def _write(self, group: list[_Write]) -> None:
+        """One transaction for the group; when PostgreSQL refuses its data, each write alone, so that one
+        bad outcome fails only its own thread's mail."""
+        try:
+            recorded, entered = self.store.record_and_enter([d for w in group for d in w.done],
+                                                            [w.claim for w in group], self.worker)
+        except DataRefused as exc:
+            if len(group) == 1:
+                self._fail(group, exc)
+            else:
+                for write in group:
+                    self._write([write])
+            return
+        except Exception as exc:  # noqa: BLE001 - every waiting thread gets the error, none hangs
+            self._fail(group, exc)
+            return
+        except BaseException:  # this thread is being stopped: the others learn the write's fate is unknown
+            self._fail(group, StoreUnavailable("the thread writing the DATA phase was stopped"))
+            raise
+        for write in group:
+            write.recorded = {c.event_id for c, _ in write.done} & recorded
+            write.held, write.finished = write.claim.event_id in entered, True
+
+    @staticmethod
+    def _fail(group: list[_Write], exc: BaseException) -> None:
+        for write in group:
+            write.error, write.finished = exc, True
+
+
+class DataGate:
+    """One batch's DATA phases and outcomes in a sending thread: before each mail is handed over, the
+    outcomes of the mails finished since the last one are written and this mail is marked as entering
+    the DATA window (through the process's GroupWrites)."""
+
+    def __init__(self, writes: GroupWrites,
+                 recorded: Callable[[Done, set[uuid.UUID]], None]) -> None:
+        self.writes, self.recorded = writes, recorded
+        self._pending: Done = []
+        self._entered: set[uuid.UUID] = set()
+
+    def enter(self, claim: Claim) -> None:
+        """Let claim's mail be handed over, or raise TransportFailure (lease lost, database unreachable)."""
+        try:
+            taken, held = self.writes.record_and_enter(self._pending, claim)
+        except StoreError as exc:  # the outcomes stay pending; this mail is not sent now
+            raise TransportFailure(Outcome.TRANSIENT, f"not sent: PostgreSQL did not record the DATA phase ({exc})") \
+                from exc
+        done, self._pending = self._pending, []
+        self.recorded(done, taken)
+        if not held:
+            raise TransportFailure(Outcome.TRANSIENT, "not sent: this worker's lease was taken over before DATA")
+        self._entered.add(claim.event_id)
+
+    def entered(self, claim: Claim) -> bool:
+        """Whether claim's mail may have been handed over."""
+        return claim.event_id in self._entered
+
+    def finished(self, claim: Claim, outcome: AttemptOutcome) -> None:
+        """Keep claim's outcome to be written with the next DATA phase, or at the end."""
+        self._pending.append((claim, outcome))
+
+    def unwritten(self) -> Done:
+        """The outcomes not written yet."""
+        return self._pending
