@@ -92,7 +92,7 @@ def declare_actors(broker: dramatiq.Broker, runtime: Runtime, *, control: bool =
     writes = GroupWrites(store, runtime.worker)  # the DATA phases of all the process's sending threads
     for service in MailService:  # in a worker, a lower priority number runs first
         deliverer = Deliverer(service, store, runtime.settings, runtime.transports, runtime.config, runtime.leases,
-                              runtime.worker, enqueue, writes=writes)
+                              runtime.worker, enqueue, writes)
         for name, priority in ((service.queue.record_actor, 0), (service.queue, 10)):
             dramatiq.Actor(deliverer, broker=broker, actor_name=name, queue_name=service.queue,
                            priority=priority, options=dict(ACTOR_OPTIONS))

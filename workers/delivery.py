@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from deskmail import schemas
 from deskmail.workers import logcontext, metrics
@@ -64,20 +64,17 @@ class DeliveryStore(Protocol):
 
     def record_outcomes(self, done: list[tuple[Claim, AttemptOutcome]], worker: str) -> set[uuid.UUID]: ...
 
-    def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
-                         worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]: ...
-
 
 class Deliverer:
     """Callable behind every transport actor; the transport is chosen by the project's settings."""
 
     def __init__(self, service: MailService, store: DeliveryStore, settings: SettingsService,
                  transports: Mapping[str, Transport], config: Config, leases: LeaseKeeper, worker: str,
-                 enqueue: Enqueue, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 writes: GroupWrites | None = None) -> None:
+                 enqueue: Enqueue, writes: GroupWrites,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.service, self.store, self.settings, self.transports = service, store, settings, transports
         self.config, self.leases, self.worker, self.enqueue, self.clock = config, leases, worker, enqueue, clock
-        self.writes = writes or GroupWrites(store, worker)  # share one across a process's actors
+        self.writes = writes  # the DATA phases of the process's sending threads, written together
 
     def __call__(self, event_ids: str | list[str]) -> None:
         """Deliver a batch of mails by event id (one id is a batch of one); records before notifications.

@@ -11,6 +11,7 @@ trip and one commit. A single sender waits for no one; under load a commit carri
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from deskmail.workers.transports.base import Outcome, TransportFailure
 
 Done = list[tuple[Claim, AttemptOutcome]]
 MAX_GROUP = 64  # threads' writes in one transaction; a process runs far fewer sending threads
+WAIT = 1.0  # seconds a queued thread waits at a time for the write in flight
+log = logging.getLogger(__name__)
 
 
 class GateStore(Protocol):
@@ -39,11 +42,19 @@ class _Write:
     claim: Claim
     recorded: set[uuid.UUID] = field(default_factory=set)
     held: bool = False
-    error: BaseException | None = None
+    error: StoreError | None = None
     finished: bool = False
 
     def ids(self) -> set[uuid.UUID]:
         return {self.claim.event_id, *(c.event_id for c, _ in self.done)}
+
+    def fail(self, error: StoreError) -> None:
+        self.error, self.finished = error, True
+
+    def answer(self) -> tuple[set[uuid.UUID], bool]:
+        if self.error is not None:  # one instance per thread: threads do not share a traceback
+            raise type(self.error)(*self.error.args) from self.error
+        return self.recorded, self.held
 
 
 class GroupWrites:
@@ -61,24 +72,46 @@ class GroupWrites:
         write = _Write(list(done), claim)
         with self._cond:
             self._queue.append(write)
-        while True:
+        try:
+            while not write.finished:
+                self._lead_or_wait(write)
+        except BaseException:  # this thread is stopped (a time limit, a shutdown): a write not taken never is
             with self._cond:
-                while self._writing and not write.finished:
-                    self._cond.wait()
+                if write in self._queue:
+                    self._queue.remove(write)
+            raise
+        return write.answer()
+
+    def waiting(self) -> int:
+        """How many threads' writes are queued behind the one in flight."""
+        with self._cond:
+            return len(self._queue)
+
+    def _lead_or_wait(self, write: _Write) -> None:
+        """Wait a while for the write in flight, or write the queue's next group (this thread leads)."""
+        group: list[_Write] = []
+        leading = False
+        try:
+            with self._cond:
+                if self._writing:
+                    self._cond.wait(WAIT)  # bounded, so that an exception raised in this thread lands
+                    return
                 if write.finished:
-                    break
-                group, self._writing = self._take(), True
-            try:
-                self._write(group)
-            finally:
+                    return
+                if write not in self._queue:  # neither queued nor answered: never left hanging
+                    write.fail(StoreUnavailable("the DATA phase was not written: its group was lost"))
+                    return
+                leading = self._writing = True
+                group = self._take()
+            self._write(group)
+        finally:
+            if leading:
                 with self._cond:
+                    for lost in (w for w in group if not w.finished):  # the leader was stopped mid-write
+                        lost.fail(StoreUnavailable("the thread writing the DATA phase was stopped"))
+                    self._queue = [w for w in self._queue if not w.finished]
                     self._writing = False
                     self._cond.notify_all()
-        if isinstance(write.error, StoreError):  # one instance per thread: tracebacks are not shared
-            raise type(write.error)(*write.error.args) from write.error
-        if write.error is not None:
-            raise write.error
-        return write.recorded, write.held
 
     def _take(self) -> list[_Write]:
         """The queued writes that can share a transaction, oldest first: no mail in two of them (a stale
@@ -103,25 +136,23 @@ class GroupWrites:
                                                             [w.claim for w in group], self.worker)
         except DataRefused as exc:
             if len(group) == 1:
-                self._fail(group, exc)
+                group[0].fail(exc)
             else:
                 for write in group:
                     self._write([write])
             return
-        except Exception as exc:  # noqa: BLE001 - every waiting thread gets the error, none hangs
-            self._fail(group, exc)
+        except StoreError as exc:
+            for write in group:
+                write.fail(exc)
             return
-        except BaseException:  # this thread is being stopped: the others learn the write's fate is unknown
-            self._fail(group, StoreUnavailable("the thread writing the DATA phase was stopped"))
-            raise
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the group's threads waiting
+            log.exception("writing the DATA phase of %d mail(s) failed", len(group))
+            for write in group:
+                write.fail(StoreError(f"the DATA phase was not written: {type(exc).__name__}"))
+            return
         for write in group:
             write.recorded = {c.event_id for c, _ in write.done} & recorded
             write.held, write.finished = write.claim.event_id in entered, True
-
-    @staticmethod
-    def _fail(group: list[_Write], exc: BaseException) -> None:
-        for write in group:
-            write.error, write.finished = exc, True
 
 
 class DataGate:

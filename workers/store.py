@@ -735,12 +735,15 @@ class _InTransaction(Store):
 
 @contextlib.contextmanager
 def _translated(health: Health) -> Iterator[None]:
-    """Driver errors as deskmail's: lost or refused connections become StoreUnavailable (try again
-    later), data PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
+    """Driver errors as deskmail's: lost or refused connections and transactions that lost a deadlock
+    become StoreUnavailable (try again later; only the first say PostgreSQL is unreachable), data
+    PostgreSQL cannot hold DataRefused (trying again cannot help), anything else StoreError."""
     try:
         yield
     except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
         raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
+    except psycopg.errors.TransactionRollback as exc:  # a deadlock or serialization failure: PostgreSQL is up
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__} (a concurrent transaction); tried again") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         health.failed(exc)
         raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc

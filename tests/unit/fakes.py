@@ -26,6 +26,7 @@ from deskmail.workers.config import Config
 from deskmail.workers.constants import MailService
 from deskmail.workers.delivery import Deliverer
 from deskmail.workers.errors import DataRefused
+from deskmail.workers.gate import GroupWrites
 from deskmail.workers.leases import LeaseKeeper
 from deskmail.workers.records import Admission, Attempt, AttemptOutcome, Claim, Mail, MoveBatch, Project, Requeue
 from deskmail.workers.secrets import SecretBox
@@ -924,7 +925,7 @@ def deliverer(store: Any, transport: FakeTransport, *, worker: str = "host:1", h
     cfg = Config(database_url="", amqp_url="", **{"retry_base": 10, "retry_cap": 100, **config})
     return Deliverer(MailService.SMTP, store, SettingsService(store, lambda: BOX), {"smtp": transport}, cfg,
                      LeaseKeeper(store, cfg.lease_seconds, 3600), worker, handed or Handed(),
-                     clock=clock or store.clock)
+                     GroupWrites(store, worker), clock=clock or store.clock)
 
 
 def deliver(store: Any, ids: list[str], *answers: Answer, **options: Any) -> FakeTransport:

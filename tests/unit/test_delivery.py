@@ -11,6 +11,7 @@ from deskmail.workers.config import Config
 from deskmail.workers.constants import MailService, Reason, State
 from deskmail.workers.delivery import Deliverer
 from deskmail.workers.errors import ConfigurationError, StoreUnavailable
+from deskmail.workers.gate import GroupWrites
 from deskmail.workers.records import AttemptOutcome, Claim
 from deskmail.workers.settings import ProjectSettings
 from deskmail.workers.transports import phase
@@ -89,7 +90,7 @@ class NoLeases:
 def deliver(store: FakeStore, transport: FakeTransport, **config) -> FakeStore:
     cfg = Config(database_url="", amqp_url="", retry_base=10, retry_cap=100, **config)
     Deliverer(MailService.SMTP, store, FakeSettings(), {"smtp": transport}, cfg, NoLeases(), "host:1",
-              lambda *a: None, clock=lambda: NOW)([str(e) for e in store.event_ids])
+              lambda *a: None, GroupWrites(store, "host:1"), clock=lambda: NOW)([str(e) for e in store.event_ids])
     return store
 
 

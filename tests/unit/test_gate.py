@@ -4,7 +4,9 @@ its own answer, and a fault reaches exactly the threads it concerns."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -64,7 +66,7 @@ def in_threads(writes: GroupWrites, requests: list[tuple[Done, Claim]]) -> list[
         t.start()
     for t in threads:
         t.join(10)
-        assert not t.is_alive()
+    assert not any(t.is_alive() for t in threads), "a thread is still waiting for its write"
     return answers
 
 
@@ -72,20 +74,20 @@ def queued_behind_a_write(store: GateStore, writes: GroupWrites, requests: list[
     """Start one write and hold it in PostgreSQL while `requests` queue up behind it, then let all go."""
     first = claim()
     store.hold.clear()
-    leader = threading.Thread(target=in_threads, args=(writes, [([], first)]))
-    leader.start()
-    assert store.writing.wait(5)
-    result: list[object] = []
-    waiter = threading.Thread(target=lambda: result.extend(in_threads(writes, requests)))
-    waiter.start()
-    deadline = threading.Event()
-    while len(writes._queue) < len(requests) and not deadline.wait(0.01):  # all queued behind the held write
-        pass
-    store.hold.set()
-    leader.join(10)
-    waiter.join(10)
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(in_threads, writes, [([], first)])
+        assert store.writing.wait(5)
+        queued = pool.submit(in_threads, writes, requests)
+        deadline = time.monotonic() + 5
+        while writes.waiting() < len(requests):
+            assert time.monotonic() < deadline, "the requests did not queue behind the write in flight"
+            time.sleep(0.01)
+        store.hold.set()
+        leader.result(15)
+        answers = queued.result(15)
     assert store.calls[0] == ([], [first.event_id])
-    return result
+    assert len(answers) == len(requests)
+    return answers
 
 
 def test_a_single_sender_writes_at_once_and_alone() -> None:
@@ -117,10 +119,8 @@ def test_a_mail_never_meets_its_own_stale_outcome_in_one_statement() -> None:
     stale = ([(taken_over, SENT)], claim())  # the lease of taken_over was lost: its old outcome is late
     retaken = ([], claim(taken_over.event_id))  # and another thread of this process has it now
     answers = queued_behind_a_write(store, writes, [stale, retaken])
-    assert len(store.calls) == 3
-    for outcomes, marks in store.calls[1:]:
-        assert len({*outcomes, *marks}) == len(outcomes) + len(marks)
-    assert all(isinstance(a, tuple) for a in answers)
+    assert store.calls[1:] == [([taken_over.event_id], [stale[1].event_id]), ([], [taken_over.event_id])]
+    assert answers == [({taken_over.event_id}, True), (set(), True)]
 
 
 def test_data_postgresql_refuses_fails_only_the_thread_it_belongs_to() -> None:
@@ -159,7 +159,7 @@ def test_a_thread_stopped_while_writing_leaves_the_others_an_error_not_a_hang() 
 
     class StoppingStore(GateStore):
         def record_and_enter(self, done, entering, worker):  # noqa: ANN001, ANN201
-            if self.calls:  # the group after the held write
+            if len(self.calls) == 1:  # the group after the held write
                 self.calls.append(([], [c.event_id for c in entering]))
                 raise Stopped()
             return super().record_and_enter(done, entering, worker)
@@ -168,4 +168,24 @@ def test_a_thread_stopped_while_writing_leaves_the_others_an_error_not_a_hang() 
     writes = GroupWrites(store, "host:1")
     answers = queued_behind_a_write(store, writes, [([], claim()) for _ in range(2)])
     assert sorted(type(a).__name__ for a in answers) == ["Stopped", "StoreUnavailable"]
-    assert not writes._writing  # and the next write is not kept waiting
+    later = claim()
+    assert in_threads(writes, [([], later)]) == [(set(), True)]  # and the next write is not kept waiting
+
+
+def test_a_thread_stopped_while_its_group_is_written_one_by_one_leaves_no_one_waiting() -> None:
+    class Stopped(BaseException):
+        """What Dramatiq raises in a worker thread to stop it."""
+
+    class StoppingStore(GateStore):
+        def record_and_enter(self, done, entering, worker):  # noqa: ANN001, ANN201
+            if len(self.calls) == 2:  # the group was refused; the first write alone is where it stops
+                self.calls.append(([], [c.event_id for c in entering]))
+                raise Stopped()
+            return super().record_and_enter(done, entering, worker)
+
+    store = StoppingStore()
+    writes = GroupWrites(store, "host:1")
+    requests = [([(claim(), SENT)], claim()) for _ in range(3)]
+    store.refused.add(requests[2][0][0][0].event_id)
+    answers = queued_behind_a_write(store, writes, requests)
+    assert sorted(type(a).__name__ for a in answers) == ["Stopped", "StoreUnavailable", "StoreUnavailable"]
