@@ -44,6 +44,7 @@ class _Write:
     held: bool = False
     error: StoreError | None = None
     finished: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)  # set when answered, or when it may lead
 
     def ids(self) -> set[uuid.UUID]:
         return {self.claim.event_id, *(c.event_id for c, _ in self.done)}
@@ -62,7 +63,7 @@ class GroupWrites:
 
     def __init__(self, store: GateStore, worker: str, max_group: int = MAX_GROUP) -> None:
         self.store, self.worker, self.max_group = store, worker, max_group
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Write] = []
         self._writing = False
 
@@ -70,13 +71,13 @@ class GroupWrites:
         """Write done and mark claim's mail as entering DATA; the ids that took their outcome, and whether
         claim's lease still holds. Raises StoreError when PostgreSQL did not take the write."""
         write = _Write(list(done), claim)
-        with self._cond:
+        with self._lock:
             self._queue.append(write)
         try:
-            while not write.finished:
-                self._lead_or_wait(write)
+            while not self._lead_or_wait(write):
+                write.wake.wait(WAIT)  # bounded, so that an exception raised in this thread lands
         except BaseException:  # this thread is stopped (a time limit, a shutdown): a write not taken never is
-            with self._cond:
+            with self._lock:
                 if write in self._queue:
                     self._queue.remove(write)
             raise
@@ -84,34 +85,39 @@ class GroupWrites:
 
     def waiting(self) -> int:
         """How many threads' writes are queued behind the one in flight."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
-    def _lead_or_wait(self, write: _Write) -> None:
-        """Wait a while for the write in flight, or write the queue's next group (this thread leads)."""
+    def _lead_or_wait(self, write: _Write) -> bool:
+        """Whether write is answered: if no write is in flight, this thread writes the queue's next group
+        (its own first). Only the threads answered, and the next to lead, are woken: not the whole queue."""
         group: list[_Write] = []
         leading = False
         try:
-            with self._cond:
-                if self._writing:
-                    self._cond.wait(WAIT)  # bounded, so that an exception raised in this thread lands
-                    return
+            with self._lock:
                 if write.finished:
-                    return
+                    return True
+                if self._writing:
+                    write.wake.clear()  # under the lock: a wake-up set after this is not missed
+                    return False
                 if write not in self._queue:  # neither queued nor answered: never left hanging
                     write.fail(StoreUnavailable("the DATA phase was not written: its group was lost"))
-                    return
+                    return True
                 leading = self._writing = True
                 group = self._take()
             self._write(group)
         finally:
             if leading:
-                with self._cond:
+                with self._lock:
                     for lost in (w for w in group if not w.finished):  # the leader was stopped mid-write
                         lost.fail(StoreUnavailable("the thread writing the DATA phase was stopped"))
                     self._queue = [w for w in self._queue if not w.finished]
                     self._writing = False
-                    self._cond.notify_all()
+                    for answered in group:
+                        answered.wake.set()
+                    if self._queue:
+                        self._queue[0].wake.set()
+        return write.finished
 
     def _take(self) -> list[_Write]:
         """The queued writes that can share a transaction, oldest first: no mail in two of them (a stale
