@@ -316,6 +316,7 @@ CREATE FUNCTION public.deskmail_claim(p_ids uuid[], p_worker text, p_lease doubl
     SET enable_bitmapscan TO 'off'
     SET enable_hashjoin TO 'off'
     SET enable_mergejoin TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 BEGIN
@@ -347,6 +348,7 @@ CREATE FUNCTION public.deskmail_enter_data(p_ids uuid[], p_tokens uuid[]) RETURN
     SET enable_bitmapscan TO 'off'
     SET enable_hashjoin TO 'off'
     SET enable_mergejoin TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 BEGIN
     RETURN QUERY

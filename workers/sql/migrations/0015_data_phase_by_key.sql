@@ -6,12 +6,15 @@
 -- burst), or, while the table was still small when the plan was cached, to scan the table. Here the
 -- ids drive the lookup: the state is compared with IS NOT DISTINCT FROM, which no partial index on
 -- state matches, and the plan is made with sequential scans, bitmaps and hash or merge joins off, so
--- it is one primary-key lookup per id for the life of the cached plan.
+-- it is one primary-key lookup per id for the life of the cached plan. The plan is always the generic
+-- one: with the number of ids known, a custom plan looked cheaper every time, so each call planned
+-- its statement again.
 
 CREATE FUNCTION deskmail_enter_data(p_ids uuid[], p_tokens uuid[])
 RETURNS SETOF uuid
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     RETURN QUERY
@@ -32,6 +35,7 @@ RETURNS TABLE (event_id uuid, project text, kind text, priority smallint, event 
                deferred text[], settings_key text, settings_version integer)
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 BEGIN
