@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from deskmail.workers import sql
 from deskmail.workers.database import open_pool
+from deskmail.workers.constants import State
 from deskmail.workers.errors import DataRefused, StoreError, StoreUnavailable
 from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession,
                                       ConsoleUser, Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
@@ -201,7 +202,8 @@ class Store:
         """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
         if not done:
             return set()
-        return {r["event_id"] for r in self._all("record_outcomes", {"rows": _outcome_rows(done), "worker": worker})
+        query = "record_deliveries" if _plain(done) else "record_outcomes"
+        return {r["event_id"] for r in self._all(query, {"rows": _outcome_rows(done), "worker": worker})
                 if r["recorded"]}
 
     def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
@@ -210,7 +212,8 @@ class Store:
         (no mail in both); returns the ids whose mail took its outcome, and those whose lease still holds
         among `entering` (the others must not be sent)."""
         ordered = sorted(entering, key=lambda c: c.event_id)
-        row = self._one("record_and_enter", {"rows": _outcome_rows(done), "worker": worker,
+        query = "record_deliveries_and_enter" if _plain(done) else "record_and_enter"
+        row = self._one(query, {"rows": _outcome_rows(done), "worker": worker,
                                              "ids": [c.event_id for c in ordered],
                                              "tokens": [c.lease_token for c in ordered]})
         assert row is not None
@@ -785,6 +788,13 @@ def _notified(conn: Conn, request_id: str, seconds: float) -> bool:
 def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
     """The console's list filters, empty ones as NULL."""
     return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
+
+
+def _plain(done: list[tuple[Claim, AttemptOutcome]]) -> bool:
+    """Whether every outcome is a plain delivery, which deskmail_record_deliveries writes set-wise: the mail
+    sent, nothing to refund, no configuration error to show, no pause."""
+    return all(o.state == State.SENT and not o.refund and o.config_error is None and o.pause is None
+               for _, o in done)
 
 
 def _outcome_rows(done: list[tuple[Claim, AttemptOutcome]]) -> Jsonb:

@@ -46,6 +46,16 @@ WITH recorded AS (
 SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
        coalesce((SELECT array_agg(event_id) FROM entered), '{}') AS entered;
 
+-- name: record_deliveries_and_enter
+-- record_and_enter for a group whose outcomes are all plain deliveries (deskmail_record_deliveries).
+WITH recorded AS (
+    SELECT d AS event_id, true AS recorded FROM deskmail_record_deliveries(%(rows)s, %(worker)s) AS d
+), entered AS (
+    SELECT d AS event_id FROM deskmail_enter_data(%(ids)s::uuid[], %(tokens)s::uuid[]) AS d
+)
+SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
+       coalesce((SELECT array_agg(event_id) FROM entered), '{}') AS entered;
+
 -- name: renew_leases
 -- Rows another statement holds are skipped (renewed next time): the renewer never waits, so it
 -- never deadlocks with a worker writing its outcomes.
@@ -67,6 +77,10 @@ SELECT r.event_id,
                                          outcome text, state text, reason text, detail text, refused jsonb,
                                          deferred text[], message_id text, delay double precision,
                                          refund boolean, config_error text, pause text);
+
+-- name: record_deliveries
+-- record_outcomes for plain deliveries only (deskmail_record_deliveries).
+SELECT d AS event_id, true AS recorded FROM deskmail_record_deliveries(%(rows)s, %(worker)s) AS d;
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()

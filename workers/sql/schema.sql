@@ -15,6 +15,7 @@
 --   0013_bulk_accepted
 --   0014_admit_batch
 --   0015_data_phase_by_key
+--   0016_record_deliveries
 
 CREATE FUNCTION public.deskmail_add_quota(p_scope text, p_day date, p_n integer) RETURNS void
     LANGUAGE sql
@@ -373,6 +374,47 @@ CREATE FUNCTION public.deskmail_project_today(p_project text) RETURNS date
     LANGUAGE sql STABLE
     AS $$
     SELECT (now() AT TIME ZONE coalesce((SELECT time_zone FROM projects WHERE key = p_project), 'UTC'))::date
+$$;
+
+CREATE FUNCTION public.deskmail_record_deliveries(p_rows jsonb, p_worker text) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(p_rows) AS r(event_id uuid, token uuid, attempt integer,
+                                                      started timestamptz, outcome text, reason text,
+                                                      detail text, refused jsonb, message_id text)
+    ), locked AS (
+        SELECT m.event_id, m.lease_token, m.state, m.phase
+          FROM r JOIN mail m ON m.event_id = r.event_id
+         ORDER BY m.event_id FOR UPDATE OF m
+    ), tried AS (
+        INSERT INTO attempts (event_id, attempt, worker, started_at, phase, outcome, detail)
+        SELECT r.event_id, r.attempt, p_worker, r.started, l.phase, r.outcome, r.detail
+          FROM r JOIN locked l ON l.event_id = r.event_id
+        ON CONFLICT (event_id, attempt) DO UPDATE
+           SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, ended_at = now(), worker = EXCLUDED.worker
+         WHERE attempts.outcome = 'lost'
+    ), sent AS (
+        UPDATE mail m
+           SET state = 'sent', reason = r.reason, detail = r.detail, refused = coalesce(r.refused, m.refused),
+               deferred = NULL, message_id = coalesce(r.message_id, m.message_id), next_attempt_at = NULL,
+               sent_at = now(), lease_until = NULL, takeover_marked_at = NULL, updated_at = now()
+          FROM locked l JOIN r ON r.event_id = l.event_id
+         WHERE m.event_id = l.event_id AND l.lease_token = r.token AND l.state IN ('sending', 'queued')
+        RETURNING m.project
+    ), cleared AS (
+        UPDATE projects p SET config_error = NULL, config_error_at = NULL
+         WHERE p.key IN (SELECT s.project FROM sent s) AND p.config_error IS NOT NULL
+    )
+    SELECT l.event_id FROM locked l JOIN r ON r.event_id = l.event_id WHERE l.lease_token = r.token;
+END
 $$;
 
 CREATE FUNCTION public.deskmail_record_outcome(p_event_id uuid, p_token uuid, p_attempt integer, p_worker text, p_started timestamp with time zone, p_outcome text, p_state text, p_reason text, p_detail text, p_refused jsonb, p_deferred text[], p_message_id text, p_delay double precision, p_refund boolean, p_config_error text, p_pause text) RETURNS boolean

@@ -1,0 +1,47 @@
+-- The outcomes of plain deliveries (the mail sent, nothing to refund, no configuration error, no
+-- pause), written for a whole group in one statement instead of deskmail_record_outcome's four per
+-- mail, with the same effect: each mail's attempt row (its phase as it stood), then, where the lease
+-- is still the writer's and the mail is being sent (or was queued again by a takeover), the mail
+-- `sent`, and the configuration error of the projects that sent cleared. Returns the mails whose lease
+-- was the writer's (the others took only their attempt row). Rows are locked in event id order, like
+-- every writer of mail rows. A group holding any other outcome goes through deskmail_record_outcome,
+-- one by one, as before (workers.store decides).
+
+CREATE FUNCTION deskmail_record_deliveries(p_rows jsonb, p_worker text)
+RETURNS SETOF uuid
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(p_rows) AS r(event_id uuid, token uuid, attempt integer,
+                                                      started timestamptz, outcome text, reason text,
+                                                      detail text, refused jsonb, message_id text)
+    ), locked AS (
+        SELECT m.event_id, m.lease_token, m.state, m.phase
+          FROM r JOIN mail m ON m.event_id = r.event_id
+         ORDER BY m.event_id FOR UPDATE OF m
+    ), tried AS (
+        INSERT INTO attempts (event_id, attempt, worker, started_at, phase, outcome, detail)
+        SELECT r.event_id, r.attempt, p_worker, r.started, l.phase, r.outcome, r.detail
+          FROM r JOIN locked l ON l.event_id = r.event_id
+        ON CONFLICT (event_id, attempt) DO UPDATE
+           SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, ended_at = now(), worker = EXCLUDED.worker
+         WHERE attempts.outcome = 'lost'
+    ), sent AS (
+        UPDATE mail m
+           SET state = 'sent', reason = r.reason, detail = r.detail, refused = coalesce(r.refused, m.refused),
+               deferred = NULL, message_id = coalesce(r.message_id, m.message_id), next_attempt_at = NULL,
+               sent_at = now(), lease_until = NULL, takeover_marked_at = NULL, updated_at = now()
+          FROM locked l JOIN r ON r.event_id = l.event_id
+         WHERE m.event_id = l.event_id AND l.lease_token = r.token AND l.state IN ('sending', 'queued')
+        RETURNING m.project
+    ), cleared AS (
+        UPDATE projects p SET config_error = NULL, config_error_at = NULL
+         WHERE p.key IN (SELECT s.project FROM sent s) AND p.config_error IS NOT NULL
+    )
+    SELECT l.event_id FROM locked l JOIN r ON r.event_id = l.event_id WHERE l.lease_token = r.token;
+END
+$$;
