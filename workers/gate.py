@@ -80,6 +80,8 @@ class GroupWrites:
             with self._lock:
                 if write in self._queue:
                     self._queue.remove(write)
+                if not self._writing and self._queue:  # it may have been the one woken to lead next
+                    self._queue[0].wake.set()
             raise
         return write.answer()
 
@@ -90,7 +92,8 @@ class GroupWrites:
 
     def _lead_or_wait(self, write: _Write) -> bool:
         """Whether write is answered: if no write is in flight, this thread writes the queue's next group
-        (its own first). Only the threads answered, and the next to lead, are woken: not the whole queue."""
+        (oldest first; its own may have to wait for the next one). Only the threads answered, and the next
+        to lead, are woken: not the whole queue."""
         group: list[_Write] = []
         leading = False
         try:

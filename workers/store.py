@@ -792,9 +792,9 @@ def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
 
 def _plain(done: list[tuple[Claim, AttemptOutcome]]) -> bool:
     """Whether every outcome is a plain delivery, which deskmail_record_deliveries writes set-wise: the mail
-    sent, nothing to refund, no configuration error to show, no pause."""
-    return all(o.state == State.SENT and not o.refund and o.config_error is None and o.pause is None
-               for _, o in done)
+    sent, nothing to refund, no configuration error to show, no pause; and no mail twice."""
+    return len({c.event_id for c, _ in done}) == len(done) and all(
+        o.state == State.SENT and not o.refund and o.config_error is None and o.pause is None for _, o in done)
 
 
 def _outcome_rows(done: list[tuple[Claim, AttemptOutcome]]) -> Jsonb:

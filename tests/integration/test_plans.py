@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+from psycopg.types.json import Jsonb
 import pytest
 
 from tests.integration.helpers import smtp_settings
@@ -92,3 +93,13 @@ def test_a_claim_looks_its_mails_up_by_primary_key(explaining):
     plan = plans(explaining, "SELECT * FROM deskmail_claim(%s, 'host:1', 30, 'smtp')", (ids,))
     assert plan.count("Index Scan using mail_pkey on mail") == 2, plan  # the ids' rows, then the update's
     assert "mail_queued_due" not in plan and "Seq Scan on mail" not in plan and "Bitmap" not in plan, plan
+
+
+def test_a_group_of_deliveries_is_written_by_primary_key(explaining):
+    held = some(explaining, "sending")
+    rows = [{"event_id": str(e), "token": str(t), "attempt": 1, "started": "2026-12-01T09:00:00+00:00",
+             "outcome": "sent", "reason": None, "detail": "250 ok", "refused": None, "message_id": None}
+            for e, t in held]
+    plan = plans(explaining, "SELECT * FROM deskmail_record_deliveries(%s, 'host:1')", (Jsonb(rows),))
+    assert "Index Scan using mail_pkey on mail" in plan, plan
+    assert "Seq Scan on mail" not in plan and "Bitmap" not in plan and "mail_sending_lease" not in plan, plan

@@ -1,7 +1,8 @@
 """deskmail_record_deliveries writes a group of plain deliveries exactly as deskmail_record_outcome writes
 them one by one: generated groups over every case a late or repeated outcome meets (lease still held,
 taken over, queued again by a takeover with the same lease, already written, attempt row lost or
-written before, mail missing, projects with and without a configuration error)."""
+written before, left failed or ambiguous by a takeover, mail missing, projects with and without a
+configuration error)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 SEEDS = range(40)
-CASES = ("held", "taken_over", "requeued", "written", "lost_attempt", "written_attempt", "missing")
+CASES = ("held", "taken_over", "requeued", "written", "parked", "lost_attempt", "written_attempt", "missing")
 
 ONE_BY_ONE = """SELECT r.event_id FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer,
                   started timestamptz, outcome text, state text, reason text, detail text, refused jsonb,
@@ -40,7 +41,8 @@ def group(seed: int) -> tuple[list[str], list[dict]]:
     rows = []
     for _ in cases:
         refused = {"x@example.com": "550 no such user"} if rng.random() < 0.3 else None
-        rows.append({"event_id": str(uuid.uuid4()), "token": str(uuid.uuid4()), "attempt": rng.randint(1, 3),
+        rows.append({"event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                     "token": str(uuid.UUID(int=rng.getrandbits(128))), "attempt": rng.randint(1, 3),
                      "started": "2026-12-01T09:00:00+00:00", "outcome": "partial" if refused else "sent",
                      "state": "sent", "reason": None, "detail": f"250 2.0.0 ok {rng.random()}",
                      "refused": refused, "deferred": None, "message_id": rng.choice([None, "<m@desk.example>"]),
@@ -55,8 +57,9 @@ def prepare(conn: psycopg.Connection, seed: int, cases: list[str], rows: list[di
     for case, row in zip(cases, rows):
         if case == "missing":
             continue
-        token = row["token"] if case != "taken_over" else str(uuid.uuid4())
-        state = {"requeued": "queued", "written": "sent"}.get(case, "sending")
+        token = row["token"] if case != "taken_over" else str(uuid.UUID(int=rng.getrandbits(128)))
+        state = {"requeued": "queued", "written": "sent", "parked": rng.choice(["failed", "ambiguous"])}.get(
+            case, "sending")
         conn.execute("""INSERT INTO mail (event_id, project, kind, state, mail_service, event, subject, lease_token,
                                           lease_until, phase, refused, message_id, sent_at, takeover_marked_at)
                         VALUES (%s, %s, 'notification', %s, 'smtp', '{}', 's', %s, now(), %s, %s, %s, %s, %s)""",

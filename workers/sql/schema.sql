@@ -390,30 +390,29 @@ BEGIN
         SELECT * FROM jsonb_to_recordset(p_rows) AS r(event_id uuid, token uuid, attempt integer,
                                                       started timestamptz, outcome text, reason text,
                                                       detail text, refused jsonb, message_id text)
-    ), locked AS (
-        SELECT m.event_id, m.lease_token, m.state, m.phase
+    ), locked AS (  -- each row with its mail as it stands once locked; the steps below read only this
+        SELECT r.*, m.lease_token IS NOT DISTINCT FROM r.token AS held, m.state AS was, m.phase AS phase
           FROM r JOIN mail m ON m.event_id = r.event_id
          ORDER BY m.event_id FOR UPDATE OF m
     ), tried AS (
         INSERT INTO attempts (event_id, attempt, worker, started_at, phase, outcome, detail)
-        SELECT r.event_id, r.attempt, p_worker, r.started, l.phase, r.outcome, r.detail
-          FROM r JOIN locked l ON l.event_id = r.event_id
+        SELECT l.event_id, l.attempt, p_worker, l.started, l.phase, l.outcome, l.detail FROM locked l
         ON CONFLICT (event_id, attempt) DO UPDATE
            SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, ended_at = now(), worker = EXCLUDED.worker
          WHERE attempts.outcome = 'lost'
     ), sent AS (
         UPDATE mail m
-           SET state = 'sent', reason = r.reason, detail = r.detail, refused = coalesce(r.refused, m.refused),
-               deferred = NULL, message_id = coalesce(r.message_id, m.message_id), next_attempt_at = NULL,
+           SET state = 'sent', reason = l.reason, detail = l.detail, refused = coalesce(l.refused, m.refused),
+               deferred = NULL, message_id = coalesce(l.message_id, m.message_id), next_attempt_at = NULL,
                sent_at = now(), lease_until = NULL, takeover_marked_at = NULL, updated_at = now()
-          FROM locked l JOIN r ON r.event_id = l.event_id
-         WHERE m.event_id = l.event_id AND l.lease_token = r.token AND l.state IN ('sending', 'queued')
+          FROM locked l
+         WHERE m.event_id = l.event_id AND l.held AND l.was IN ('sending', 'queued')
         RETURNING m.project
     ), cleared AS (
         UPDATE projects p SET config_error = NULL, config_error_at = NULL
          WHERE p.key IN (SELECT s.project FROM sent s) AND p.config_error IS NOT NULL
     )
-    SELECT l.event_id FROM locked l JOIN r ON r.event_id = l.event_id WHERE l.lease_token = r.token;
+    SELECT l.event_id FROM locked l WHERE l.held;
 END
 $$;
 
