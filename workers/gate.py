@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from deskmail.workers import metrics
 from deskmail.workers.errors import DataRefused, StoreError, StoreUnavailable
 from deskmail.workers.records import AttemptOutcome, Claim
 from deskmail.workers.transports.base import Outcome, TransportFailure
@@ -159,6 +160,7 @@ class GroupWrites:
             for write in group:
                 write.fail(StoreError(f"the DATA phase was not written: {type(exc).__name__}"))
             return
+        metrics.data_group_written(len(group))
         for write in group:
             write.recorded = {c.event_id for c, _ in write.done} & recorded
             write.held, write.finished = write.claim.event_id in entered, True

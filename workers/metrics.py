@@ -17,6 +17,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 PREFIX = "deskmail_"
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def use_multiprocess_dir(directory: str) -> None:
@@ -42,6 +43,7 @@ class Instruments:
     send_seconds: Any
     token_failures: Any
     scheduler_mails: Any
+    data_groups: Any
 
 
 @functools.cache
@@ -60,6 +62,9 @@ def instruments() -> Instruments:
                                     ["service"]),
         scheduler_mails=prom.Counter(f"{PREFIX}scheduler_mails", "Mails a scheduler step handed on or recovered.",
                                      ["step"]),
+        data_groups=prom.Histogram(f"{PREFIX}data_phase_group_size",
+                                   "Sending threads' DATA phases written in one transaction (group commit).",
+                                   buckets=GROUP_BUCKETS),
     )
 
 
@@ -83,6 +88,12 @@ def mail_outcome(project: str | None, service: str | None, outcome: str) -> None
 def send_finished(service: str, outcome: str, seconds: float) -> None:
     """Observe how long one send over a transport took."""
     instruments().send_seconds.labels(service, outcome).observe(seconds)
+
+
+@_safely
+def data_group_written(size: int) -> None:
+    """Observe how many sending threads' DATA phases one transaction carried."""
+    instruments().data_groups.observe(size)
 
 
 @_safely

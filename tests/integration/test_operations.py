@@ -93,6 +93,8 @@ def test_a_scrape_during_a_pipeline_run_shows_outcomes_latency_backlog_quota_and
     assert ("deskmail_project_config_error_seconds", (("project", "beta"),)) in after
     assert value(after, "deskmail_mails", project="beta", state="failed") == 1
     assert value(after, "deskmail_ledger_up") == 1
+    groups = "deskmail_data_phase_group_size_sum"  # the three mails alpha sent each entered DATA once
+    assert value(after, groups) - value(before, groups) == 3
     assert len(ids) == 5
 
 
