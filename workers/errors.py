@@ -16,7 +16,8 @@ class StoreError(DeskmailError):
 
 
 class StoreUnavailable(StoreError):
-    """PostgreSQL cannot be reached or dropped the connection; the same call can succeed later."""
+    """PostgreSQL cannot be reached, dropped the connection, or the call lost to a concurrent transaction
+    (a deadlock); the same call can succeed later."""
 
 
 class DataRefused(StoreError):

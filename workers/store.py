@@ -214,8 +214,7 @@ class Store:
         ordered = sorted(entering, key=lambda c: c.event_id)
         query = "record_deliveries_and_enter" if _plain(done) else "record_and_enter"
         row = self._one(query, {"rows": _outcome_rows(done), "worker": worker,
-                                             "ids": [c.event_id for c in ordered],
-                                             "tokens": [c.lease_token for c in ordered]})
+                                "ids": [c.event_id for c in ordered], "tokens": [c.lease_token for c in ordered]})
         assert row is not None
         return set(row["recorded"]), set(row["entered"])
 
@@ -746,7 +745,7 @@ def _translated(health: Health) -> Iterator[None]:
     except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
         raise DataRefused(f"PostgreSQL refused the data: {_first_line(exc)}") from exc
     except psycopg.errors.TransactionRollback as exc:  # a deadlock or serialization failure: PostgreSQL is up
-        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__} (a concurrent transaction); tried again") from exc
+        raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__} (lost to a concurrent transaction)") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         health.failed(exc)
         raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_first_line(exc)}") from exc

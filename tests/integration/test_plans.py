@@ -63,7 +63,7 @@ def some(conn: psycopg.Connection, state: str, n: int = 8) -> list[tuple[uuid.UU
         "SELECT event_id, lease_token FROM mail WHERE state = %s ORDER BY event_id LIMIT %s", (state, n))]
 
 
-def test_plain_statements_on_these_statistics_read_the_whole_state_index(explaining):
+def test_plain_statements_on_these_statistics_choose_a_partial_state_index(explaining):
     """The premise: the lookups the sending path made as plain statements (a claim's join of its ids
     with the queued mails, a group's DATA marks) read a whole partial index here, else the tests after
     this one would prove nothing."""
