@@ -15,8 +15,8 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from deskmail.workers import sql
-from deskmail.workers.database import open_pool
 from deskmail.workers.constants import State
+from deskmail.workers.database import open_pool
 from deskmail.workers.errors import DataRefused, StoreError, StoreUnavailable
 from deskmail.workers.records import (Admission, Attempt, AttemptOutcome, Claim, ConsoleJob, ConsoleSession,
                                       ConsoleUser, Gauge, GlobalLimits, Heartbeat, Mail, MoveBatch, Project, Requeue)
@@ -202,9 +202,8 @@ class Store:
         """Write attempts' outcomes in one round trip; returns the ids whose mail took theirs (lease held)."""
         if not done:
             return set()
-        query = "record_deliveries" if _plain(done) else "record_outcomes"
-        return {r["event_id"] for r in self._all(query, {"rows": _outcome_rows(done), "worker": worker})
-                if r["recorded"]}
+        return {r["event_id"] for r in self._all("record_outcomes", {"rows": _outcome_rows(done), "worker": worker,
+                                                                     "plain": plain(done)})}
 
     def record_and_enter(self, done: list[tuple[Claim, AttemptOutcome]], entering: Sequence[Claim],
                          worker: str) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
@@ -212,9 +211,9 @@ class Store:
         (no mail in both); returns the ids whose mail took its outcome, and those whose lease still holds
         among `entering` (the others must not be sent)."""
         ordered = sorted(entering, key=lambda c: c.event_id)
-        query = "record_deliveries_and_enter" if _plain(done) else "record_and_enter"
-        row = self._one(query, {"rows": _outcome_rows(done), "worker": worker,
-                                "ids": [c.event_id for c in ordered], "tokens": [c.lease_token for c in ordered]})
+        row = self._one("record_and_enter", {"rows": _outcome_rows(done), "worker": worker, "plain": plain(done),
+                                             "ids": [c.event_id for c in ordered],
+                                             "tokens": [c.lease_token for c in ordered]})
         assert row is not None
         return set(row["recorded"]), set(row["entered"])
 
@@ -789,9 +788,9 @@ def _filters(filters: dict[str, str | None]) -> dict[str, str | None]:
     return {k: (filters.get(k) or None) for k in ("project", "reason", "kind", "text")}
 
 
-def _plain(done: list[tuple[Claim, AttemptOutcome]]) -> bool:
-    """Whether every outcome is a plain delivery, which deskmail_record_deliveries writes set-wise: the mail
-    sent, nothing to refund, no configuration error to show, no pause; and no mail twice."""
+def plain(done: list[tuple[Claim, AttemptOutcome]]) -> bool:
+    """Whether deskmail_record_outcomes may write these outcomes set-wise: all plain deliveries (the mail
+    sent, nothing to refund, no configuration error to show, no pause) and no mail twice."""
     return len({c.event_id for c, _ in done}) == len(done) and all(
         o.state == State.SENT and not o.refund and o.config_error is None and o.pause is None for _, o in done)
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from deskmail.workers.constants import State
+from deskmail.workers.records import AttemptOutcome, Claim
+from deskmail.workers.store import plain
+
 SEEDS = range(40)
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 CASES = ("held", "taken_over", "requeued", "written", "parked", "lost_attempt", "written_attempt", "missing")
 
 ONE_BY_ONE = """SELECT r.event_id FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer,
@@ -24,6 +30,7 @@ ONE_BY_ONE = """SELECT r.event_id FROM jsonb_to_recordset(%(rows)s) AS r(event_i
                        r.state, r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
                        r.config_error, r.pause)"""
 SET_WISE = "SELECT d AS event_id FROM deskmail_record_deliveries(%(rows)s, 'host:1') AS d"
+CHOSEN = "SELECT d AS event_id FROM deskmail_record_outcomes(%(rows)s, 'host:1', %(plain)s) AS d"
 
 MAILS = """SELECT event_id, state, reason, detail, refused, deferred, message_id, next_attempt_at IS NULL AS not_due,
                   sent_at = now() AS sent_now, sent_at IS NULL AS never_sent, phase, lease_until IS NULL AS released,
@@ -74,8 +81,8 @@ def prepare(conn: psycopg.Connection, seed: int, cases: list[str], rows: list[di
                          (row["event_id"], row["attempt"], "lost" if case == "lost_attempt" else "sent"))
 
 
-def written(conn: psycopg.Connection, statement: str, rows: list[dict]) -> tuple:
-    recorded = sorted(str(r[0]) for r in conn.execute(statement, {"rows": Jsonb(rows)}))
+def written(conn: psycopg.Connection, statement: str, rows: list[dict], plain: bool = True) -> tuple:
+    recorded = sorted(str(r[0]) for r in conn.execute(statement, {"rows": Jsonb(rows), "plain": plain}))
     return (recorded, conn.execute(MAILS).fetchall(), conn.execute(ATTEMPTS).fetchall(),
             conn.execute(PROJECTS).fetchall())
 
@@ -97,3 +104,41 @@ def test_the_groups_meet_every_case():
     met = {case for seed in SEEDS for case in group(seed)[0]}
     assert met == set(CASES)
     assert any(len(set(group(seed)[0])) >= 4 for seed in SEEDS)
+
+
+def retried(row: dict) -> dict:
+    """The same attempt recorded as a retry instead."""
+    return {**row, "outcome": "retry", "state": "queued", "detail": "421 try later", "delay": 30.0}
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_a_group_is_written_by_the_function_the_store_chooses_for_it(config, runtime, seed):
+    """deskmail_record_outcomes writes a group as the outcomes one by one: a plain group set-wise, and one
+    the store does not call plain (here: holding a retry, which only the per-mail function records, or a
+    mail twice) one by one."""
+    cases, rows = group(seed)
+    mixed = [retried(rows[0]), *rows[1:]]
+    twice = sorted([*rows, rows[0]], key=lambda r: r["event_id"])
+    with psycopg.connect(config.database_url) as conn:
+        for outcomes, plain in ((rows, True), (mixed, False), (twice, False)):
+            answers = []
+            for statement in (ONE_BY_ONE, CHOSEN):
+                with conn.transaction(force_rollback=True):
+                    prepare(conn, seed, cases, rows)
+                    answers.append(written(conn, statement, outcomes, plain))
+            assert answers[1] == answers[0], (cases, outcomes[0]["outcome"])
+
+
+def test_the_store_calls_plain_only_deliveries_of_distinct_mails():
+    mail, other = (Claim(uuid.UUID(int=i), "alpha", "notification", 1, {}, "<m@x>", 1, uuid.UUID(int=i + 9), NOW,
+                         NOW, None, "alpha", 1) for i in (1, 2))
+    sent = AttemptOutcome("sent", State.SENT, "250 ok")
+    partial = AttemptOutcome("partial", State.SENT, "250 ok", refused={"x@example.com": "550"})
+    assert plain([]) and plain([(mail, sent), (other, partial)])
+    assert not plain([(mail, sent), (mail, sent)])
+    for outcome in (AttemptOutcome("retry", State.QUEUED, "421", delay=30.0),
+                    AttemptOutcome("failed", State.FAILED, "550", "permanent", refund=True),
+                    AttemptOutcome("sent", State.SENT, "250 ok", refund=True),
+                    AttemptOutcome("configuration", State.FAILED, "535", config_error="535 bad password"),
+                    AttemptOutcome("quota", State.BACKLOG, "452", pause="provider_quota")):
+        assert not plain([(mail, sent), (other, outcome)]), outcome

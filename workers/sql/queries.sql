@@ -32,28 +32,11 @@ RETURNING m.event_id, m.priority, m.mail_service;
 -- mails, in one round trip: a process's sending threads write together (workers.gate), and no mail is
 -- in both lists (the two touch different rows). A mail missing from `entered`: its lease was taken over.
 WITH recorded AS (
-    SELECT r.event_id,
-           deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
-                                   r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
-                                   r.config_error, r.pause) AS recorded
-      FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
-                                             outcome text, state text, reason text, detail text, refused jsonb,
-                                             deferred text[], message_id text, delay double precision,
-                                             refund boolean, config_error text, pause text)
+    SELECT d AS event_id FROM deskmail_record_outcomes(%(rows)s, %(worker)s, %(plain)s) AS d
 ), entered AS (
     SELECT d AS event_id FROM deskmail_enter_data(%(ids)s::uuid[], %(tokens)s::uuid[]) AS d
 )
-SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
-       coalesce((SELECT array_agg(event_id) FROM entered), '{}') AS entered;
-
--- name: record_deliveries_and_enter
--- record_and_enter for a group whose outcomes are all plain deliveries (deskmail_record_deliveries).
-WITH recorded AS (
-    SELECT d AS event_id, true AS recorded FROM deskmail_record_deliveries(%(rows)s, %(worker)s) AS d
-), entered AS (
-    SELECT d AS event_id FROM deskmail_enter_data(%(ids)s::uuid[], %(tokens)s::uuid[]) AS d
-)
-SELECT coalesce((SELECT array_agg(event_id) FROM recorded WHERE recorded), '{}') AS recorded,
+SELECT coalesce((SELECT array_agg(event_id) FROM recorded), '{}') AS recorded,
        coalesce((SELECT array_agg(event_id) FROM entered), '{}') AS entered;
 
 -- name: renew_leases
@@ -68,19 +51,8 @@ UPDATE mail m SET lease_until = now() + make_interval(secs => %(lease)s), takeov
 RETURNING m.event_id;
 
 -- name: record_outcomes
--- The outcomes of a batch of attempts in one round trip (each as deskmail_record_outcome).
-SELECT r.event_id,
-       deskmail_record_outcome(r.event_id, r.token, r.attempt, %(worker)s, r.started, r.outcome, r.state,
-                               r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
-                               r.config_error, r.pause) AS recorded
-  FROM jsonb_to_recordset(%(rows)s) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
-                                         outcome text, state text, reason text, detail text, refused jsonb,
-                                         deferred text[], message_id text, delay double precision,
-                                         refund boolean, config_error text, pause text);
-
--- name: record_deliveries
--- record_outcomes for plain deliveries only (deskmail_record_deliveries).
-SELECT d AS event_id, true AS recorded FROM deskmail_record_deliveries(%(rows)s, %(worker)s) AS d;
+-- The outcomes of a batch of attempts in one round trip (deskmail_record_outcomes): the mails that took theirs.
+SELECT d AS event_id FROM deskmail_record_outcomes(%(rows)s, %(worker)s, %(plain)s) AS d;
 
 -- name: pause_project
 UPDATE projects SET paused_reason = %(reason)s, paused_at = now(), updated_at = now()

@@ -468,6 +468,26 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.deskmail_record_outcomes(p_rows jsonb, p_worker text, p_plain boolean) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF p_plain THEN
+        RETURN QUERY SELECT d FROM deskmail_record_deliveries(p_rows, p_worker) AS d;
+    ELSE
+        RETURN QUERY
+        SELECT r.event_id
+          FROM jsonb_to_recordset(p_rows) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                               outcome text, state text, reason text, detail text, refused jsonb,
+                                               deferred text[], message_id text, delay double precision,
+                                               refund boolean, config_error text, pause text)
+         WHERE deskmail_record_outcome(r.event_id, r.token, r.attempt, p_worker, r.started, r.outcome, r.state,
+                                       r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                                       r.config_error, r.pause);
+    END IF;
+END
+$$;
+
 CREATE FUNCTION public.deskmail_refund(p_event_id uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$

@@ -5,7 +5,8 @@
 -- `sent`, and the configuration error of the projects that sent cleared. Returns the mails whose lease
 -- was the writer's (the others took only their attempt row). Rows are locked in event id order, like
 -- every writer of mail rows; no mail may appear twice. A group holding any other outcome (or a mail
--- twice) goes through deskmail_record_outcome, one by one, as before (workers.store decides).
+-- twice) goes through deskmail_record_outcome, one by one, as before (deskmail_record_outcomes,
+-- below, on the word of workers.store).
 
 CREATE FUNCTION deskmail_record_deliveries(p_rows jsonb, p_worker text)
 RETURNS SETOF uuid
@@ -42,5 +43,30 @@ BEGIN
          WHERE p.key IN (SELECT s.project FROM sent s) AND p.config_error IS NOT NULL
     )
     SELECT l.event_id FROM locked l WHERE l.held;
+END
+$$;
+
+-- A group's outcomes, whatever they are: set-wise when the caller says all are plain deliveries and no
+-- mail is there twice (p_plain, decided by workers.store, which builds the rows), else each through
+-- deskmail_record_outcome in the rows' order (event id order). Returns the mails whose lease was the
+-- writer's, that is, those that took their outcome.
+CREATE FUNCTION deskmail_record_outcomes(p_rows jsonb, p_worker text, p_plain boolean)
+RETURNS SETOF uuid
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_plain THEN
+        RETURN QUERY SELECT d FROM deskmail_record_deliveries(p_rows, p_worker) AS d;
+    ELSE
+        RETURN QUERY
+        SELECT r.event_id
+          FROM jsonb_to_recordset(p_rows) AS r(event_id uuid, token uuid, attempt integer, started timestamptz,
+                                               outcome text, state text, reason text, detail text, refused jsonb,
+                                               deferred text[], message_id text, delay double precision,
+                                               refund boolean, config_error text, pause text)
+         WHERE deskmail_record_outcome(r.event_id, r.token, r.attempt, p_worker, r.started, r.outcome, r.state,
+                                       r.reason, r.detail, r.refused, r.deferred, r.message_id, r.delay, r.refund,
+                                       r.config_error, r.pause);
+    END IF;
 END
 $$;
